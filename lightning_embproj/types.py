@@ -1,0 +1,79 @@
+"""Plain data passed between pipeline stages: numpy arrays and lists, no torch, no Lightning.
+
+Example:
+    >>> import numpy as np
+    >>> s = EpochSample(
+    ...     name="embeddings",
+    ...     keys=np.array([11, 22], dtype=np.int64),
+    ...     sample_ids=[0, 1],
+    ...     embeddings=np.zeros((2, 4), dtype=np.float32),
+    ... )
+    >>> len(s)
+    2
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class EpochSample:
+    """The tracked points of one embedding set for one validation epoch.
+
+    Attributes:
+        name: embedding set name (the ``embedding_key`` or the layer name).
+        keys: ``(N,)`` int64 tracking keys, unique, equal for the same sample in every epoch
+            (a hash of dataloader index and sample id). Alignment and drift match on these.
+        sample_ids: ``N`` user-facing ids (ints or strings), the ``sample_id`` column.
+        embeddings: ``(N, D)`` float32 vectors in the original space.
+        labels: ``(N,)`` labels (ints or strings) or ``None`` without ``label_key``.
+        metadata: other columns, each of length ``N``: a list (texts, numbers) or an array.
+            Image columns are uint8 arrays of shape ``(N, H, W, C)``.
+        dataloader_idx: ``(N,)`` int array, or ``None`` with a single validation dataloader.
+    """
+
+    name: str
+    keys: np.ndarray
+    sample_ids: list[Any]
+    embeddings: np.ndarray
+    labels: np.ndarray | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    dataloader_idx: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return int(self.keys.shape[0])
+
+    def image_columns(self) -> list[str]:
+        """Names of metadata columns that hold images (uint8 ``(N, H, W, C)`` arrays)."""
+        return [
+            k for k, v in self.metadata.items()
+            if isinstance(v, np.ndarray) and v.ndim == 4 and v.dtype == np.uint8
+        ]
+
+
+@dataclass
+class Projection:
+    """One epoch of one embedding set after reduction, alignment and scoring.
+
+    Attributes:
+        sample: the points.
+        epoch: the trainer's ``current_epoch`` when they were collected.
+        step: the trainer's ``global_step`` when they were collected.
+        layouts: reducer name -> ``(N, n_components)`` float array, aligned with the previous
+            epoch, rows in the order of ``sample``.
+        metrics: scalar metrics by name (``silhouette``, ``tsne/trustworthiness``, ...).
+    """
+
+    sample: EpochSample
+    epoch: int
+    step: int
+    layouts: dict[str, np.ndarray] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.sample.name
