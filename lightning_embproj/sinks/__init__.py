@@ -1,0 +1,1 @@
+"""Where projections go: W&B, local files, TensorBoard, the HTML view."""
