@@ -1,0 +1,126 @@
+"""Per-rank storage of at most ``max_samples`` tracked rows: O(max_samples * D) memory.
+
+Each batch only copies the rows whose key beats the current k-th smallest key; they take the
+slots of the rows they evict, so nothing grows with the size of the validation set.
+
+Example:
+    >>> import numpy as np
+    >>> buf = SampleBuffer(max_samples=2)
+    >>> buf.add(np.array([5, 1, 9]), {"embeddings": np.eye(3, dtype=np.float32)})
+    >>> buf.add(np.array([0]), {"embeddings": np.ones((1, 3), dtype=np.float32)})
+    >>> sorted(buf.columns()[0].tolist())
+    [0, 1]
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+EMBEDDINGS = "embeddings"
+"""Name of the column that holds the vectors (stored in ``float_dtype``)."""
+
+
+class SampleBuffer:
+    """Bottom-k reservoir of rows keyed by int64 hashes, with any number of columns.
+
+    Columns are fixed by the first batch. Each is a numpy array with the row dimension first, or
+    a list (stored as an object array) for Python values such as texts.
+    """
+
+    def __init__(self, max_samples: int, float_dtype: Any = np.float32) -> None:
+        self.max_samples = max_samples
+        self.float_dtype = np.dtype(float_dtype)
+        self._keys = np.empty(0, dtype=np.int64)
+        self._store: dict[str, np.ndarray] = {}
+        self._n = 0
+
+    def __len__(self) -> int:
+        return self._n
+
+    def threshold(self) -> int | None:
+        """Rows with a key at or above this cannot enter (None while the buffer is not full)."""
+        if self._n < self.max_samples:
+            return None
+        return int(self._keys[: self._n].max())
+
+    def select(self, keys: np.ndarray) -> np.ndarray:
+        """Indices of a batch's rows that may enter: cheap pre-filter before copying the rows.
+
+        Example:
+            >>> buf = SampleBuffer(1)
+            >>> buf.add(np.array([3]), {"e": np.zeros((1, 2))})
+            >>> buf.select(np.array([7, 2, 3])).tolist()
+            [1]
+        """
+        mask = ~np.isin(keys, self._keys[: self._n])
+        thr = self.threshold()
+        if thr is not None:
+            mask &= keys < thr
+        idx = np.flatnonzero(mask)
+        # Keep one row per key inside the batch too (a sampler may repeat a sample).
+        _, first = np.unique(keys[idx], return_index=True)
+        idx = idx[np.sort(first)]
+        if idx.size > self.max_samples:
+            idx = idx[np.argsort(keys[idx], kind="stable")[: self.max_samples]]
+        return idx
+
+    def add(self, keys: np.ndarray, columns: dict[str, Any]) -> None:
+        """Offer rows (already filtered by :meth:`select`, or not): keeps the bottom-k overall."""
+        keys = np.asarray(keys, dtype=np.int64)
+        pick = self.select(keys)
+        if pick.size == 0:
+            return
+        keys = keys[pick]
+        rows = {name: self._rows(name, value, pick) for name, value in columns.items()}
+        if not self._store:
+            self._allocate(rows)
+        elif set(rows) != set(self._store):
+            raise ValueError(
+                f"columns changed between batches: first batch had {sorted(self._store)}, "
+                f"this batch has {sorted(rows)}"
+            )
+        n, k = self._n, self.max_samples
+        union = np.concatenate([self._keys[:n], keys])
+        kept = np.argsort(union, kind="stable")[:k]
+        incoming = kept[kept >= n] - n
+        evicted = np.setdiff1d(np.arange(n), kept[kept < n], assume_unique=True)
+        slots = np.concatenate([np.arange(n, min(k, n + incoming.size)), evicted])
+        slots = slots[: incoming.size]
+        self._keys[slots] = keys[incoming]
+        for name, value in rows.items():
+            target = self._store[name]
+            if value.shape[1:] != target.shape[1:]:
+                raise ValueError(
+                    f"{name!r} changed shape between batches: expected rows of shape "
+                    f"{target.shape[1:]}, got {value.shape[1:]}"
+                )
+            target[slots] = value[incoming]
+        self._n = min(k, n + incoming.size)
+
+    def _rows(self, name: str, value: Any, pick: np.ndarray) -> np.ndarray:
+        if isinstance(value, np.ndarray):
+            return value[pick]
+        if hasattr(value, "detach"):  # torch tensor: copy only the selected rows to the host
+            import torch
+
+            idx = torch.as_tensor(pick, device=value.device)
+            return value.detach().index_select(0, idx).cpu().numpy()
+        out = np.empty(pick.size, dtype=object)
+        out[:] = [value[i] for i in pick.tolist()]
+        return out
+
+    def _allocate(self, rows: dict[str, np.ndarray]) -> None:
+        self._keys = np.empty(self.max_samples, dtype=np.int64)
+        for name, value in rows.items():
+            dtype = value.dtype
+            if dtype.kind == "f" and name == EMBEDDINGS:
+                dtype = self.float_dtype
+            self._store[name] = np.empty((self.max_samples, *value.shape[1:]), dtype=dtype)
+
+    def columns(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Keys and columns of the kept rows, ordered by key (copies)."""
+        order = np.argsort(self._keys[: self._n], kind="stable")
+        keys = self._keys[: self._n][order]
+        return keys, {name: arr[: self._n][order] for name, arr in self._store.items()}

@@ -1,0 +1,257 @@
+"""The ``EmbeddingProjector`` callback: thin wiring of the pipeline stages into Lightning hooks.
+
+Per validation batch it collects (cheap, bounded); at validation epoch end it gathers across
+ranks and hands the epoch to a background worker that reduces, aligns, scores and writes sinks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from lightning_embproj import sinks as sink_factory
+from lightning_embproj.capture import LayerCapture
+from lightning_embproj.collect import Collector, Placement
+from lightning_embproj.compat import CallbackBase
+from lightning_embproj.extract import lookup
+from lightning_embproj.gather import gather_samples
+from lightning_embproj.options import ProjectorOptions
+from lightning_embproj.pipeline import ReduceSettings, project_epoch
+from lightning_embproj.state import (
+    projection_from_state,
+    projection_to_state,
+    sample_from_state,
+    sample_to_state,
+)
+from lightning_embproj.types import EpochSample, Projection
+from lightning_embproj.warn import WarnOnce
+from lightning_embproj.worker import Worker
+
+Key = str | int
+
+
+class EmbeddingProjector(CallbackBase):
+    """Project validation embeddings every epoch, aligned across epochs, into W&B and files.
+
+    Args:
+        embedding_key: key of the embeddings in the dict ``validation_step`` returns (or in a
+            dict batch). Ignored when ``layers`` is given.
+        layers: names of submodules (as in ``model.named_modules()``) whose outputs are
+            captured during validation batches; each layer is its own embedding set.
+        label_key: key (or tuple-batch index) of a label per point: colour and metrics.
+        id_key: key (or tuple-batch index) of a stable sample id. Without it, ids are the
+            position in the validation dataset, which assumes a non-shuffled loader.
+        metadata_keys: more columns: a list of keys, or a dict ``{column: key}``. Image tensors
+            ``(B, H, W)`` / ``(B, C, H, W)`` become thumbnails; texts and numbers plain cells.
+        max_samples: points tracked per set, the same ids every epoch (bottom-k of an id hash).
+        reducers: any of ``"pca"``, ``"tsne"``, ``"umap"``.
+        n_components: 2 or 3.
+        every_n_epochs: project epochs whose index is a multiple of this (epoch 0 included).
+        perplexity: t-SNE perplexity (lowered automatically for few points).
+        storage_dtype: ``"float32"`` or ``"float16"`` for the buffered vectors.
+        background: reduce and log in a background thread (``False``: synchronously, to debug).
+        output_dir: root of the local files (default: the trainer's ``log_dir``).
+        max_text_length: longer text cells are truncated.
+        seed: random seed of the reducers.
+
+    Example:
+        >>> projector = EmbeddingProjector(label_key="labels")
+        >>> trainer = L.Trainer(callbacks=[projector])  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        embedding_key: str = "embeddings",
+        layers: Sequence[str] | None = None,
+        label_key: Key | None = None,
+        id_key: Key | None = None,
+        metadata_keys: Sequence[Key] | Mapping[str, Key] | None = None,
+        max_samples: int = 2000,
+        reducers: Sequence[str] | str = ("pca", "tsne"),
+        n_components: int = 2,
+        every_n_epochs: int = 1,
+        perplexity: float = 30.0,
+        storage_dtype: str = "float32",
+        background: bool = True,
+        output_dir: str | None = None,
+        max_text_length: int = 1000,
+        seed: int = 0,
+    ) -> None:
+        self.options = ProjectorOptions(
+            embedding_key=embedding_key, layers=layers,  # type: ignore[arg-type]
+            label_key=label_key, id_key=id_key, metadata_keys=metadata_keys,
+            max_samples=max_samples, reducers=reducers, n_components=n_components,
+            every_n_epochs=every_n_epochs, perplexity=perplexity, storage_dtype=storage_dtype,
+            background=background, output_dir=output_dir, max_text_length=max_text_length,
+            seed=seed,
+        )
+        self.settings = ReduceSettings(
+            list(self.options.reducers), n_components, float(perplexity), seed
+        )
+        self.warn = WarnOnce()
+        self.worker = Worker(background=background, warn=self.warn)
+        self.previous: dict[str, Projection] = {}
+        self.pending: dict[tuple[str, int], tuple[EpochSample, int]] = {}
+        self._lock = threading.Lock()
+        self._collector: Collector | None = None
+        self._capture: LayerCapture | None = None
+        self._sinks: list[tuple[str, Callable[[Projection], None]]] = []
+        self._is_zero = True
+        self._root = output_dir or "."
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(
+            sets=self.options.set_names, reducers=self.settings.reducers,
+            n_components=self.settings.n_components,
+        )
+
+    # -- setup / teardown ---------------------------------------------------------------
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        log_dir = trainer.log_dir  # a collective under DDP: every rank calls it
+        self._root = self.options.output_dir or log_dir or trainer.default_root_dir
+        self._is_zero = trainer.is_global_zero
+        if self.options.layers and self._capture is None:
+            self._capture = LayerCapture(pl_module, list(self.options.layers))
+        if self._is_zero:
+            self._sinks = sink_factory.build(trainer, self._root, self.warn)
+            self._resume_pending()
+
+    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        self.worker.close()
+        if self._capture is not None:
+            self._capture.remove()
+            self._capture = None
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        self.worker.close(timeout=30, cancel=True)
+        if self._capture is not None:
+            self._capture.remove()
+            self._capture = None
+
+    # -- collection ---------------------------------------------------------------------
+    def _collecting(self, trainer: Any) -> bool:
+        return (
+            not trainer.sanity_checking
+            and trainer.current_epoch % self.options.every_n_epochs == 0
+        )
+
+    def on_validation_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        self._collector = Collector(self.options) if self._collecting(trainer) else None
+
+    def on_validation_batch_start(
+        self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        if self._capture is not None:
+            self._capture.active = self._collector is not None
+            self._capture.outputs = {}
+
+    def on_validation_batch_end(
+        self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if self._collector is None:
+            return
+        if self._capture is not None:
+            self._capture.active = False
+            missing = [n for n in self.options.set_names if n not in self._capture.outputs]
+            if missing:
+                raise RuntimeError(
+                    f"layers: {missing} did not run during validation batch {batch_idx}; "
+                    f"only layers called in validation_step can be captured"
+                )
+            raw = dict(self._capture.outputs)
+        else:
+            key = self.options.embedding_key
+            raw = {key: lookup(key, outputs, batch, "embedding_key")}
+        where = _placement(trainer, dataloader_idx)
+        self._collector.add_batch(raw, outputs, batch, dataloader_idx, where)
+
+    def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        collector, self._collector = self._collector, None
+        if collector is None:
+            return
+        if collector.nonfinite and self._is_zero:
+            self.warn(
+                f"nonfinite:{trainer.current_epoch}",
+                f"{collector.nonfinite} tracked rows had NaN or Inf embeddings at epoch "
+                f"{trainer.current_epoch} and were left out of that epoch",
+            )
+        samples = collector.samples()
+        epoch, step = trainer.current_epoch, trainer.global_step
+        for name in self.options.set_names:
+            sample = gather_samples(samples.get(name), self.options.max_samples)
+            if sample is not None and len(sample) > 0:
+                self._submit(sample, epoch, step)
+
+    # -- processing (rank zero) ---------------------------------------------------------
+    def _submit(self, sample: EpochSample, epoch: int, step: int, log: bool = True) -> None:
+        with self._lock:
+            self.pending[(sample.name, epoch)] = (sample, step)
+        self.worker.submit(sample.name, lambda: self._process(sample, epoch, step, log))
+
+    def _process(self, sample: EpochSample, epoch: int, step: int, log: bool) -> None:
+        try:
+            projection = project_epoch(
+                sample, epoch, step, self.previous.get(sample.name), self.settings, self.warn
+            )
+            with self._lock:
+                self.previous[sample.name] = projection
+        finally:
+            with self._lock:
+                self.pending.pop((sample.name, epoch), None)
+        for sink_name, write in self._sinks:
+            if not log and sink_name not in sink_factory.LOCAL_SINKS:
+                continue
+            try:
+                write(projection)
+            except Exception as err:  # noqa: BLE001 - a sink failure must not stop training
+                self.warn(
+                    f"sink:{sink_name}:{type(err).__name__}",
+                    f"writing to {sink_name} failed ({type(err).__name__}: {err}); the other "
+                    f"outputs are still written and training continues",
+                )
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait for the background work queued so far (True when all of it is done)."""
+        return self.worker.flush(timeout)
+
+    # -- checkpointing ------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "previous": {n: projection_to_state(p) for n, p in self.previous.items()},
+                "pending": [
+                    {"epoch": e, "step": step, "sample": sample_to_state(s)}
+                    for (_, e), (s, step) in sorted(self.pending.items(), key=lambda kv: kv[0][1])
+                ],
+            }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        with self._lock:
+            self.previous = {
+                n: projection_from_state(p) for n, p in state_dict.get("previous", {}).items()
+            }
+            self._restored_pending = list(state_dict.get("pending", []))
+
+    def _resume_pending(self) -> None:
+        """Epochs still waiting when the checkpoint was taken: redo them for the alignment
+        chain and the local files, without logging them to the experiment a second time."""
+        for entry in getattr(self, "_restored_pending", []):
+            self._submit(sample_from_state(entry["sample"]), entry["epoch"], entry["step"], False)
+        self._restored_pending = []
+
+
+def _placement(trainer: Any, dataloader_idx: int) -> Placement:
+    world = int(getattr(trainer, "world_size", 1) or 1)
+    if world == 1:
+        return Placement()
+    loaders = trainer.val_dataloaders
+    if loaders is not None and not isinstance(loaders, (list, tuple)):
+        loaders = [loaders]
+    dataset_len = None
+    with contextlib.suppress(TypeError, IndexError, AttributeError):
+        dataset_len = len(loaders[dataloader_idx].dataset)  # type: ignore[index]
+    return Placement(rank=trainer.global_rank, world_size=world, dataset_len=dataset_len)

@@ -1,0 +1,123 @@
+"""Constructor options of the projector, validated with messages that name the option.
+
+Example:
+    >>> opts = ProjectorOptions(reducers="pca")
+    >>> opts.reducers
+    ['pca']
+    >>> ProjectorOptions(n_components=4)
+    Traceback (most recent call last):
+    ...
+    ValueError: n_components must be 2 or 3, got 4
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+KNOWN_REDUCERS = ("pca", "tsne", "umap")
+Key = str | int
+
+
+def _as_list(value: Any, option: str) -> list[Any]:
+    """Accept a single string, a list, a tuple or an omegaconf ListConfig."""
+    if value is None:
+        return []
+    if isinstance(value, (str, int)):
+        return [value]
+    if isinstance(value, Sequence) or hasattr(value, "__iter__") and not isinstance(value, Mapping):
+        return list(value)
+    raise TypeError(f"{option} must be a list, got {type(value).__name__}: {value!r}")
+
+
+def _check_key(value: Any, option: str) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
+        raise TypeError(
+            f"{option} must be a non-empty string (a key of the validation_step outputs or of a "
+            f"dict batch) or an int (an index into a tuple batch), got {value!r}"
+        )
+
+
+def _positive_int(value: Any, option: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{option} must be a positive integer, got {value!r}")
+    return value
+
+
+@dataclass
+class ProjectorOptions:
+    """Validated settings; see :class:`lightning_embproj.EmbeddingProjector` for each one."""
+
+    embedding_key: str = "embeddings"
+    layers: list[str] | None = None
+    label_key: Key | None = None
+    id_key: Key | None = None
+    metadata_keys: Any = None
+    max_samples: int = 2000
+    reducers: Any = field(default_factory=lambda: ["pca", "tsne"])
+    n_components: int = 2
+    every_n_epochs: int = 1
+    perplexity: float = 30.0
+    storage_dtype: str = "float32"
+    background: bool = True
+    output_dir: str | None = None
+    max_text_length: int = 1000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_key(self.embedding_key, "embedding_key")
+        _check_key(self.label_key, "label_key")
+        _check_key(self.id_key, "id_key")
+        layers = _as_list(self.layers, "layers")
+        for layer in layers:
+            if not isinstance(layer, str) or not layer:
+                raise TypeError(f"layers must be module names such as 'encoder', got {layer!r}")
+        dupes = sorted({name for name in layers if layers.count(name) > 1})
+        if dupes:
+            raise ValueError(f"layers lists {dupes} more than once; each layer is one set")
+        self.layers = layers or None
+        self.metadata_keys = self._metadata_columns(self.metadata_keys)
+        self.max_samples = _positive_int(self.max_samples, "max_samples")
+        reducers = [str(r).lower() for r in _as_list(self.reducers, "reducers")]
+        unknown = [r for r in reducers if r not in KNOWN_REDUCERS]
+        if unknown or not reducers:
+            raise ValueError(
+                f"reducers must be a non-empty list drawn from {list(KNOWN_REDUCERS)}, "
+                f"got {_as_list(self.reducers, 'reducers')!r}"
+            )
+        self.reducers = list(dict.fromkeys(reducers))
+        if self.n_components not in (2, 3) or isinstance(self.n_components, bool):
+            raise ValueError(f"n_components must be 2 or 3, got {self.n_components!r}")
+        self.every_n_epochs = _positive_int(self.every_n_epochs, "every_n_epochs")
+        if not isinstance(self.perplexity, (int, float)) or not self.perplexity > 0:
+            raise ValueError(f"perplexity must be a positive number, got {self.perplexity!r}")
+        if self.storage_dtype not in ("float32", "float16"):
+            raise ValueError(
+                f"storage_dtype must be 'float32' or 'float16', got {self.storage_dtype!r}"
+            )
+        self.max_text_length = _positive_int(self.max_text_length, "max_text_length")
+
+    def _metadata_columns(self, value: Any) -> dict[str, Key]:
+        """Column name -> key. An int key (tuple batch index) is named ``batch_<i>``."""
+        if isinstance(value, Mapping):
+            items = [(str(col), key) for col, key in value.items()]
+        else:
+            items = [(key if isinstance(key, str) else f"batch_{key}", key)
+                     for key in _as_list(value, "metadata_keys")]
+        reserved = {"sample_id", "epoch", "step", "label", "dataloader_idx"}
+        for col, key in items:
+            _check_key(key, "metadata_keys")
+            if col in reserved:
+                raise ValueError(
+                    f"metadata_keys: column {col!r} clashes with a column the projector writes "
+                    f"({sorted(reserved)}); pass a dict such as {{'my_{col}': {key!r}}} to rename"
+                )
+        return dict(items)
+
+    @property
+    def set_names(self) -> list[str]:
+        """One embedding set per layer, or the single ``embedding_key`` set."""
+        return list(self.layers) if self.layers else [self.embedding_key]

@@ -1,0 +1,97 @@
+"""Epoch-end processing of one embedding set: reduce, align with the previous epoch, score.
+
+Pure apart from the ``warn`` callback: the same inputs give the same :class:`Projection`.
+
+Example:
+    >>> import numpy as np
+    >>> from lightning_embproj.types import EpochSample
+    >>> rng = np.random.default_rng(0)
+    >>> s = EpochSample("emb", np.arange(50, dtype=np.int64), list(range(50)),
+    ...                 rng.normal(size=(50, 8)).astype(np.float32))
+    >>> p = project_epoch(s, epoch=0, step=10, previous=None, settings=ReduceSettings(["pca"]))
+    >>> p.layouts["pca"].shape
+    (50, 2)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from lightning_embproj.align import procrustes_align
+from lightning_embproj.reduce import reduce, warm_init
+from lightning_embproj.score import epoch_metrics
+from lightning_embproj.types import EpochSample, Projection
+
+WARM_STARTED = ("tsne", "umap")
+
+
+@dataclass
+class ReduceSettings:
+    """How to reduce: reducer names, output dims, t-SNE perplexity and the random seed."""
+
+    reducers: list[str]
+    n_components: int = 2
+    perplexity: float = 30.0
+    seed: int = 0
+
+
+def _no_warn(topic: str, message: str) -> None:
+    """Default for ``warn``: stay silent."""
+
+
+def project_epoch(
+    sample: EpochSample,
+    epoch: int,
+    step: int,
+    previous: Projection | None,
+    settings: ReduceSettings,
+    warn: Callable[[str, str], None] = _no_warn,
+) -> Projection:
+    """Reduce ``sample`` with every reducer, align each layout with ``previous``, score it.
+
+    A reducer that fails is left out of this epoch (one warning); the others and the metrics are
+    still computed. t-SNE and UMAP start from the previous epoch's layout when there is one.
+    """
+    X = np.asarray(sample.embeddings, dtype=np.float32)
+    layouts: dict[str, np.ndarray] = {}
+    for name in settings.reducers:
+        prev_layout = previous.layouts.get(name) if previous is not None else None
+        try:
+            init = None
+            if name in WARM_STARTED and prev_layout is not None and previous is not None:
+                init = warm_init(previous.sample.keys, prev_layout, sample.keys, X)
+            layout = reduce(
+                name, X, settings.n_components, init=init, random_state=settings.seed
+            ) if name != "tsne" else _tsne(X, settings, init)
+            if prev_layout is not None and previous is not None:
+                layout = procrustes_align(layout, sample.keys, prev_layout, previous.sample.keys)
+            layouts[name] = np.asarray(layout, dtype=np.float64)
+        except ImportError as err:
+            warn(f"reduce:{name}:import", f"reducer {name!r} is unavailable and skipped: {err}")
+        except Exception as err:  # noqa: BLE001 - a failed reducer must not stop the others
+            warn(
+                f"reduce:{name}:{type(err).__name__}",
+                f"reducer {name!r} failed at epoch {epoch} for {sample.name!r} and is left out "
+                f"of that epoch ({type(err).__name__}: {err})",
+            )
+    projection = Projection(sample=sample, epoch=epoch, step=step, layouts=layouts)
+    try:
+        projection.metrics = epoch_metrics(projection, previous)
+    except Exception as err:  # noqa: BLE001
+        warn(
+            f"score:{type(err).__name__}",
+            f"metrics failed at epoch {epoch} for {sample.name!r} ({type(err).__name__}: {err})",
+        )
+    return projection
+
+
+def _tsne(X: np.ndarray, settings: ReduceSettings, init: np.ndarray | None) -> np.ndarray:
+    from lightning_embproj.reduce import tsne
+
+    return tsne(
+        X, settings.n_components, init=init, perplexity=settings.perplexity,
+        random_state=settings.seed,
+    )

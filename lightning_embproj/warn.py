@@ -1,0 +1,30 @@
+"""Warn once per topic: a failing sink or reducer must not flood the log every epoch.
+
+Example:
+    >>> w = WarnOnce()
+    >>> w("sink:wandb", "W&B logging failed")   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+
+
+class ProjectorWarning(UserWarning):
+    """Something went wrong in the projector; training goes on."""
+
+
+class WarnOnce:
+    """Issue a :class:`ProjectorWarning` the first time each topic is seen (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, topic: str, message: str) -> None:
+        with self._lock:
+            if topic in self._seen:
+                return
+            self._seen.add(topic)
+        warnings.warn(f"lightning-embproj: {message}", ProjectorWarning, stacklevel=2)
