@@ -26,7 +26,7 @@ def build(trainer: Any, root: str, warn: WarnOnce) -> list[Sink]:
     out: list[Sink] = [("local files", lambda p: _ignore(write_projection(root, p)))]
     makers: list[tuple[str, Callable[[], Callable[[Projection], None] | None]]] = [
         ("html view", lambda: _html_view(root)),
-        ("W&B", lambda: _wandb(trainer)),
+        ("W&B", lambda: _wandb(trainer, warn)),
         ("TensorBoard", lambda: _tensorboard(trainer)),
     ]
     for name, make in makers:
@@ -48,13 +48,13 @@ def _html_view(root: str) -> Callable[[Projection], None] | None:
     return lambda p: _ignore(write_view(root, p.name))
 
 
-def _wandb(trainer: Any) -> Callable[[Projection], None] | None:
+def _wandb(trainer: Any, warn: WarnOnce) -> Callable[[Projection], None] | None:
     logger = find_logger(trainer, "WandbLogger")
     if logger is None:
         return None
     from lightning_embproj.sinks.wandb_sink import WandbSink
 
-    return WandbSink(logger.experiment).write
+    return WandbSink(logger.experiment, warn).write
 
 
 def _tensorboard(trainer: Any) -> Callable[[Projection], None] | None:

@@ -11,12 +11,15 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from lightning_embproj.columns import table_columns
+from lightning_embproj.evolution import WANDB_MAX_ROWS, EvolutionHistory
 from lightning_embproj.types import Projection
+from lightning_embproj.warn import WarnOnce
 
 PREFIX = "embproj"
 STEP_METRIC = "trainer/global_step"
@@ -32,15 +35,21 @@ def metric_key(name: str, metric: str) -> str:
     return f"{PREFIX}/{name}/{metric}"
 
 
-def build_table(projection: Projection) -> Any:
-    """The contract's table; image columns become ``wandb.Image`` thumbnails."""
+def build_table(columns: dict[str, list[Any]], image_columns: Sequence[str] = ()) -> Any:
+    """A ``wandb.Table`` of the given columns; image columns become ``wandb.Image`` cells."""
     import wandb
 
-    cols = table_columns(projection)
-    for key in projection.sample.image_columns():
+    cols = dict(columns)
+    for key in image_columns:
         cols[key] = [_image(img) for img in cols[key]]
     rows = [list(row) for row in zip(*cols.values(), strict=True)]
     return wandb.Table(columns=list(cols), data=rows)
+
+
+def _first_rows(columns: dict[str, list[Any]], keys: np.ndarray, n: int) -> dict[str, list[Any]]:
+    """The ``n`` rows with the smallest keys (the same points every epoch), in table order."""
+    keep = np.sort(np.argsort(keys, kind="stable")[:n])
+    return {c: [v[i] for i in keep] for c, v in columns.items()}
 
 
 def _image(img: np.ndarray) -> Any:
@@ -57,12 +66,16 @@ def label_categories(labels: np.ndarray | None, n: int) -> np.ndarray:
     return (codes % 14 + 1).astype(np.float64)
 
 
-def build_payload(projection: Projection) -> dict[str, Any]:
+def build_payload(projection: Projection, max_rows: int = WANDB_MAX_ROWS) -> dict[str, Any]:
     """Everything one epoch logs for one set, keyed as in the output contract."""
     import wandb
 
     name = projection.name
-    payload: dict[str, Any] = {table_key(name): build_table(projection)}
+    columns = table_columns(projection)
+    if len(projection.sample) > max_rows:
+        columns = _first_rows(columns, projection.sample.keys, max_rows)
+    images = projection.sample.image_columns()
+    payload: dict[str, Any] = {table_key(name): build_table(columns, images)}
     for metric, value in projection.metrics.items():
         payload[metric_key(name, metric)] = value
     payload[metric_key(name, "epoch")] = projection.epoch
@@ -76,10 +89,36 @@ def build_payload(projection: Projection) -> dict[str, Any]:
 
 
 class WandbSink:
-    """Log projections into an existing W&B run."""
+    """Log projections into an existing W&B run, plus one evolution table per set.
 
-    def __init__(self, run: Any) -> None:
+    The evolution table ``embproj/NAME/evolution`` holds every kept epoch's rows (no images),
+    thinned by :class:`EvolutionHistory` to stay below W&B's row limit.
+    """
+
+    def __init__(self, run: Any, warn: WarnOnce | None = None, max_rows: int = 9_000) -> None:
         self.run = run
+        self.warn = warn or WarnOnce()
+        self.max_rows = max_rows
+        self.history: dict[str, EvolutionHistory] = {}
 
     def write(self, projection: Projection) -> None:
-        self.run.log(build_payload(projection))
+        name = projection.name
+        if len(projection.sample) > WANDB_MAX_ROWS:
+            self.warn(
+                f"wandb:rows:{name}",
+                f"{len(projection.sample)} points of {name!r} exceed W&B's {WANDB_MAX_ROWS}-row "
+                f"table limit; the W&B table keeps {WANDB_MAX_ROWS} of them (the same points "
+                f"every epoch), the local files keep all",
+            )
+        payload = build_payload(projection)
+        history = self.history.setdefault(name, EvolutionHistory(self.max_rows))
+        if history.add(projection.epoch, table_columns(projection, include_images=False),
+                       projection.sample.keys.tolist()):
+            self.warn(
+                f"wandb:evolution:{name}",
+                f"the evolution table of {name!r} is thinned to stay under {self.max_rows} "
+                f"rows: {history.rows_per_epoch} points per epoch, every {history.stride}. "
+                f"epoch kept (plus the newest); the per-epoch tables and local files keep all",
+            )
+        payload[metric_key(name, "evolution")] = build_table(history.columns())
+        self.run.log(payload)
