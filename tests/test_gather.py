@@ -208,6 +208,17 @@ def test_gather_with_world_size_one(tmp_path):
 
 
 # ---------------------------------------------------------------- 2 real gloo processes
+def _broken_on_load() -> None:
+    raise TypeError("this value cannot be loaded")
+
+
+class _FailsOnLoad:
+    """Pickles fine, fails to unpickle: an unexpected (non-ValueError) failure on rank 0."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_broken_on_load, ())
+
+
 MAX = 6
 # scenario -> (rank 0 shard, rank 1 shard); None is a rank that saw no rows.
 SCENARIOS: dict[str, tuple[Any, Any]] = {
@@ -224,6 +235,7 @@ SCENARIOS: dict[str, tuple[Any, Any]] = {
     "none_anywhere": (None, None),
     "metadata_mismatch": (make([0, 2], metadata=("text",)), make([1], metadata=("text", "img"))),
     "unpicklable": (make([0]), make([1], metadata=("text", "fn"))),
+    "unpickle_fails": (make([0]), make([1])),
     "after_errors": (make([5, 7]), make([6, 5])),  # the group still works after an error
 }
 
@@ -238,6 +250,8 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
         shard = shards[rank]
         if name == "unpicklable" and rank == 1:
             shard.metadata["fn"] = [lambda: None]
+        if name == "unpickle_fails" and rank == 1:
+            shard.metadata["text"] = [_FailsOnLoad()]
         try:
             results[name] = ("ok", gather_samples(shard, MAX))
         except Exception as err:
@@ -300,3 +314,10 @@ def test_ddp_unpicklable_sample_is_an_error_on_every_rank(ddp_results):
     rank0, rank1 = ddp_results[0]["unpicklable"], ddp_results[1]["unpicklable"]
     assert rank0 == rank1
     assert rank0[0] == "ValueError" and "rank 1 could not serialise" in rank0[1]
+
+
+def test_ddp_unexpected_failure_on_rank0_reaches_the_other_ranks(ddp_results):
+    rank0, rank1 = ddp_results[0]["unpickle_fails"], ddp_results[1]["unpickle_fails"]
+    assert rank0 == ("TypeError", "this value cannot be loaded")
+    assert rank1[0] == "RuntimeError"
+    assert "failed on rank 0: TypeError: this value cannot be loaded" in rank1[1]
