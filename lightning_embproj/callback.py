@@ -52,6 +52,9 @@ class EmbeddingProjector(CallbackBase):
         perplexity: t-SNE perplexity (lowered automatically for few points).
         storage_dtype: ``"float32"`` or ``"float16"`` for the buffered vectors.
         background: reduce and log in a background thread (``False``: synchronously, to debug).
+        max_queued_epochs: epochs of a set that may wait for the background thread; beyond
+            that the oldest waiting epoch is skipped with a warning. Every queued epoch is
+            finished before ``fit`` returns.
         output_dir: root of the local files (default: the trainer's ``log_dir``).
         max_text_length: longer text cells are truncated.
         seed: random seed of the reducers.
@@ -75,6 +78,7 @@ class EmbeddingProjector(CallbackBase):
         perplexity: float = 30.0,
         storage_dtype: str = "float32",
         background: bool = True,
+        max_queued_epochs: int = 8,
         output_dir: str | None = None,
         max_text_length: int = 1000,
         seed: int = 0,
@@ -84,14 +88,16 @@ class EmbeddingProjector(CallbackBase):
             label_key=label_key, id_key=id_key, metadata_keys=metadata_keys,
             max_samples=max_samples, reducers=reducers, n_components=n_components,
             every_n_epochs=every_n_epochs, perplexity=perplexity, storage_dtype=storage_dtype,
-            background=background, output_dir=output_dir, max_text_length=max_text_length,
-            seed=seed,
+            background=background, max_queued_epochs=max_queued_epochs, output_dir=output_dir,
+            max_text_length=max_text_length, seed=seed,
         )
         self.settings = ReduceSettings(
             list(self.options.reducers), n_components, float(perplexity), seed
         )
         self.warn = WarnOnce()
-        self.worker = Worker(background=background, warn=self.warn)
+        self.worker = Worker(
+            background, max_pending=self.options.max_queued_epochs, warn=self.warn
+        )
         self.previous: dict[str, Projection] = {}
         self.pending: dict[tuple[str, int], tuple[EpochSample, int]] = {}
         self._lock = threading.Lock()
@@ -253,5 +259,5 @@ def _placement(trainer: Any, dataloader_idx: int) -> Placement:
         loaders = [loaders]
     dataset_len = None
     with contextlib.suppress(TypeError, IndexError, AttributeError):
-        dataset_len = len(loaders[dataloader_idx].dataset)  # type: ignore[index]
+        dataset_len = len(loaders[dataloader_idx].dataset)
     return Placement(rank=trainer.global_rank, world_size=world, dataset_len=dataset_len)

@@ -63,6 +63,7 @@ class ProjectorOptions:
     perplexity: float = 30.0
     storage_dtype: str = "float32"
     background: bool = True
+    max_queued_epochs: int = 8
     output_dir: str | None = None
     max_text_length: int = 1000
     seed: int = 0
@@ -92,6 +93,7 @@ class ProjectorOptions:
         if self.n_components not in (2, 3) or isinstance(self.n_components, bool):
             raise ValueError(f"n_components must be 2 or 3, got {self.n_components!r}")
         self.every_n_epochs = _positive_int(self.every_n_epochs, "every_n_epochs")
+        self.max_queued_epochs = _positive_int(self.max_queued_epochs, "max_queued_epochs")
         if not isinstance(self.perplexity, (int, float)) or not self.perplexity > 0:
             raise ValueError(f"perplexity must be a positive number, got {self.perplexity!r}")
         if self.storage_dtype not in ("float32", "float16"):

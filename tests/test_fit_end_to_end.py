@@ -10,17 +10,10 @@ import numpy as np
 import pytest
 from digits import DigitsModel, loaders, trainer, wandb_tables
 from lightning.pytorch.loggers import WandbLogger
+from wandb_records import scalars
 
 from lightning_embproj import EmbeddingProjector, read_metrics, read_projections
 from lightning_embproj.sample import hash_ids
-
-
-def _summary(root) -> dict:
-    files = glob.glob(os.path.join(str(root), "**", "offline-run-*", "files",
-                                   "wandb-summary.json"), recursive=True)
-    assert len(files) == 1, files
-    with open(files[0]) as fh:
-        return json.load(fh)
 
 
 def _fit(tmp_path, projector, epochs=3, model=None, dict_batches=False, n_val=300, **kw):
@@ -56,9 +49,11 @@ def test_wandb_table_per_epoch_with_contract_columns(tmp_path, wandb_offline):
     # they are the bottom-k of the id hash over the whole validation set
     expected = np.arange(300)[np.argsort(hash_ids(np.arange(300), 0))[:150]]
     assert ids[0] == sorted(expected.tolist())
-    summary = _summary(wandb_offline)
-    assert 0.0 < summary["embproj/embeddings/silhouette"] <= 1.0
-    assert summary["embproj/embeddings/epoch"] == 2
+    # one silhouette per epoch, logged with the trainer's global step of that epoch
+    silhouettes = scalars(wandb_offline, "embproj/embeddings/silhouette")
+    assert [step for step, _ in silhouettes] == steps
+    assert all(-1.0 <= value <= 1.0 for _, value in silhouettes)
+    assert [v for _, v in scalars(wandb_offline, "embproj/embeddings/epoch")] == [0, 1, 2]
 
 
 def test_local_files_read_back_into_one_table(tmp_path):
@@ -103,7 +98,7 @@ def test_layers_are_captured_by_hooks_and_removed(tmp_path, wandb_offline):
                                    reducers="pca", max_samples=80)
     _fit(tmp_path, projector, epochs=2, model=model, logger=logger)
     wandb.finish()
-    for name, dim in [("encoder", 16), ("encoder.0", 32)]:
+    for name in ["encoder", "encoder.0"]:
         tables = wandb_tables(wandb_offline, f"embproj/{name}")
         assert len(tables) == 2 and len(tables[0]["data"]) == 80
     assert all(not m._forward_hooks for m in model.modules())
@@ -167,9 +162,13 @@ def test_every_n_epochs_and_3d(tmp_path, wandb_offline):
     tables = wandb_tables(wandb_offline, "embproj/embeddings")
     assert [t["data"][0][1] for t in tables] == [0, 2]
     assert tables[0]["columns"][-3:] == ["pca_x", "pca_y", "pca_z"]
-    clouds = glob.glob(os.path.join(str(wandb_offline), "**", "object3D", "**", "*.json"),
+    clouds = glob.glob(os.path.join(str(wandb_offline), "**", "offline-run-*", "files", "media",
+                                    "object3D", "embproj", "embeddings", "pca_3d_*.pts.json"),
                        recursive=True)
     assert len(clouds) == 2
+    with open(clouds[0]) as fh:
+        points = json.load(fh)
+    assert len(points) == 60 and len(points[0]) == 4  # x, y, z, label category
 
 
 def test_several_validation_dataloaders_get_a_column(tmp_path):
