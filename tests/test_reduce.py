@@ -1,0 +1,212 @@
+import sys
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+from sklearn.decomposition import PCA
+from sklearn.neighbors import NearestNeighbors
+
+from lightning_embproj import reduce as R
+from lightning_embproj.align import disparity
+
+
+def knn_accuracy(Y: np.ndarray, y: np.ndarray, k: int = 10) -> float:
+    """Leave-one-out k-NN majority-vote accuracy of labels ``y`` in layout ``Y``."""
+    idx = NearestNeighbors(n_neighbors=k + 1).fit(Y).kneighbors(return_distance=False)[:, 1:]
+    votes = np.array([np.bincount(row, minlength=y.max() + 1).argmax() for row in y[idx]])
+    return float((votes == y).mean())
+
+
+@pytest.fixture(scope="module")
+def digits() -> tuple[np.ndarray, np.ndarray]:
+    X, y = load_digits(return_X_y=True)
+    return X[:500], y[:500]
+
+
+@pytest.fixture(scope="module")
+def digits_tsne(digits: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    return R.tsne(digits[0], 2)
+
+
+# --- dispatch ---------------------------------------------------------------------------------
+
+def test_unknown_reducer_names_the_allowed_ones() -> None:
+    with pytest.raises(ValueError, match=r"one of \['pca', 'tsne', 'umap'\], got 'tnse'"):
+        R.reduce("tnse", np.zeros((10, 3)), 2)
+
+
+def test_reduce_dispatches_and_returns_float64(digits: tuple[np.ndarray, np.ndarray]) -> None:
+    X = digits[0][:100].astype(np.float32)
+    out = R.reduce("pca", X, 2)
+    assert out.dtype == np.float64 and out.shape == (100, 2)
+    np.testing.assert_array_equal(out, R.pca(X, 2))
+
+
+def test_bad_input_raises() -> None:
+    with pytest.raises(ValueError, match="2-D"):
+        R.pca(np.zeros(5), 2)
+    with pytest.raises(ValueError, match="n_components"):
+        R.pca(np.zeros((5, 3)), 0)
+    with pytest.raises(ValueError, match="NaN"):
+        R.tsne(np.full((5, 3), np.nan), 2)
+    with pytest.raises(ValueError, match=r"init must have shape \(20, 2\)"):
+        R.tsne(np.random.default_rng(0).normal(size=(20, 3)), 2, init=np.zeros((19, 2)))
+
+
+# --- pca --------------------------------------------------------------------------------------
+
+def test_pca_matches_sklearn_up_to_sign(digits: tuple[np.ndarray, np.ndarray]) -> None:
+    X = digits[0]
+    ours = R.pca(X, 3)
+    ref = PCA(3).fit_transform(X)
+    np.testing.assert_allclose(np.abs(ours), np.abs(ref), atol=1e-8)
+
+
+def test_pca_identical_input_gives_identical_output(digits: tuple[np.ndarray, np.ndarray]) -> None:
+    X = digits[0]
+    np.testing.assert_array_equal(R.pca(X, 2), R.pca(X.copy(), 2))
+
+
+def test_pca_sign_is_fixed_by_the_largest_loading() -> None:
+    rng = np.random.default_rng(0)
+    # variance mostly along +feature 2, then feature 0
+    X = rng.normal(size=(300, 4)) * [2.0, 0.1, 5.0, 0.1]
+    for data in (X, -X, X[::-1]):
+        out = R.pca(data, 2)
+        assert np.corrcoef(out[:, 0], data[:, 2])[0, 1] > 0.99
+        assert np.corrcoef(out[:, 1], data[:, 0])[0, 1] > 0.99
+
+
+def test_pca_large_dim_path_agrees_with_exact() -> None:
+    rng = np.random.default_rng(1)
+    latent = rng.normal(size=(200, 3)) * [10.0, 5.0, 2.0]
+    mix = np.linalg.qr(rng.normal(size=(1100, 3)))[0].T
+    X = latent @ mix + 0.01 * rng.normal(size=(200, 1100))
+    assert X.shape[1] > R._EXACT_PCA_MAX_DIM
+    np.testing.assert_allclose(np.abs(R.pca(X, 2)), np.abs(PCA(2).fit_transform(X)), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("X", "k"),
+    [
+        (np.ones((1, 5)), 2),  # a single row
+        (np.full((40, 6), 3.5), 2),  # zero variance
+        (np.full((40, 6), 3.5), 3),
+    ],
+)
+def test_pca_degenerate_input_gives_zeros(X: np.ndarray, k: int) -> None:
+    out = R.pca(X, k)
+    assert out.shape == (len(X), k)
+    assert np.array_equal(out, np.zeros_like(out))
+
+
+def test_pca_fewer_dims_than_components_pads_with_zeros() -> None:
+    X = np.random.default_rng(2).normal(size=(30, 1))
+    out = R.pca(X, 3)
+    assert out.shape == (30, 3)
+    np.testing.assert_allclose(np.abs(out[:, 0]), np.abs(X[:, 0] - X[:, 0].mean()))
+    assert not out[:, 1:].any()
+
+
+def test_pca_3d(digits: tuple[np.ndarray, np.ndarray]) -> None:
+    out = R.reduce("pca", digits[0], 3)
+    assert out.shape == (500, 3)
+    assert np.all(np.diff(out.var(axis=0)) < 0)  # decreasing variance
+
+
+# --- tsne -------------------------------------------------------------------------------------
+
+def test_tsne_separates_digit_classes(
+    digits: tuple[np.ndarray, np.ndarray], digits_tsne: np.ndarray
+) -> None:
+    assert digits_tsne.shape == (500, 2) and digits_tsne.dtype == np.float64
+    assert knn_accuracy(digits_tsne, digits[1]) > 0.9
+
+
+def test_tsne_is_deterministic(digits: tuple[np.ndarray, np.ndarray]) -> None:
+    X = digits[0][:150]
+    np.testing.assert_array_equal(R.tsne(X, 2, random_state=3), R.tsne(X, 2, random_state=3))
+
+
+def test_tsne_warm_start_moves_little_and_keeps_quality(
+    digits: tuple[np.ndarray, np.ndarray], digits_tsne: np.ndarray
+) -> None:
+    X, y = digits
+    warm = R.reduce("tsne", X, 2, init=digits_tsne)
+    assert disparity(digits_tsne, warm) < 0.02
+    assert knn_accuracy(warm, y) > 0.9
+
+
+def test_tsne_3d(digits: tuple[np.ndarray, np.ndarray]) -> None:
+    X, y = digits[0][:200], digits[1][:200]
+    out = R.tsne(X, 3)
+    assert out.shape == (200, 3) and np.isfinite(out).all()
+    assert knn_accuracy(out, y) > 0.8
+
+
+def test_tsne_pca_step_for_wide_input() -> None:
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(60, 120))
+    out = R.tsne(X, 2)
+    assert out.shape == (60, 2) and np.isfinite(out).all()
+
+
+@pytest.mark.parametrize("n", [1, 2, 4, 5, 7, 12])
+def test_tsne_small_n(n: int) -> None:
+    X = np.random.default_rng(n).normal(size=(n, 8))
+    out = R.tsne(X, 2)
+    assert out.shape == (n, 2) and np.isfinite(out).all()
+    if n < 5:  # too few rows for t-SNE: the PCA layout
+        np.testing.assert_array_equal(out, R.pca(X, 2))
+
+
+def test_tsne_zero_variance_gives_zeros() -> None:
+    out = R.tsne(np.full((50, 70), 2.0), 2)
+    assert np.array_equal(out, np.zeros((50, 2)))
+
+
+# --- umap -------------------------------------------------------------------------------------
+
+def test_umap_missing_package_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "umap", None)
+    with pytest.raises(ImportError, match=r'pip install "lightning-embproj\[umap\]"'):
+        R.reduce("umap", np.zeros((20, 3)), 2)
+
+
+@pytest.mark.slow
+def test_umap_real_run_cold_and_warm(digits: tuple[np.ndarray, np.ndarray]) -> None:
+    X, y = digits[0][:300], digits[1][:300]
+    cold = R.umap(X, 2)
+    assert cold.shape == (300, 2) and cold.dtype == np.float64
+    assert knn_accuracy(cold, y) > 0.9
+    warm = R.umap(X, 2, init=cold)
+    assert disparity(cold, warm) < 0.2
+    small = R.umap(X[:8], 2)
+    assert small.shape == (8, 2) and np.isfinite(small).all()
+
+
+# --- warm_init --------------------------------------------------------------------------------
+
+def test_warm_init_shared_keys_keep_positions_new_rows_follow_neighbours() -> None:
+    rng = np.random.default_rng(5)
+    prev_keys = np.array([10, 20, 30, 40], dtype=np.int64)
+    prev_layout = rng.normal(size=(4, 2)) * 10
+    keys = np.array([40, 99, 10, 30, 77], dtype=np.int64)  # 99, 77 are new; 20 left
+    X = np.array([[4.0], [1.1], [1.0], [3.0], [2.9]])
+    out = R.warm_init(prev_keys, prev_layout, keys, X)
+    assert out is not None and out.shape == (5, 2)
+    np.testing.assert_array_equal(out[[0, 2, 3]], prev_layout[[3, 0, 2]])
+    # 99 sits next to key 10 in X, 77 next to key 30: their positions plus a tiny jitter
+    np.testing.assert_allclose(out[1], prev_layout[0], atol=0.05)
+    np.testing.assert_allclose(out[4], prev_layout[2], atol=0.05)
+    assert not np.array_equal(out[1], prev_layout[0])
+    again = R.warm_init(prev_keys[::-1], prev_layout[::-1], keys, X)
+    np.testing.assert_array_equal(out, again)
+
+
+def test_warm_init_needs_three_shared_keys() -> None:
+    prev_keys, layout = np.arange(5), np.zeros((5, 2))
+    X = np.zeros((4, 3))
+    assert R.warm_init(prev_keys, layout, np.array([0, 1, 7, 8]), X) is None
+    assert R.warm_init(np.array([], dtype=np.int64), np.zeros((0, 2)), np.arange(4), X) is None
+    assert R.warm_init(prev_keys, layout, np.array([0, 1, 2, 8]), X) is not None
