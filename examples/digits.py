@@ -108,9 +108,8 @@ def main() -> None:
 
     metrics = read_metrics(out)
     points = read_projections(out)
-    print("\nEpoch  silhouette  knn_accuracy")
-    for row in metrics.itertuples():
-        print(f"{row.epoch:5d}  {row.silhouette:10.3f}  {getattr(row, 'knn_accuracy', float('nan')):12.3f}")
+    cols = [c for c in ("silhouette", "knn_accuracy", "drift/knn_overlap") if c in metrics]
+    print("\n" + metrics[["epoch", *cols]].to_string(index=False, float_format="%.3f"))
     print(f"\n{len(points)} rows in {points['epoch'].nunique()} epochs")
     print(f"W&B run files:   {run_dir}")
     print(f"local CSV files: {out / 'embproj' / 'embeddings'}")

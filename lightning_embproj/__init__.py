@@ -5,9 +5,23 @@ Example:
     >>> projector = EmbeddingProjector(embedding_key="embeddings", label_key="labels")
 """
 
-from lightning_embproj.callback import EmbeddingProjector
+from typing import TYPE_CHECKING, Any
+
 from lightning_embproj.sinks.local import read_metrics, read_projections
 from lightning_embproj.types import EpochSample, Projection
 
+if TYPE_CHECKING:
+    from lightning_embproj.callback import EmbeddingProjector
+
 __all__ = ["EmbeddingProjector", "EpochSample", "Projection", "read_metrics", "read_projections"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # Lightning is imported only when the callback is asked for: the pure stages (and the
+    # processes of DDP tests that only use them) start without it.
+    if name == "EmbeddingProjector":
+        from lightning_embproj.callback import EmbeddingProjector
+
+        return EmbeddingProjector
+    raise AttributeError(f"module 'lightning_embproj' has no attribute {name!r}")

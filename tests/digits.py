@@ -99,9 +99,8 @@ def trainer(tmp_path: Any, callbacks: list, **kwargs: Any) -> L.Trainer:
 def wandb_tables(root: Any, key: str) -> list[dict[str, Any]]:
     """The table JSON files one offline run wrote for ``key`` (``embproj/NAME``), by step."""
     *folders, leaf = key.split("/")
-    pattern = os.path.join(
-        str(root), "**", "offline-run-*", "files", "media", "table", *folders, f"{leaf}_*.table.json"
-    )
+    media = os.path.join(str(root), "**", "offline-run-*", "files", "media", "table")
+    pattern = os.path.join(media, *folders, f"{leaf}_*.table.json")
     files = glob.glob(pattern, recursive=True)
     # W&B names files <key>_<step>_<hash>; the step is the wandb internal step.
     files.sort(key=lambda f: int(os.path.basename(f)[len(leaf) + 1 :].split("_")[0]))
