@@ -1,0 +1,76 @@
+"""Real DDP fits (2 CPU processes, gloo) for tests/test_ddp_fit.py; run as a script.
+
+Lightning's ``strategy="ddp"`` re-executes this script for rank 1, so every rank runs the same
+fits in the same order. Rank 0's callback writes the local CSV files under ``OUT/<scenario>``,
+which the test reads back. The model is frozen (lr 0) and seeded, so its embeddings equal a
+single-process run's.
+
+    OMP_NUM_THREADS=1 python tests/ddp_script.py OUT [scenario ...]
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as L
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from digits import DigitsModel, loaders  # noqa: E402
+
+from lightning_embproj import EmbeddingProjector  # noqa: E402
+
+
+class NaNOnRank1(DigitsModel):
+    """Rank 1's embeddings are all NaN: it ends the epoch with no tracked rows."""
+
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict:
+        out = super().validation_step(batch, batch_idx)
+        if self.global_rank == 1:
+            out["embeddings"] = torch.full_like(out["embeddings"], float("nan"))
+        return out
+
+
+# name -> (n_val, max_samples, batch_size, id_key, model class)
+SCENARIOS: dict[str, tuple[int, int, int, str | None, type]] = {
+    "padded": (301, 400, 64, None, DigitsModel),      # 301 on 2 ranks: sample 0 seen twice
+    "bottomk": (301, 100, 32, "id", DigitsModel),     # max_samples < dataset, explicit ids
+    "one": (1, 50, 64, None, DigitsModel),            # rank 1 only sees the padded copy
+    "nan_rank": (120, 200, 16, None, NaNOnRank1),     # rank 1 has no samples at all
+}
+
+
+def projector(out: str, name: str, max_samples: int, id_key: str | None) -> EmbeddingProjector:
+    return EmbeddingProjector(
+        label_key="y", id_key=id_key, metadata_keys=["text"], reducers="pca",
+        max_samples=max_samples, output_dir=os.path.join(out, name),
+    )
+
+
+def run(out: str, name: str, devices: int, strategy: str | None = "ddp") -> None:
+    n_val, max_samples, batch_size, id_key, model_cls = SCENARIOS[name]
+    L.seed_everything(0, workers=True, verbose=False)
+    train, val = loaders(n_train=128, n_val=n_val, batch_size=batch_size, dict_batches=True)
+    kwargs: dict[str, Any] = dict(strategy=strategy) if strategy else {}
+    trainer = L.Trainer(
+        default_root_dir=os.path.join(out, name, "root"), max_epochs=2, accelerator="cpu",
+        devices=devices, limit_train_batches=2, num_sanity_val_steps=1, logger=False,
+        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+        callbacks=[projector(out, name, max_samples, id_key)], **kwargs,
+    )
+    trainer.fit(model_cls(dict_batches=True, frozen=True), train, val)
+
+
+def main() -> None:
+    warnings.filterwarnings("ignore")
+    out, names = sys.argv[1], sys.argv[2:] or list(SCENARIOS)
+    for name in names:
+        run(out, name, devices=2)
+
+
+if __name__ == "__main__":
+    main()
