@@ -19,6 +19,7 @@ from lightning_embproj.extract import lookup
 from lightning_embproj.gather import gather_samples
 from lightning_embproj.options import ProjectorOptions
 from lightning_embproj.pipeline import ReduceSettings, project_epoch
+from lightning_embproj.score import movers
 from lightning_embproj.state import (
     projection_from_state,
     projection_to_state,
@@ -200,9 +201,9 @@ class EmbeddingProjector(CallbackBase):
 
     def _process(self, sample: EpochSample, epoch: int, step: int, log: bool) -> None:
         try:
-            projection = project_epoch(
-                sample, epoch, step, self.previous.get(sample.name), self.settings, self.warn
-            )
+            previous = self.previous.get(sample.name)
+            projection = project_epoch(sample, epoch, step, previous, self.settings, self.warn)
+            projection.movers = self._movers(projection, previous)
             with self._lock:
                 self.previous[sample.name] = projection
         finally:
@@ -219,6 +220,13 @@ class EmbeddingProjector(CallbackBase):
                     f"writing to {sink_name} failed ({type(err).__name__}: {err}); the other "
                     f"outputs are still written and training continues",
                 )
+
+    def _movers(self, projection: Projection, previous: Projection | None) -> Any:
+        try:
+            return movers(projection, previous)
+        except Exception as err:  # noqa: BLE001 - the table is a bonus, the epoch is not
+            self.warn(f"movers:{type(err).__name__}", f"movers table failed: {err}")
+            return None
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait for the background work queued so far (True when all of it is done)."""

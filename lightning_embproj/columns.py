@@ -59,3 +59,18 @@ def table_columns(projection: Projection, include_images: bool = True) -> dict[s
         for j, col in enumerate(layout_columns(reducer, layout.shape[1])):
             cols[col] = [float(v) for v in layout[:, j]]
     return cols
+
+
+def mover_columns(projection: Projection) -> dict[str, list[Any]]:
+    """The movers of an epoch with their contract columns: ``kind``, ``overlap``,
+    ``foreign_fraction``, then the same columns as the epoch's table for those rows."""
+    movers = projection.movers or {}
+    index = [int(i) for i in movers.get("index", [])]
+    cols: dict[str, list[Any]] = {
+        "kind": [str(v) for v in movers.get("kind", [])],
+        "overlap": [_cell(v) for v in movers.get("overlap", [])],
+        "foreign_fraction": [_cell(v) for v in movers.get("foreign_fraction", [])],
+    }
+    for name, values in table_columns(projection).items():
+        cols[name] = [values[i] for i in index]
+    return cols

@@ -66,6 +66,8 @@ class Projection:
         layouts: reducer name -> ``(N, n_components)`` float array, aligned with the previous
             epoch, rows in the order of ``sample``.
         metrics: scalar metrics by name (``silhouette``, ``tsne/trustworthiness``, ...).
+        movers: the points worth a look (see :func:`lightning_embproj.score.movers`): parallel
+            arrays ``index``, ``kind``, ``overlap``, ``foreign_fraction``; None if not computed.
     """
 
     sample: EpochSample
@@ -73,6 +75,7 @@ class Projection:
     step: int
     layouts: dict[str, np.ndarray] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
+    movers: dict[str, np.ndarray] | None = None
 
     @property
     def name(self) -> str:

@@ -54,6 +54,15 @@ def test_wandb_table_per_epoch_with_contract_columns(tmp_path, wandb_offline):
     assert [step for step, _ in silhouettes] == steps
     assert all(-1.0 <= value <= 1.0 for _, value in silhouettes)
     assert [v for _, v in scalars(wandb_offline, "embproj/embeddings/epoch")] == [0, 1, 2]
+    # all epochs in one evolution table, and the movers after each epoch with a previous one
+    evolution = wandb_tables(wandb_offline, "embproj/embeddings/evolution")
+    assert [len(t["data"]) for t in evolution] == [150, 300, 450]
+    assert sorted({row[1] for row in evolution[-1]["data"]}) == [0, 1, 2]
+    movers = wandb_tables(wandb_offline, "embproj/embeddings/movers")
+    assert movers and movers[-1]["columns"][:4] == ["kind", "overlap", "foreign_fraction",
+                                                   "sample_id"]
+    kinds = {row[0] for t in movers for row in t["data"]}
+    assert kinds <= {"changed", "mislabelled-neighbourhood"} and "changed" in kinds
 
 
 def test_local_files_read_back_into_one_table(tmp_path):

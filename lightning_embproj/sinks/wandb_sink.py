@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from lightning_embproj.columns import table_columns
+from lightning_embproj.columns import mover_columns, table_columns
 from lightning_embproj.evolution import WANDB_MAX_ROWS, EvolutionHistory
 from lightning_embproj.types import Projection
 from lightning_embproj.warn import WarnOnce
@@ -76,6 +76,8 @@ def build_payload(projection: Projection, max_rows: int = WANDB_MAX_ROWS) -> dic
         columns = _first_rows(columns, projection.sample.keys, max_rows)
     images = projection.sample.image_columns()
     payload: dict[str, Any] = {table_key(name): build_table(columns, images)}
+    if projection.movers is not None and projection.movers["index"].size:
+        payload[metric_key(name, "movers")] = build_table(mover_columns(projection), images)
     for metric, value in projection.metrics.items():
         payload[metric_key(name, metric)] = value
     payload[metric_key(name, "epoch")] = projection.epoch
