@@ -31,6 +31,7 @@ _TSNE_COLD_ITERS = 500
 _TSNE_WARM_ITERS = 250
 # Exact eigh of the D x D covariance up to this D, randomized SVD above (measured at N=10,000).
 _EXACT_PCA_MAX_DIM = 1024
+_UMAP_WARM_EPOCHS = 200
 
 
 def reduce(
@@ -202,7 +203,7 @@ def umap(
     init: np.ndarray | None = None,
     random_state: int = 0,
 ) -> np.ndarray:
-    """UMAP layout (umap-learn, optional extra), started from ``init`` when given.
+    """UMAP layout (umap-learn, optional extra); warm start from ``init`` with 200 epochs.
 
     Fewer than 5 rows, or no variance at all, return the PCA layout. The first call pays
     umap's numba compilation (~20-60 s).
@@ -228,7 +229,11 @@ def umap(
         n_components=n_components,
         n_neighbors=min(15, n - 1),
         init=init if init is not None else "spectral",
+        # Warm: fewer epochs move the previous layout less (digits, 300 rows, noisier copy:
+        # disparity to the previous layout 0.08 with 200 epochs, 0.13 with the default 500).
+        n_epochs=_UMAP_WARM_EPOCHS if init is not None else None,
         random_state=random_state,
+        n_jobs=1,  # a seed forces one thread anyway; say so to skip umap's warning
     )
     return np.asarray(model.fit_transform(X), dtype=np.float64)
 

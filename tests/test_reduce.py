@@ -179,8 +179,11 @@ def test_umap_real_run_cold_and_warm(digits: tuple[np.ndarray, np.ndarray]) -> N
     cold = R.umap(X, 2)
     assert cold.shape == (300, 2) and cold.dtype == np.float64
     assert knn_accuracy(cold, y) > 0.9
-    warm = R.umap(X, 2, init=cold)
-    assert disparity(cold, warm) < 0.2
+    # next epoch, slightly different embeddings: the warm start stays closer than a cold run
+    X2 = X + np.random.default_rng(0).normal(0.0, 1.0, X.shape)
+    warm, fresh = R.umap(X2, 2, init=cold), R.umap(X2, 2)
+    assert disparity(cold, warm) < 0.6 * disparity(cold, fresh)
+    assert knn_accuracy(warm, y) > 0.9
     small = R.umap(X[:8], 2)
     assert small.shape == (8, 2) and np.isfinite(small).all()
 
