@@ -124,6 +124,11 @@ class EmbeddingProjector(CallbackBase):
             self._capture = LayerCapture(pl_module, list(self.options.layers))
         if self._is_zero:
             self._sinks = sink_factory.build(trainer, self._root, self.warn)
+
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        # Lightning restores callback state (load_state_dict) after `setup` and before
+        # `on_fit_start`: only now are the epochs that were pending at the checkpoint known.
+        if self._is_zero:
             self._resume_pending()
 
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
@@ -205,7 +210,10 @@ class EmbeddingProjector(CallbackBase):
             projection = project_epoch(sample, epoch, step, previous, self.settings, self.warn)
             projection.movers = self._movers(projection, previous)
             with self._lock:
+                # One critical section: a checkpoint taken in between would hold this epoch
+                # both as `previous` and as pending, and a resume would align it to itself.
                 self.previous[sample.name] = projection
+                self.pending.pop((sample.name, epoch), None)
         finally:
             with self._lock:
                 self.pending.pop((sample.name, epoch), None)
