@@ -116,7 +116,7 @@ def plot_epochs(points: Any, metrics: Any | None, path: Path, *, epochs: Sequenc
                    title=f"label (+{extra} more)" if extra > 0 else "label",
                    title_fontsize=8)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fig.savefig(tmp, dpi=DPI, format="png")
     os.replace(tmp, path)
     return path

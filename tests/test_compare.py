@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -60,22 +61,15 @@ def test_default_epochs() -> None:
 def test_cli_subprocess_writes_view_and_png(tmp_path: Path) -> None:
     make_run(tmp_path / "logs")
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    cli = [sys.executable, "-m", "lightning_embproj", "compare"]
-    out_dir = ["--output", str(tmp_path / "out")]
-    # Both at once: each pays the package's import time.
-    good, bad = (subprocess.Popen(cli + [str(tmp_path / d)] + out_dir, env=env, cwd=REPO,
-                                  text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-                 for d in ("logs", "nope"))
-    stdout, stderr = good.communicate(timeout=180)
-    assert good.returncode == 0, stderr
+    out = subprocess.run(
+        [sys.executable, "-m", "lightning_embproj", "compare", str(tmp_path / "logs"),
+         "--output", str(tmp_path / "out")],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=180)
+    assert out.returncode == 0, out.stderr
     view, png = tmp_path / "out" / "emb" / "view.html", tmp_path / "out" / "emb" / "compare_pca.png"
-    assert stdout.split() == [str(view), str(png)]
+    assert out.stdout.split() == [str(view), str(png)]
     assert "plotly.js v" in view.read_text() and "<img src" not in view.read_text()
     png_check(png, (3 * 400, 460))  # epochs 0, 2, 4
-
-    _, stderr = bad.communicate(timeout=180)
-    assert bad.returncode == 2
-    assert "does not exist" in stderr and "usage: embproj compare" in stderr
 
 
 def test_chosen_epochs_reducer_and_set(tmp_path: Path) -> None:
@@ -106,13 +100,19 @@ def test_bad_arguments_exit_2_with_a_clear_message(
     with pytest.raises(SystemExit) as exc:
         main(["compare", str(tmp_path), "--output", str(tmp_path / "out"), *args])
     assert exc.value.code == 2
-    import re
-
     assert re.search(message, capsys.readouterr().err)
     assert not (tmp_path / "out").exists()  # nothing written on bad input
 
 
-def test_empty_log_dir_and_no_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_or_empty_log_dir_and_no_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["compare", str(tmp_path / "nope"), "--output", str(tmp_path / "out")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: embproj compare" in err
+    assert f"log dir '{tmp_path / 'nope'}' does not exist" in err
     with pytest.raises(SystemExit):
         main(["compare", str(tmp_path), "--output", str(tmp_path / "out")])
     assert "no embedding sets under" in capsys.readouterr().err

@@ -148,6 +148,19 @@ def test_figure_tracks_points_by_id_and_escapes(tmp_path: Path) -> None:
     assert [s["x0"] for s in fig["frames"][1]["layout"]["shapes"]] == [1, 1]
 
 
+def test_figure_is_strict_json_with_odd_metrics() -> None:
+    points = synthetic_points(10, 3)
+    points.loc[points["sample_id"] == 3, "tsne_x"] = np.nan  # a point with a missing layout
+    metrics = pd.DataFrame({"epoch": [0, 1, 2], "step": [0, 10, 20],
+                            "silhouette": [np.nan, 0.2, 0.3], "empty": [np.nan] * 3,
+                            "note": ["a", "b", "c"], "tsne/displacement": [np.nan, 4.0, 2.0]})
+    fig = figure_dict(points, metrics)
+    json.dumps(fig, allow_nan=False)  # NaN is not JSON: plotly.js would fail to parse it
+    curves = {t["name"]: t["y"] for t in fig["data"] if t.get("mode") == "lines+markers"}
+    assert curves == {"silhouette": [None, 0.2, 0.3], "tsne/displacement": [None, 4.0, 2.0]}
+    assert fig["layout"]["yaxis3"]["title"]["text"] == "drift"
+
+
 def test_long_run_is_thinned_and_says_so() -> None:
     points = synthetic_points(30, 120)
     page = render_view(points, None, title="long", max_epochs=50)

@@ -107,7 +107,8 @@ def _hover_texts(df: Any, meta: list[str]) -> np.ndarray:
 
 
 def _range(values: np.ndarray) -> list[float]:
-    lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
+    finite = values[np.isfinite(values)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (-1.0, 1.0)
     pad = 0.05 * (hi - lo) or 1.0
     return [lo - pad, hi + pad]
 
@@ -116,18 +117,21 @@ def _metric_panels(metrics: Any) -> tuple[list[dict[str, Any]], list[str]]:
     """Curves of every metric column; scores within [-1, 1] on top, the rest (drift) below."""
     if metrics is None or len(metrics) == 0 or "epoch" not in metrics.columns:
         return [], []
+    import pandas as pd
+
     metrics = metrics.sort_values("epoch")
-    cols = [c for c in metrics.columns if c not in ("epoch", "step")]
-    values = {c: np.asarray(metrics[c], dtype=float) for c in cols}
-    bounded = [c for c in cols if np.nanmax(np.abs(values[c]), initial=0.0) <= 1.0]
+    values = {c: pd.to_numeric(metrics[c], errors="coerce").to_numpy(dtype=float)
+              for c in metrics.columns if c not in ("epoch", "step")}
+    cols = [c for c, v in values.items() if np.isfinite(v).any()]  # skip empty or text columns
+    bounded = [c for c in cols if np.abs(values[c][np.isfinite(values[c])]).max() <= 1.0]
     groups = [g for g in (bounded, [c for c in cols if c not in bounded]) if g]
     traces = []
     for i, group in enumerate(groups):
         for c in group:
             traces.append({
                 "type": "scatter", "mode": "lines+markers", "name": esc(c, 40),
-                "x": metrics["epoch"].tolist(), "y": [None if np.isnan(v) else v
-                                                     for v in values[c]],
+                "x": metrics["epoch"].tolist(),
+                "y": [float(v) if np.isfinite(v) else None for v in values[c]],
                 "xaxis": f"x{i + 2}", "yaxis": f"y{i + 2}", "legend": "legend2",
                 "hovertemplate": f"{esc(c, 40)}<br>epoch %{{x}}: %{{y:.4g}}<extra></extra>",
             })
