@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from lightning_embproj import sinks as sink_factory
@@ -104,7 +104,7 @@ class EmbeddingProjector(CallbackBase):
         self._lock = threading.Lock()
         self._collector: Collector | None = None
         self._capture: LayerCapture | None = None
-        self._sinks: list[tuple[str, Callable[[Projection], None]]] = []
+        self._sinks = sink_factory.Sinks()
         self._is_zero = True
         self._root = output_dir or "."
 
@@ -133,6 +133,7 @@ class EmbeddingProjector(CallbackBase):
 
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
         self.worker.close()
+        self._finish_sinks()
         if self._capture is not None:
             self._capture.remove()
             self._capture = None
@@ -217,7 +218,7 @@ class EmbeddingProjector(CallbackBase):
         finally:
             with self._lock:
                 self.pending.pop((sample.name, epoch), None)
-        for sink_name, write in self._sinks:
+        for sink_name, write in self._sinks.writers:
             if not log and sink_name not in sink_factory.LOCAL_SINKS:
                 continue
             try:
@@ -228,6 +229,13 @@ class EmbeddingProjector(CallbackBase):
                     f"writing to {sink_name} failed ({type(err).__name__}: {err}); the other "
                     f"outputs are still written and training continues",
                 )
+
+    def _finish_sinks(self) -> None:
+        for sink_name, finish in self._sinks.finishers:
+            try:
+                finish()
+            except Exception as err:  # noqa: BLE001
+                self.warn(f"sink:{sink_name}:finish", f"{sink_name} failed at the end: {err}")
 
     def _movers(self, projection: Projection, previous: Projection | None) -> Any:
         try:

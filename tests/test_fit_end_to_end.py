@@ -63,6 +63,13 @@ def test_wandb_table_per_epoch_with_contract_columns(tmp_path, wandb_offline):
                                                    "sample_id"]
     kinds = {row[0] for t in movers for row in t["data"]}
     assert kinds <= {"changed", "mislabelled-neighbourhood"} and "changed" in kinds
+    # the final slider view lives in the W&B run too, self-contained
+    views = glob.glob(os.path.join(str(wandb_offline), "**", "offline-run-*", "files", "media",
+                                   "html", "embproj", "embeddings", "view_*.html"), recursive=True)
+    assert len(views) == 1
+    with open(views[0], encoding="utf-8") as fh:
+        page = fh.read()
+    assert "Plotly" in page and "<script src=\"http" not in page
 
 
 def test_local_files_read_back_into_one_table(tmp_path):

@@ -2,62 +2,77 @@
 
 :func:`build` picks the sinks for a trainer: W&B when a ``WandbLogger`` is attached,
 TensorBoard's projector files when a ``TensorBoardLogger`` is, the HTML view when plotly is
-installed. Each sink is a ``write(projection)`` callable.
+installed. Each sink is a ``write(projection)`` callable; some also have a ``finish()`` run
+once at the end of ``fit``/``validate`` (W&B logs the final slider view as ``wandb.Html``).
 """
 
 from __future__ import annotations
 
 import importlib.util
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
-from lightning_embproj.compat import find_logger
 from lightning_embproj.types import Projection
 from lightning_embproj.warn import WarnOnce
 
-Sink = tuple[str, Callable[[Projection], None]]
+Writer = Callable[[Projection], None]
 LOCAL_SINKS = frozenset({"local files", "html view"})
 
 
-def build(trainer: Any, root: str, warn: WarnOnce) -> list[Sink]:
+@dataclass
+class Sinks:
+    """Named ``write(projection)`` callables, and ``finish()`` callables for the run's end."""
+
+    writers: list[tuple[str, Writer]] = field(default_factory=list)
+    finishers: list[tuple[str, Callable[[], None]]] = field(default_factory=list)
+
+
+def build(trainer: Any, root: str, warn: WarnOnce) -> Sinks:
     """The sinks for this trainer, local files first (they must survive any other failure)."""
     from lightning_embproj.sinks.local import write_projection
 
-    out: list[Sink] = [("local files", lambda p: _ignore(write_projection(root, p)))]
-    makers: list[tuple[str, Callable[[], Callable[[Projection], None] | None]]] = [
-        ("html view", lambda: _html_view(root)),
-        ("W&B", lambda: _wandb(trainer, warn)),
+    sinks = Sinks([("local files", lambda p: _ignore(write_projection(root, p)))])
+    has_view = importlib.util.find_spec("plotly") is not None
+    makers: list[tuple[str, Callable[[], Any]]] = [
+        ("html view", lambda: _html_view(root) if has_view else None),
+        ("W&B", lambda: _wandb(trainer, warn, root if has_view else None)),
         ("TensorBoard", lambda: _tensorboard(trainer)),
     ]
     for name, make in makers:
         try:
-            write = make()
+            sink = make()
         except Exception as err:  # noqa: BLE001 - a broken sink must not stop the others
             warn(f"sink:{name}:setup", f"{name} output disabled: {type(err).__name__}: {err}")
             continue
-        if write is not None:
-            out.append((name, write))
-    return out
+        if sink is None:
+            continue
+        sinks.writers.append((name, getattr(sink, "write", sink)))
+        if hasattr(sink, "finish"):
+            sinks.finishers.append((name, sink.finish))
+    return sinks
 
 
-def _html_view(root: str) -> Callable[[Projection], None] | None:
-    if importlib.util.find_spec("plotly") is None:
-        return None
+def _html_view(root: str) -> Writer:
     from lightning_embproj.sinks.html_view import write_view
 
     return lambda p: _ignore(write_view(root, p.name))
 
 
-def _wandb(trainer: Any, warn: WarnOnce) -> Callable[[Projection], None] | None:
+def _wandb(trainer: Any, warn: WarnOnce, view_root: str | None) -> Any:
+    from lightning_embproj.compat import find_logger
+
     logger = find_logger(trainer, "WandbLogger")
     if logger is None:
         return None
     from lightning_embproj.sinks.wandb_sink import WandbSink
 
-    return WandbSink(logger.experiment, warn).write
+    return WandbSink(logger.experiment, warn, view_root=view_root)
 
 
-def _tensorboard(trainer: Any) -> Callable[[Projection], None] | None:
+def _tensorboard(trainer: Any) -> Writer | None:
+    from lightning_embproj.compat import find_logger
+
     logger = find_logger(trainer, "TensorBoardLogger")
     if logger is None:
         return None

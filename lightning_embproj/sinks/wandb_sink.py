@@ -94,14 +94,21 @@ class WandbSink:
     """Log projections into an existing W&B run, plus one evolution table per set.
 
     The evolution table ``embproj/NAME/evolution`` holds every kept epoch's rows (no images),
-    thinned by :class:`EvolutionHistory` to stay below W&B's row limit.
+    thinned by :class:`EvolutionHistory` to stay below W&B's row limit. With ``view_root``,
+    :meth:`finish` logs each set's final slider view (``<view_root>/embproj/NAME/view.html``)
+    as ``wandb.Html`` under ``embproj/NAME/view``: once, since each copy is ~5 MB.
     """
 
-    def __init__(self, run: Any, warn: WarnOnce | None = None, max_rows: int = 9_000) -> None:
+    def __init__(
+        self, run: Any, warn: WarnOnce | None = None, max_rows: int = 9_000,
+        view_root: str | None = None,
+    ) -> None:
         self.run = run
         self.warn = warn or WarnOnce()
         self.max_rows = max_rows
+        self.view_root = view_root
         self.history: dict[str, EvolutionHistory] = {}
+        self.last_step: dict[str, int] = {}
 
     def write(self, projection: Projection) -> None:
         name = projection.name
@@ -124,3 +131,19 @@ class WandbSink:
             )
         payload[metric_key(name, "evolution")] = build_table(history.columns())
         self.run.log(payload)
+        self.last_step[name] = projection.step
+
+    def finish(self) -> None:
+        """Log the slider view of every set written so far (no-op without ``view_root``)."""
+        if self.view_root is None:
+            return
+        import wandb
+
+        from lightning_embproj.sinks.html_view import VIEW_FILE
+        from lightning_embproj.sinks.local import set_dir
+
+        for name, step in self.last_step.items():
+            path = set_dir(self.view_root, name) / VIEW_FILE
+            if path.is_file():
+                html = wandb.Html(path.read_text(encoding="utf-8"), inject=False)
+                self.run.log({metric_key(name, "view"): html, STEP_METRIC: step})
