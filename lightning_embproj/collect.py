@@ -53,6 +53,8 @@ class Collector:
         self.positions: dict[int, int] = {}
         self.nonfinite = 0
         self.seen = 0
+        self.batches = 0
+        self.dims: dict[str, int] = {}
 
     def _ids(self, outputs: Any, batch: Any, n: int, dl: int, where: Placement) -> np.ndarray:
         if self.options.id_key is None:
@@ -96,6 +98,16 @@ class Collector:
                 raise ValueError(
                     f"embeddings {name!r} has {value.shape[0]} rows but the batch has {n}"
                 )
+            # Checked on every batch, not only when rows enter the buffer, so the error does
+            # not depend on which rows the sample happens to keep.
+            dim = int(value.shape[1])
+            if self.dims.setdefault(name, dim) != dim:
+                raise ValueError(
+                    f"embeddings {name!r} changed dimension at validation batch {self.batches}: "
+                    f"earlier batches had {self.dims[name]} values per row, this one has {dim}; "
+                    f"every batch must give (B, D) embeddings with the same D"
+                )
+        self.batches += 1
         ids = self._ids(outputs, batch, n, dataloader_idx, where)
         keys = hash_ids(ids, dataloader_idx)
         metadata = self._metadata(outputs, batch, n)

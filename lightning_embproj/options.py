@@ -41,6 +41,15 @@ def _check_key(value: Any, option: str) -> None:
         )
 
 
+def _check_set_name(name: str, option: str) -> None:
+    """A set name becomes a folder (``embproj/<name>``) and a W&B key: no path tricks."""
+    if name in (".", "..") or any(c in name for c in "/\\\0") or name != name.strip():
+        raise ValueError(
+            f"{option}={name!r} names a folder under embproj/ and a W&B key: it must not be "
+            f"'.' or '..', contain '/', '\\' or NUL, or start or end with spaces"
+        )
+
+
 def _positive_int(value: Any, option: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{option} must be a positive integer, got {value!r}")
@@ -70,12 +79,15 @@ class ProjectorOptions:
 
     def __post_init__(self) -> None:
         _check_key(self.embedding_key, "embedding_key")
+        if self.layers is None and isinstance(self.embedding_key, str):
+            _check_set_name(self.embedding_key, "embedding_key")
         _check_key(self.label_key, "label_key")
         _check_key(self.id_key, "id_key")
         layers = _as_list(self.layers, "layers")
         for layer in layers:
             if not isinstance(layer, str) or not layer:
                 raise TypeError(f"layers must be module names such as 'encoder', got {layer!r}")
+            _check_set_name(layer, "layers")
         dupes = sorted({name for name in layers if layers.count(name) > 1})
         if dupes:
             raise ValueError(f"layers lists {dupes} more than once; each layer is one set")

@@ -18,6 +18,10 @@ import csv
 import io
 import json
 import os
+import re
+import threading
+import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +31,7 @@ from lightning_embproj.types import Projection
 SUBDIR = "embproj"
 EPOCH_FILE = "epoch_{epoch:04d}.csv"
 METRICS_FILE = "metrics.jsonl"
+_EPOCH_RE = re.compile(r"epoch_(\d+)\.csv")
 
 
 def set_dir(root: str | os.PathLike[str], name: str) -> Path:
@@ -37,10 +42,16 @@ def set_dir(root: str | os.PathLike[str], name: str) -> Path:
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` via a temporary file and a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    # Unique per process and thread: two writers of one file never share a temporary file.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        # A full disk or an interrupt must not leave half-written temporary files behind.
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_projection(root: str | os.PathLike[str], projection: Projection) -> Path:
@@ -70,8 +81,23 @@ def _write_metrics(folder: Path, projection: Projection) -> None:
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+    entries = []
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                entry = None
+            if not isinstance(entry, dict) or "epoch" not in entry:
+                # A damaged line (an old crash, a hand edit) must not hide the other epochs or
+                # stop later epochs from being written.
+                warnings.warn(f"lightning-embproj: skipping unreadable line {number} of {path}",
+                              stacklevel=3)
+                continue
+            entries.append(entry)
+    return entries
 
 
 def _resolve(path: str | os.PathLike[str], name: str | None) -> Path:
@@ -104,12 +130,36 @@ def list_sets(path: str | os.PathLike[str]) -> list[str]:
     return sorted(d.name for d in base.iterdir() if d.is_dir() and any(d.glob("epoch_*.csv")))
 
 
-def read_projections(path: str | os.PathLike[str], name: str | None = None) -> Any:
+def _epoch_files(folder: Path) -> dict[int, Path]:
+    """Epoch -> CSV file, from the file names (``epoch_0003.csv``); other names are ignored."""
+    found = {}
+    for f in folder.glob("epoch_*.csv"):
+        match = _EPOCH_RE.fullmatch(f.name)
+        if match:
+            found[int(match.group(1))] = f
+    return dict(sorted(found.items()))
+
+
+def list_epochs(path: str | os.PathLike[str], name: str | None = None) -> list[int]:
+    """The epochs written for one embedding set, sorted, without reading the files.
+
+    Example:
+        >>> list_epochs("lightning_logs/version_0")                 # doctest: +SKIP
+        [0, 1, 2]
+    """
+    return list(_epoch_files(_resolve(path, name)))
+
+
+def read_projections(
+    path: str | os.PathLike[str], name: str | None = None, epochs: Iterable[int] | None = None
+) -> Any:
     """Read every epoch of one embedding set back into one ``pandas.DataFrame``.
 
     Args:
         path: the trainer's log dir, its ``embproj`` folder, or one set's folder.
         name: the embedding set; may be left out when there is only one.
+        epochs: read only these epochs (see :func:`list_epochs`); epochs without a file are
+            skipped. Default: all.
 
     Returns:
         A DataFrame with the contract's columns and one row per point per epoch, sorted by epoch.
@@ -117,9 +167,16 @@ def read_projections(path: str | os.PathLike[str], name: str | None = None) -> A
     import pandas as pd
 
     folder = _resolve(path, name)
-    files = sorted(folder.glob("epoch_*.csv"))
+    by_epoch = _epoch_files(folder)
+    if epochs is not None:
+        wanted = {int(e) for e in epochs}
+        by_epoch = {e: f for e, f in by_epoch.items() if e in wanted}
+    files = list(by_epoch.values())
     if not files:
-        raise FileNotFoundError(f"read_projections: no epoch_*.csv files in {str(folder)!r}")
+        raise FileNotFoundError(
+            f"read_projections: no epoch_*.csv files in {str(folder)!r}"
+            + (f" for epochs {sorted(wanted)}" if epochs is not None else "")
+        )
     frames = [pd.read_csv(f, keep_default_na=False, na_values=[""]) for f in files]
     return pd.concat(frames, ignore_index=True).sort_values("epoch", kind="stable")
 

@@ -1,0 +1,295 @@
+"""Bad input on real fits: a clear error naming the key or option, or a warning and the rest logged.
+
+Errors that a user's code causes (a missing key, a wrong shape or dtype) stop the run at the
+first collected validation batch with a message that names the key, what was expected and what
+was given. Data the projector can work around (NaN rows, too few points for t-SNE, one point,
+no variance, huge dims, long texts) is handled with at most one warning per topic.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from digits import DigitsModel, loaders, trainer
+from torch import nn
+
+from lightning_embproj import EmbeddingProjector, read_metrics, read_projections
+from lightning_embproj.warn import ProjectorWarning
+
+Tweak = Callable[[dict[str, Any], int], None]
+
+
+class Tweaked(DigitsModel):
+    """DigitsModel whose validation outputs are changed by ``tweak(outputs, batch_idx)``."""
+
+    def __init__(self, tweak: Tweak, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.tweak = tweak
+        self.val_batches = 0
+
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict:
+        out = super().validation_step(batch, batch_idx)
+        if not self.trainer.sanity_checking:
+            self.val_batches += 1
+        self.tweak(out, batch_idx)
+        return out
+
+
+def _fit(tmp_path, projector, model=None, epochs=1, n_val=64, batch_size=16, **kw):
+    train, val = loaders(n_train=64, n_val=n_val, batch_size=batch_size)
+    t = trainer(tmp_path, [projector], max_epochs=epochs, limit_train_batches=2, **kw)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        t.fit(model or DigitsModel(), train, val)
+    projector.flush()
+    return t, [w for w in caught if issubclass(w.category, ProjectorWarning)]
+
+
+def _messages(caught) -> list[str]:
+    return [str(w.message) for w in caught]
+
+
+# -- data the projector works around -------------------------------------------------------
+def test_nonfinite_rows_dropped_with_one_counted_warning(tmp_path):
+    def poison(out, batch_idx):
+        z = out["embeddings"]
+        if batch_idx == 1:
+            z[0, 3] = float("nan")
+            z[1, 0] = float("inf")
+        if batch_idx == 2:
+            z[5, :] = float("-inf")
+
+    projector = EmbeddingProjector(label_key="labels", reducers="pca", max_samples=64,
+                                   background=False)
+    t, caught = _fit(tmp_path, projector, Tweaked(poison), epochs=2)
+    df = read_projections(t.log_dir)
+    # 64 validation points, 3 non-finite each epoch: the other 61 are logged
+    assert df.groupby("epoch").size().to_dict() == {0: 61, 1: 61}
+    assert np.isfinite(df[["pca_x", "pca_y"]].to_numpy()).all()
+    assert set(range(64)) - set(df[df.epoch == 0].sample_id) == {16, 17, 37}
+    nonfinite = [m for m in _messages(caught) if "NaN or Inf" in m]
+    assert len(nonfinite) == 2  # one per epoch
+    assert all(m.startswith("lightning-embproj: 3 tracked rows") for m in nonfinite)
+    assert read_metrics(t.log_dir)["silhouette"].notna().all()
+
+
+def test_all_rows_nonfinite_logs_nothing_and_warns(tmp_path):
+    def poison(out, batch_idx):
+        out["embeddings"] = torch.full_like(out["embeddings"], float("nan"))
+
+    projector = EmbeddingProjector(reducers="pca", max_samples=32, background=False)
+    t, caught = _fit(tmp_path, projector, Tweaked(poison))
+    assert t.current_epoch == 1  # training finished
+    assert any("64 tracked rows had NaN or Inf" in m for m in _messages(caught))
+
+
+@pytest.mark.parametrize("max_samples", [4, 8, 40])
+def test_few_points_for_tsne_perplexity(tmp_path, max_samples):
+    projector = EmbeddingProjector(label_key="labels", reducers=["pca", "tsne"],
+                                   max_samples=max_samples, perplexity=30.0, background=False)
+    t, caught = _fit(tmp_path, projector, epochs=2)
+    df = read_projections(t.log_dir)
+    assert df.groupby("epoch").size().to_dict() == {0: max_samples, 1: max_samples}
+    assert np.isfinite(df[["pca_x", "pca_y", "tsne_x", "tsne_y"]].to_numpy()).all()
+    assert not caught, _messages(caught)
+
+
+def test_fewer_dimensions_than_components(tmp_path):
+    def one_dim(out, batch_idx):
+        out["embeddings"] = out["embeddings"][:, :2]
+
+    projector = EmbeddingProjector(reducers=["pca", "tsne"], n_components=3, max_samples=30,
+                                   background=False)
+    t, caught = _fit(tmp_path, projector, Tweaked(one_dim))
+    df = read_projections(t.log_dir)
+    assert len(df) == 30
+    assert (df["pca_z"] == 0).all() and df["pca_x"].std() > 0  # no third direction: zeros
+    assert np.isfinite(df[["tsne_x", "tsne_y", "tsne_z"]].to_numpy()).all()
+    assert not caught, _messages(caught)
+
+
+def test_single_point(tmp_path):
+    projector = EmbeddingProjector(label_key="labels", reducers=["pca", "tsne"], max_samples=1,
+                                   background=False)
+    t, caught = _fit(tmp_path, projector, epochs=2)
+    df = read_projections(t.log_dir)
+    assert df.groupby("epoch").size().to_dict() == {0: 1, 1: 1}
+    assert (df[["pca_x", "pca_y", "tsne_x", "tsne_y"]].to_numpy() == 0).all()
+    assert not caught, _messages(caught)
+
+
+def test_all_points_identical(tmp_path):
+    def constant(out, batch_idx):
+        out["embeddings"] = torch.ones_like(out["embeddings"])
+
+    projector = EmbeddingProjector(label_key="labels", reducers=["pca", "tsne"], max_samples=40,
+                                   background=False)
+    t, caught = _fit(tmp_path, projector, Tweaked(constant), epochs=2)
+    df = read_projections(t.log_dir)
+    assert df.groupby("epoch").size().to_dict() == {0: 40, 1: 40}
+    assert (df[["pca_x", "pca_y", "tsne_x", "tsne_y"]].to_numpy() == 0).all()
+    metrics = read_metrics(t.log_dir)
+    assert metrics["epoch"].tolist() == [0, 1]
+    assert not caught, _messages(caught)
+
+
+def test_very_high_dimensions(tmp_path):
+    def wide(out, batch_idx):
+        z = out["embeddings"]
+        out["embeddings"] = torch.cat([z] * 256, dim=1) + 0.01 * torch.randn(len(z), 4096)
+
+    projector = EmbeddingProjector(label_key="labels", reducers="pca", max_samples=32,
+                                   background=False)
+    t, caught = _fit(tmp_path, projector, Tweaked(wide))
+    df = read_projections(t.log_dir)
+    assert len(df) == 32 and df["pca_x"].std() > 0 and df["pca_y"].std() > 0
+    assert not caught, _messages(caught)
+
+
+def test_very_long_texts_are_truncated_and_keep_their_id(tmp_path):
+    def texts(out, batch_idx):
+        n = len(out["labels"])
+        out["text"] = [f"start-{batch_idx}-{i}-" + "x" * 100_000 for i in range(n)]
+        out["id"] = [f"id-{batch_idx}-{i}" for i in range(n)]
+
+    projector = EmbeddingProjector(id_key="id", metadata_keys=["text"], reducers="pca",
+                                   max_samples=20, max_text_length=300, background=False)
+    t, _ = _fit(tmp_path, projector, Tweaked(texts))
+    df = read_projections(t.log_dir)
+    assert len(df) == 20
+    assert df["text"].str.len().max() == 300 and df["text"].str.endswith("\u2026").all()
+    for sample_id, text in zip(df["sample_id"], df["text"], strict=True):
+        assert text.startswith("start-" + sample_id[3:] + "-")
+
+
+# -- errors that name the key or option ----------------------------------------------------
+def test_missing_embedding_key_lists_the_keys_that_exist(tmp_path):
+    model = DigitsModel()
+    projector = EmbeddingProjector(embedding_key="features", reducers="pca")
+    with pytest.raises(KeyError, match=r"embedding_key='features' was not found: validation_step "
+                       r"outputs have keys \['embeddings', 'labels', 'loss', 'score'\]; the "
+                       r"batch is a list of length 2"):
+        _fit(tmp_path, projector, model)
+
+
+def test_missing_key_fails_at_the_first_collected_batch(tmp_path):
+    model = Tweaked(lambda out, i: None)
+    projector = EmbeddingProjector(label_key="target", reducers="pca")
+    with pytest.raises(KeyError, match=r"label_key='target' was not found.*'labels'"):
+        _fit(tmp_path, projector, model, num_sanity_val_steps=0)
+    assert model.val_batches == 1
+
+
+@pytest.mark.parametrize(
+    ("tweak", "match"),
+    [
+        (lambda out, i: out.update(meta=out["labels"][:-1]),
+         r"metadata_keys='meta': expected one value per embedding row \(16\), got 15 rows"),
+        (lambda out, i: out.update(meta="one text"),
+         r"metadata_keys='meta': expected one value per embedding row \(16\), got a single str"),
+        (lambda out, i: out.update(embeddings=out["embeddings"][:, : 16 - 8 * (i == 2)]),
+         r"embeddings 'embeddings' changed dimension at validation batch 2: earlier batches "
+         r"had 16 values per row, this one has 8"),
+        (lambda out, i: out.update(embeddings=out["labels"]),
+         r"embeddings 'embeddings': expected shape \(B, D\) or \(B, \.\.\.\), got shape \(16,\)"),
+        (lambda out, i: out.update(embeddings=(out["embeddings"] > 0).long()),
+         r"embeddings 'embeddings': expected floating point values, got dtype torch.int64"),
+        (lambda out, i: out.update(embeddings=out["embeddings"] > 0),
+         r"embeddings 'embeddings': expected floating point values, got dtype torch.bool"),
+        (lambda out, i: out.update(embeddings=out["embeddings"].tolist()),
+         r"embeddings 'embeddings': expected a torch.Tensor or numpy array of shape \(B, D\), "
+         r"got list"),
+    ],
+    ids=["metadata-length", "metadata-scalar", "dim-changes", "1d", "int", "bool", "list"],
+)
+def test_bad_embeddings_or_metadata_raise_a_clear_error(tmp_path, tweak, match):
+    projector = EmbeddingProjector(metadata_keys=["meta"], reducers="pca", max_samples=8)
+    def both(out, i):
+        out["meta"] = out["labels"]
+        tweak(out, i)
+
+    model = Tweaked(both)
+    with pytest.raises((ValueError, TypeError), match=match):
+        _fit(tmp_path, projector, model, num_sanity_val_steps=0)
+
+
+class _Pair(nn.Module):
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind, self.linear = kind, nn.Linear(64, 16)
+
+    def forward(self, x: torch.Tensor) -> Any:
+        z = self.linear(x)
+        return (z, z.norm(dim=1)) if self.kind == "tuple" else {"z": z, "norm": z.norm(dim=1)}
+
+
+class LayerModel(DigitsModel):
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.encoder = _Pair(kind)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        z = self.encoder(batch[0])
+        z = z[0] if isinstance(z, tuple) else z["z"]
+        return nn.functional.cross_entropy(self.head(z), batch[1])
+
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict:
+        self.encoder(batch[0])
+        return {}
+
+
+def test_layer_returning_a_tuple_projects_its_first_element(tmp_path):
+    projector = EmbeddingProjector(layers=["encoder"], label_key=1, reducers="pca",
+                                   max_samples=20, background=False)
+    t, caught = _fit(tmp_path, projector, LayerModel("tuple"))
+    df = read_projections(t.log_dir)
+    assert len(df) == 20 and df["pca_x"].std() > 0
+    assert not caught, _messages(caught)
+
+
+def test_layer_returning_a_dict_raises_naming_the_layer(tmp_path):
+    projector = EmbeddingProjector(layers=["encoder"], reducers="pca")
+    with pytest.raises(TypeError, match=r"layers: 'encoder' returns a dict with keys "
+                       r"\['norm', 'z'\]; the projector needs a tensor"):
+        _fit(tmp_path, projector, LayerModel("dict"))
+
+
+# -- nonsense settings -----------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"max_samples": 0}, "max_samples must be a positive integer, got 0"),
+        ({"max_samples": -5}, "max_samples must be a positive integer, got -5"),
+        ({"max_samples": 2.5}, "max_samples must be a positive integer, got 2.5"),
+        ({"max_samples": True}, "max_samples must be a positive integer, got True"),
+        ({"reducers": ["pca", "tnse"]},
+         r"reducers must be .*\['pca', 'tsne', 'umap'\], got \['pca', 'tnse'\]"),
+        ({"reducers": []}, r"reducers must be a non-empty list"),
+        ({"n_components": 1}, "n_components must be 2 or 3, got 1"),
+        ({"n_components": 4}, "n_components must be 2 or 3, got 4"),
+        ({"n_components": True}, "n_components must be 2 or 3, got True"),
+        ({"every_n_epochs": 0}, "every_n_epochs must be a positive integer, got 0"),
+        ({"layers": ["encoder", "head", "encoder"]}, r"layers lists \['encoder'\] more than once"),
+        ({"perplexity": 0}, "perplexity must be a positive number, got 0"),
+        ({"max_queued_epochs": 0}, "max_queued_epochs must be a positive integer, got 0"),
+        ({"max_text_length": 0}, "max_text_length must be a positive integer, got 0"),
+        ({"embedding_key": "../outside"}, r"embedding_key='../outside' names a folder"),
+        ({"layers": ["."]}, r"layers='\.' names a folder"),
+    ],
+)
+def test_constructor_refuses_nonsense(kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        EmbeddingProjector(**kwargs)
+
+
+def test_unknown_layer_fails_at_setup_with_close_matches(tmp_path):
+    model = Tweaked(lambda out, i: None)
+    projector = EmbeddingProjector(layers=["encodr"], reducers="pca")
+    with pytest.raises(ValueError, match=r"no submodule 'encodr'; did you mean \['encoder'"):
+        _fit(tmp_path, projector, model)
+    assert model.val_batches == 0 and model.global_step == 0

@@ -1,0 +1,136 @@
+"""Untrusted metadata on a real fit: escaped wherever rendered, never used as a path, no secrets.
+
+One fit writes every output at once (local CSV, HTML view, TensorBoard projector files, an
+offline W&B run) with texts that try HTML/script injection, TSV breaking (tabs, newlines) and
+path tricks, while the environment holds a W&B API key and another secret.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from digits import DigitsModel, loaders, trainer, wandb_tables
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+
+from lightning_embproj import EmbeddingProjector, read_projections
+
+API_KEY = "0123456789abcdef0123456789abcdef01234567"  # 40 hex chars, like a real W&B key
+OTHER_SECRET = "s3cr3t-env-value-that-must-not-leak"
+FILE_SECRET = "contents-of-a-file-named-in-metadata"
+SCRIPT = "<script>alert('x')</script>"
+IMG = '<img src=x onerror="alert(1)">'
+
+_opened: list[str] = []
+_recording = False
+
+
+def _audit(event: str, args: tuple) -> None:
+    if _recording and event == "open" and args and isinstance(args[0], (str, bytes, Path)):
+        _opened.append(str(args[0]))
+
+
+sys.addaudithook(_audit)  # cannot be removed: it only records while _recording is set
+
+
+class Hostile(DigitsModel):
+    """Validation outputs with hostile texts, string labels and ids that look like paths."""
+
+    def __init__(self, secret_path: str) -> None:
+        super().__init__()
+        self.secret_path = secret_path
+
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict:
+        out = super().validation_step(batch, batch_idx)
+        n = len(out["labels"])
+        base = batch_idx * n
+        texts = [SCRIPT, IMG, "tab\there", "new\nline\r\nrow", self.secret_path,
+                 "../../../../etc/passwd", f"file://{self.secret_path}", "=cmd|' /C calc'!A0"]
+        out["text"] = [f"{texts[(base + i) % len(texts)]} #{base + i}" for i in range(n)]
+        out["path"] = [self.secret_path] * n
+        out["name"] = [f"{IMG} label {int(y)}" for y in out["labels"]]
+        return out
+
+
+@pytest.fixture
+def hostile_fit(tmp_path, wandb_offline, monkeypatch):
+    global _recording
+    secret_file = tmp_path / "secret.txt"
+    secret_file.write_text(FILE_SECRET)
+    monkeypatch.setenv("WANDB_API_KEY", API_KEY)
+    monkeypatch.setenv("MY_SERVICE_TOKEN", OTHER_SECRET)
+    out = tmp_path / "out"
+    wandb_logger = WandbLogger(project="embproj-test", save_dir=str(wandb_offline))
+    tb_logger = TensorBoardLogger(str(tmp_path / "tb"))
+    projector = EmbeddingProjector(metadata_keys=["text", "path", "name"], label_key="name",
+                                   reducers="pca", max_samples=40, max_text_length=120,
+                                   output_dir=str(out))
+    train, val = loaders(n_train=64, n_val=40, batch_size=20)
+    t = trainer(tmp_path, [projector], max_epochs=2, limit_train_batches=2,
+                logger=[wandb_logger, tb_logger])
+    _opened.clear()
+    _recording = True
+    try:
+        t.fit(Hostile(str(secret_file)), train, val)
+        projector.flush()
+    finally:
+        _recording = False
+    import wandb
+
+    wandb.finish()
+    return {"out": out, "tb": Path(tb_logger.log_dir), "wandb": wandb_offline, "tmp": tmp_path,
+            "secret": secret_file}
+
+
+def test_texts_are_escaped_in_every_rendered_output(hostile_fit):
+    out, tb = hostile_fit["out"], hostile_fit["tb"]
+    # local CSV: texts read back exactly (CSV quoting, no escaping needed)
+    df = read_projections(out)
+    assert len(df) == 80
+    texts = set(df["text"])
+    assert any(t.startswith(SCRIPT) for t in texts)
+    assert any(t.startswith("new\nline\r\nrow #") for t in texts)
+    assert any(t.startswith("tab\there #") for t in texts)
+    # HTML view: no tag from the data survives; the escaped text is there
+    page = (out / "embproj" / "embeddings" / "view.html").read_text(encoding="utf-8")
+    assert "<script>alert" not in page and "<img src=x" not in page
+    assert "&lt;script&gt;alert('x')&lt;" in page  # plotly's JSON also writes / as \u002f
+    # TensorBoard metadata: one header + one line per point, every line with the same cells
+    for epoch in (0, 1):
+        tsv = (tb / "embproj" / "embeddings" / f"epoch_{epoch:04d}" / "metadata.tsv")
+        lines = tsv.read_text(encoding="utf-8").split("\n")
+        assert lines[-1] == "" and len(lines) == 1 + 40 + 1
+        header = lines[0].split("\t")
+        assert all(len(line.split("\t")) == len(header) for line in lines[1:-1])
+        assert any("tab\\there" in line for line in lines)
+        assert any("new\\nline\\r\\nrow" in line for line in lines)
+    # the W&B table keeps the texts as plain strings (W&B renders them as text)
+    table = wandb_tables(hostile_fit["wandb"], "embproj/embeddings")[0]
+    col = table["columns"].index("text")
+    assert any(row[col].startswith(SCRIPT) for row in table["data"])
+
+
+def test_no_secret_is_written_anywhere(hostile_fit):
+    leaked = []
+    for root in {hostile_fit["tmp"], hostile_fit["wandb"]}:
+        for f in Path(root).rglob("*"):
+            if not f.is_file() or f == hostile_fit["secret"]:
+                continue
+            data = f.read_bytes()
+            for secret in (API_KEY, OTHER_SECRET, FILE_SECRET):
+                if secret.encode() in data:
+                    leaked.append((str(f), secret))
+    assert leaked == []
+
+
+def test_paths_in_metadata_are_never_opened(hostile_fit):
+    secret = str(hostile_fit["secret"])
+    assert not [p for p in _opened if p.endswith(("secret.txt", "passwd"))], _opened
+    # the path is kept as text, not followed: the CSV cell is the path itself
+    with open(next((hostile_fit["out"] / "embproj" / "embeddings").glob("epoch_*.csv")),
+              newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {row["path"] for row in rows} == {secret}
