@@ -70,7 +70,8 @@ def test_wandb_log_raising_keeps_training_and_local_files(tmp_path, wandb_offlin
     t, warned = _fit(tmp_path, projector, logger=logger)
     wandb.finish()
 
-    assert t.current_epoch == 3 and len(calls) == 3
+    assert t.current_epoch == 3
+    assert sum("embproj/embeddings" in keys for keys in calls) == 3  # one log call per epoch
     df = read_projections(tmp_path / "out")
     assert df.groupby("epoch").size().to_dict() == {0: 30, 1: 30, 2: 30}
     wandb_epochs = [tab["data"][0][1] for tab in wandb_tables(wandb_offline, "embproj/embeddings")]
