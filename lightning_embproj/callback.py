@@ -146,10 +146,9 @@ class EmbeddingProjector(CallbackBase):
 
     # -- collection ---------------------------------------------------------------------
     def _collecting(self, trainer: Any) -> bool:
-        return (
-            not trainer.sanity_checking
-            and trainer.current_epoch % self.options.every_n_epochs == 0
-        )
+        # The sanity check collects too (and logs nothing): a missing key or a bad shape then
+        # fails before the first training epoch instead of after it.
+        return trainer.sanity_checking or trainer.current_epoch % self.options.every_n_epochs == 0
 
     def on_validation_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         self._collector = Collector(self.options) if self._collecting(trainer) else None
@@ -184,7 +183,7 @@ class EmbeddingProjector(CallbackBase):
 
     def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         collector, self._collector = self._collector, None
-        if collector is None:
+        if collector is None or trainer.sanity_checking:
             return
         if collector.nonfinite and self._is_zero:
             self.warn(

@@ -185,6 +185,14 @@ def test_missing_key_fails_at_the_first_collected_batch(tmp_path):
     assert model.val_batches == 1
 
 
+def test_missing_key_fails_in_the_sanity_check_before_training(tmp_path):
+    model = Tweaked(lambda out, i: None)
+    projector = EmbeddingProjector(label_key="target", reducers="pca")
+    with pytest.raises(KeyError, match=r"label_key='target' was not found.*'labels'"):
+        _fit(tmp_path, projector, model, num_sanity_val_steps=2)
+    assert model.global_step == 0 and model.val_batches == 0
+
+
 @pytest.mark.parametrize(
     ("tweak", "match"),
     [

@@ -20,7 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from lightning_embproj.sinks.local import atomic_write_text, read_metrics, read_projections, set_dir
+from lightning_embproj.sinks.local import (
+    atomic_write_text,
+    list_epochs,
+    read_metrics,
+    read_projections,
+    set_dir,
+)
 
 VIEW_FILE = "view.html"
 RESERVED = ("sample_id", "epoch", "step", "dataloader_idx", "label")
@@ -275,7 +281,10 @@ def figure_dict(points: Any, metrics: Any | None, *, max_epochs: int = 50) -> di
     return {"data": scatter + metric_traces, "layout": layout, "frames": frames}
 
 
-def render_view(points: Any, metrics: Any | None, *, title: str, max_epochs: int = 50) -> str:
+def render_view(
+    points: Any, metrics: Any | None, *, title: str, max_epochs: int = 50,
+    n_epochs: int | None = None,
+) -> str:
     """The HTML page (a string) for one embedding set's points and per-epoch metrics.
 
     Args:
@@ -285,6 +294,7 @@ def render_view(points: Any, metrics: Any | None, *, title: str, max_epochs: int
         title: shown as the page's heading.
         max_epochs: most animation frames; longer runs keep the first and the last epoch and
             epochs evenly spaced between.
+        n_epochs: epochs in the run when ``points`` holds only the shown ones (for the note).
 
     >>> page = render_view(read_projections("logs"), None, title="run 1")   # doctest: +SKIP
     """
@@ -303,7 +313,8 @@ def render_view(points: Any, metrics: Any | None, *, title: str, max_epochs: int
                 "modeBarButtonsToRemove": ["sendChartToCloud", "sendDataToCloud"]},
         post_script="document.getElementById('{plot_id}').dataset.ready = '1';",
     )
-    n_all, n_shown = points["epoch"].nunique(), len(fig["frames"])
+    n_shown = len(fig["frames"])
+    n_all = max(n_epochs or 0, points["epoch"].nunique())
     shown = (f"showing {n_shown} of {n_all} epochs (max_epochs={max_epochs}: the first, the "
              "last and evenly spaced epochs between)" if n_shown < n_all else f"{n_all} epochs")
     reducers = ", ".join(esc(r) for r in reducers_in(points))
@@ -323,12 +334,16 @@ def render_view(points: Any, metrics: Any | None, *, title: str, max_epochs: int
 def write_view(root: str | os.PathLike[str], name: str, *, max_epochs: int = 50) -> Path:
     """Render set ``name``'s local files to ``<root>/embproj/<name>/view.html``; returns it.
 
+    Only the epochs the slider shows are read (at most ``max_epochs`` files), so rewriting the
+    view after every epoch costs the same at epoch 1,000 as at epoch 50.
+
     >>> write_view("lightning_logs/version_0", "embeddings")     # doctest: +SKIP
     """
-    points = read_projections(root, name)
+    epochs = list_epochs(root, name)
+    points = read_projections(root, name, epochs=thin_epochs(epochs, max_epochs))
     metrics = read_metrics(root, name)
     page = render_view(points, metrics, title=f"{name} \u2014 {Path(root).name}",
-                       max_epochs=max_epochs)
+                       max_epochs=max_epochs, n_epochs=len(epochs))
     path = set_dir(root, name) / VIEW_FILE
     atomic_write_text(path, page)
     return path
