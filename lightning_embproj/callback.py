@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from lightning_embproj import sinks as sink_factory
 from lightning_embproj.capture import LayerCapture
@@ -31,6 +31,8 @@ from lightning_embproj.warn import WarnOnce
 from lightning_embproj.worker import Worker
 
 Key = str | int
+# Literal types: LightningCLI (jsonargparse) lists the choices in --help and rejects others.
+Reducer = Literal["pca", "tsne", "umap"]
 
 
 class EmbeddingProjector(CallbackBase):
@@ -73,11 +75,11 @@ class EmbeddingProjector(CallbackBase):
         id_key: Key | None = None,
         metadata_keys: Sequence[Key] | Mapping[str, Key] | None = None,
         max_samples: int = 2000,
-        reducers: Sequence[str] | str = ("pca", "tsne"),
-        n_components: int = 2,
+        reducers: Sequence[Reducer] | Reducer = ("pca", "tsne"),
+        n_components: Literal[2, 3] = 2,
         every_n_epochs: int = 1,
         perplexity: float = 30.0,
-        storage_dtype: str = "float32",
+        storage_dtype: Literal["float32", "float16"] = "float32",
         background: bool = True,
         max_queued_epochs: int = 8,
         output_dir: str | None = None,
