@@ -31,6 +31,8 @@ from lightning_embproj.warn import WarnOnce
 from lightning_embproj.worker import Worker
 
 Key = str | int
+EXCEPTION_DRAIN_S = 30.0
+"""After an exception, seconds to finish the epochs already queued before dropping the rest."""
 # Literal types: LightningCLI (jsonargparse) lists the choices in --help and rejects others.
 Reducer = Literal["pca", "tsne", "umap"]
 
@@ -141,7 +143,11 @@ class EmbeddingProjector(CallbackBase):
             self._capture = None
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
-        self.worker.close(timeout=30, cancel=True)
+        # Epochs already collected are worth a short wait; a stuck job is not worth a hang.
+        drained = self.worker.flush(timeout=EXCEPTION_DRAIN_S)
+        self.worker.close(timeout=EXCEPTION_DRAIN_S, cancel=not drained)
+        if drained:
+            self._finish_sinks()
         if self._capture is not None:
             self._capture.remove()
             self._capture = None
