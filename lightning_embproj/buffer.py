@@ -33,6 +33,8 @@ class SampleBuffer:
         self.max_samples = max_samples
         self.float_dtype = np.dtype(float_dtype)
         self._keys = np.empty(0, dtype=np.int64)
+        # The kept keys, sorted: membership and threshold by binary search, no hashing per batch.
+        self._sorted = np.empty(0, dtype=np.int64)
         self._store: dict[str, np.ndarray] = {}
         self._n = 0
 
@@ -43,7 +45,7 @@ class SampleBuffer:
         """Rows with a key at or above this cannot enter (None while the buffer is not full)."""
         if self._n < self.max_samples:
             return None
-        return int(self._keys[: self._n].max())
+        return int(self._sorted[-1])
 
     def select(self, keys: np.ndarray) -> np.ndarray:
         """Indices of a batch's rows that may enter: cheap pre-filter before copying the rows.
@@ -54,14 +56,21 @@ class SampleBuffer:
             >>> buf.select(np.array([7, 2, 3])).tolist()
             [1]
         """
-        mask = ~np.isin(keys, self._keys[: self._n])
-        thr = self.threshold()
-        if thr is not None:
-            mask &= keys < thr
-        idx = np.flatnonzero(mask)
-        # Keep one row per key inside the batch too (a sampler may repeat a sample).
-        _, first = np.unique(keys[idx], return_index=True)
-        idx = idx[np.sort(first)]
+        keys = np.asarray(keys, dtype=np.int64)
+        if self._n:
+            pos = np.searchsorted(self._sorted, keys).clip(max=self._n - 1)
+            mask = self._sorted[pos] != keys
+            if self._n >= self.max_samples:
+                mask &= keys < self._sorted[-1]
+            idx = np.flatnonzero(mask)
+        else:
+            idx = np.arange(keys.shape[0])
+        if idx.size > 1:
+            # Keep one row per key inside the batch too (a sampler may repeat a sample).
+            ordered = np.sort(keys[idx])
+            if (ordered[1:] == ordered[:-1]).any():
+                _, first = np.unique(keys[idx], return_index=True)
+                idx = idx[np.sort(first)]
         if idx.size > self.max_samples:
             idx = idx[np.argsort(keys[idx], kind="stable")[: self.max_samples]]
         return idx
@@ -82,10 +91,11 @@ class SampleBuffer:
                 f"this batch has {sorted(rows)}"
             )
         n, k = self._n, self.max_samples
-        union = np.concatenate([self._keys[:n], keys])
-        kept = np.argsort(union, kind="stable")[:k]
-        incoming = kept[kept >= n] - n
-        evicted = np.setdiff1d(np.arange(n), kept[kept < n], assume_unique=True)
+        # Merge two sorted runs (timsort: linear) instead of argsorting the union: the k-th
+        # smallest key decides which rows come in and which slots they take.
+        merged = np.sort(np.concatenate([self._sorted, keys]), kind="stable")[:k]
+        incoming = np.flatnonzero(keys <= merged[-1])
+        evicted = np.flatnonzero(self._keys[:n] > merged[-1])
         slots = np.concatenate([np.arange(n, min(k, n + incoming.size)), evicted])
         slots = slots[: incoming.size]
         self._keys[slots] = keys[incoming]
@@ -98,6 +108,7 @@ class SampleBuffer:
                 )
             target[slots] = value[incoming]
         self._n = min(k, n + incoming.size)
+        self._sorted = merged
 
     def _rows(self, name: str, value: Any, pick: np.ndarray) -> np.ndarray:
         if isinstance(value, np.ndarray):

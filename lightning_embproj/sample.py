@@ -30,10 +30,13 @@ _MIX2 = np.uint64(0x94D049BB133111EB)
 def _splitmix64(x: np.ndarray) -> np.ndarray:
     """SplitMix64 finaliser on uint64 (well-defined wrap-around in numpy)."""
     with np.errstate(over="ignore"):
-        z = x + _GOLDEN
-        z = (z ^ (z >> np.uint64(30))) * _MIX1
-        z = (z ^ (z >> np.uint64(27))) * _MIX2
-        return z ^ (z >> np.uint64(31))
+        z = x + _GOLDEN  # a new array: the in-place steps below never touch the input
+        z ^= z >> np.uint64(30)
+        z *= _MIX1
+        z ^= z >> np.uint64(27)
+        z *= _MIX2
+        z ^= z >> np.uint64(31)
+        return z
 
 
 def _string_hash(value: str) -> int:
@@ -52,8 +55,8 @@ def hash_ids(ids: np.ndarray | Sequence[Any], dataloader_idx: int) -> np.ndarray
         raw = arr.astype(np.int64).view(np.uint64)
     else:
         raw = np.fromiter((_string_hash(str(v)) for v in arr.ravel()), np.uint64, arr.size)
-    salted = raw ^ _splitmix64(np.full(raw.shape, dataloader_idx, dtype=np.uint64))
-    return (_splitmix64(salted) & _MASK63).astype(np.int64)
+    salt = _splitmix64(np.array([dataloader_idx], dtype=np.uint64))[0]  # one value per loader
+    return (_splitmix64(raw ^ salt) & _MASK63).view(np.int64)
 
 
 def derived_ids(

@@ -1,0 +1,363 @@
+"""Scale of the projector against the seed-style baseline, all measured in one run.
+
+Baseline (what a first version does): keep every validation embedding (``.cpu()`` per batch),
+at epoch end ``torch.cat`` them, run scikit-learn PCA and TSNE on the training thread and build
+a ``wandb.Table``. Ours: ``EmbeddingProjector`` (bottom-k buffer, background worker).
+
+Parts (``--parts``, default all):
+
+- ``stall``: real fits, 4,000 validation points of a 64-d MLP embedding, PCA + t-SNE:
+  training-thread time per validation end, and total fit wall time, with none / baseline / ours.
+- ``collect``: validation loop time (batches only, epoch end excluded) at 30,000 rows x 256-d,
+  none / baseline / ours: collection overhead as a share of validation time.
+- ``memory``: peak RSS growth of a validation epoch at 30,000 and 300,000 rows of random 256-d
+  embeddings (the data is generated per batch, so only the callback can grow). PCA only: sklearn
+  TSNE on 300,000 rows would run for hours, so the baseline's memory is a lower bound.
+- ``tsne``: our t-SNE at 4,000 points, cold vs warm-started from the previous epoch's layout,
+  with kNN preservation (quality) of each.
+
+    .venv/bin/python benchmarks/bench_scale.py                 # ~5-10 min on 2 cores
+    .venv/bin/python benchmarks/bench_scale.py --parts memory
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import logging
+import os
+import platform
+import statistics
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import lightning.pytorch as L
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_embproj import EmbeddingProjector
+
+logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+logging.getLogger("openTSNE").setLevel(logging.ERROR)
+warnings.filterwarnings("ignore")
+
+
+# -- models and data -----------------------------------------------------------------------
+class Encoder(L.LightningModule):
+    """MLP classifier whose validation_step returns its embeddings and labels."""
+
+    def __init__(self, d_in: int, d_emb: int, width: int) -> None:
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Linear(d_in, width), nn.ReLU(), nn.Linear(width, width),
+                                     nn.ReLU(), nn.Linear(width, d_emb))
+        self.head = nn.Linear(d_emb, 10)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        return nn.functional.cross_entropy(self.head(self.encoder(x)), y)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
+        x, y = batch
+        z = self.encoder(x)
+        return {"loss": nn.functional.cross_entropy(self.head(z), y), "embeddings": z,
+                "labels": y}
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.05)
+
+
+class RandomEmbeddings(L.LightningModule):
+    """Random 256-d embeddings generated per validation batch: no data held anywhere."""
+
+    def __init__(self, dim: int = 256) -> None:
+        super().__init__()
+        self.dim = dim
+        self.w = nn.Parameter(torch.zeros(1))
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return (self.w ** 2).sum()
+
+    def validation_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
+        (idx,) = batch
+        return {"embeddings": torch.randn(len(idx), self.dim)}
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+def clusters(n: int, d_in: int, seed: int) -> TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(10, d_in, generator=torch.Generator().manual_seed(0)) * 2
+    y = torch.randint(0, 10, (n,), generator=g)
+    return TensorDataset(centers[y] + torch.randn(n, d_in, generator=g), y)
+
+
+# -- the baseline --------------------------------------------------------------------------
+class Baseline(L.Callback):
+    """Seed-style: keep everything, reduce with scikit-learn on the training thread."""
+
+    def __init__(self, tsne: bool = True) -> None:
+        self.tsne = tsne
+        self.rows: list[torch.Tensor] = []
+
+    def on_validation_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, *args: Any,
+                                **kwargs: Any) -> None:
+        if not trainer.sanity_checking:
+            self.rows.append(outputs["embeddings"].detach().cpu())
+
+    def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        if not self.rows:
+            return
+        import wandb
+        from sklearn.decomposition import PCA
+        from sklearn.manifold import TSNE
+
+        X = torch.cat(self.rows).float().numpy()
+        self.rows = []
+        columns = {"sample_id": list(range(len(X))), "epoch": [trainer.current_epoch] * len(X)}
+        xy = PCA(2).fit_transform(X)
+        columns.update(pca_x=xy[:, 0].tolist(), pca_y=xy[:, 1].tolist())
+        if self.tsne:
+            xy = TSNE(2, init="pca", random_state=0).fit_transform(X)
+            columns.update(tsne_x=xy[:, 0].tolist(), tsne_y=xy[:, 1].tolist())
+        data = [list(row) for row in zip(*columns.values(), strict=True)]
+        wandb.Table(columns=list(columns), data=data)
+
+
+# -- measurement helpers -------------------------------------------------------------------
+class LoopTimer(L.Callback):
+    """Validation loop time from epoch start to epoch end (put first: before the others)."""
+
+    def __init__(self) -> None:
+        self.loops: list[float] = []
+        self._t0 = 0.0
+
+    def on_validation_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        if not trainer.sanity_checking:
+            self.loops.append(time.perf_counter() - self._t0)
+
+
+def time_hook(callback: Any, name: str = "on_validation_epoch_end") -> list[float]:
+    """Record how long ``callback.<name>`` holds the training thread (sanity check left out)."""
+    times: list[float] = []
+    hook = getattr(callback, name)
+
+    def timed(trainer: Any, *args: Any, **kwargs: Any) -> None:
+        t = time.perf_counter()
+        hook(trainer, *args, **kwargs)
+        if not trainer.sanity_checking:
+            times.append(time.perf_counter() - t)
+
+    setattr(callback, name, timed)
+    return times
+
+
+class PeakRSS:
+    """Peak resident memory above the level at start, sampled every 2 ms in a thread."""
+
+    def __enter__(self) -> PeakRSS:
+        self.page = os.sysconf("SC_PAGE_SIZE")
+        gc.collect()
+        self.start = self.peak = self._rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _rss(self) -> int:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * self.page
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.002):
+            self.peak = max(self.peak, self._rss())
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+
+    @property
+    def growth_mb(self) -> float:
+        return (self.peak - self.start) / 2**20
+
+
+def make_trainer(root: str, callbacks: list, **kwargs: Any) -> L.Trainer:
+    opts: dict[str, Any] = dict(
+        default_root_dir=root, accelerator="cpu", devices=1, logger=False,
+        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+        num_sanity_val_steps=0,
+    )
+    opts.update(kwargs)
+    return L.Trainer(callbacks=callbacks, **opts)
+
+
+def callback_for(mode: str, root: str, **ours: Any) -> L.Callback | None:
+    if mode == "baseline":
+        return Baseline(tsne="tsne" in ours.get("reducers", ()))
+    if mode == "ours":
+        return EmbeddingProjector(output_dir=root, **ours)
+    return None
+
+
+# -- parts ---------------------------------------------------------------------------------
+def part_stall(args: argparse.Namespace) -> list[str]:
+    n_val, reducers = args.stall_points, ["pca", "tsne"]
+    train = DataLoader(clusters(8000, 128, 1), batch_size=128, shuffle=True)
+    val = DataLoader(clusters(n_val, 128, 2), batch_size=256)
+    walls: dict[str, float] = {}
+    stalls: dict[str, list[float]] = {}
+    for mode in ["none", "baseline", "ours"]:
+        with tempfile.TemporaryDirectory() as root:
+            cb = callback_for(mode, root, reducers=reducers, max_samples=n_val,
+                              label_key="labels")
+            stalls[mode] = time_hook(cb) if cb is not None else []
+            L.seed_everything(0, verbose=False)
+            t = time.perf_counter()
+            make_trainer(root, [cb] if cb else [], max_epochs=args.epochs).fit(
+                Encoder(128, 64, 256), train, val)
+            walls[mode] = time.perf_counter() - t  # ours: includes the final flush
+        print(f"  stall {mode}: wall {walls[mode]:.1f} s, epoch ends "
+              f"{[round(s, 3) for s in stalls[mode]]}", flush=True)
+    base, ours = statistics.mean(stalls["baseline"]), statistics.mean(stalls["ours"])
+    return [
+        f"| training-thread stall per validation end ({n_val:,} points, PCA + t-SNE) | "
+        f"{base:.2f} s | {ours * 1000:.1f} ms (max {max(stalls['ours']) * 1000:.1f} ms) | "
+        f"{ours / base:.2%} of baseline | <= 5% |",
+        f"| fit wall time, {args.epochs} epochs (none: {walls['none']:.1f} s) | "
+        f"{walls['baseline']:.1f} s | {walls['ours']:.1f} s | "
+        f"ours {walls['ours'] / walls['baseline']:.2f}x baseline, "
+        f"+{walls['ours'] - walls['none']:.1f} s over none | |",
+    ]
+
+
+def part_collect(args: argparse.Namespace) -> list[str]:
+    val = DataLoader(clusters(args.collect_rows, 256, 3), batch_size=256)
+    model = Encoder(256, 256, 512)
+    loops: dict[str, list[float]] = {m: [] for m in ["none", "baseline", "ours"]}
+    hooks: dict[str, list[float]] = {m: [] for m in loops}
+    for _ in range(args.repeats):
+        for mode in loops:
+            with tempfile.TemporaryDirectory() as root:
+                timer = LoopTimer()
+                cb = callback_for(mode, root, reducers=["pca"], label_key="labels")
+                per_batch = time_hook(cb, "on_validation_batch_end") if cb else []
+                make_trainer(root, [timer] + ([cb] if cb else [])).validate(model, val,
+                                                                            verbose=False)
+                loops[mode] += timer.loops
+                hooks[mode].append(sum(per_batch))
+    # Best of the repeats: the machine may be shared, noise only ever adds time.
+    best = {m: min(v) for m, v in loops.items()}
+    print(f"  collect loops: { {m: [round(x, 3) for x in v] for m, v in loops.items()} }, "
+          f"per-batch hooks: { {m: [round(x, 3) for x in v] for m, v in hooks.items()} }",
+          flush=True)
+
+    def share(mode: str) -> str:
+        hook = min(hooks[mode]) / best["none"]
+        loop = (best[mode] - best["none"]) / best["none"]
+        return f"{hook:.1%} in its batch hook ({loop:+.1%} loop time)"
+
+    return [
+        f"| collection overhead, share of validation time ({args.collect_rows:,} x 256-d, "
+        f"none: {best['none']:.2f} s) | {share('baseline')} | {share('ours')} | | <= 5% |"
+    ]
+
+
+def part_memory(args: argparse.Namespace) -> list[str]:
+    growth: dict[tuple[str, int], float] = {}
+    for rows in [args.memory_rows[0]] + list(args.memory_rows):  # first pass: lazy imports
+        val = DataLoader(TensorDataset(torch.arange(rows)), batch_size=1000)
+        train = DataLoader(TensorDataset(torch.arange(4)), batch_size=4)
+        for mode in ["none", "ours", "baseline"]:
+            with tempfile.TemporaryDirectory() as root:
+                cb = callback_for(mode, root, reducers=["pca"])
+                trainer = make_trainer(root, [cb] if cb else [], max_epochs=1,
+                                       limit_train_batches=1)
+                with PeakRSS() as peak:
+                    trainer.fit(RandomEmbeddings(), train, val)
+                growth[mode, rows] = peak.growth_mb
+                del cb, trainer
+            print(f"  memory {mode} {rows:,}: +{growth[mode, rows]:.0f} MB", flush=True)
+    lo, hi = args.memory_rows
+    lines = []
+    for mode in ["none", "baseline", "ours"]:
+        lines.append(f"{growth[mode, lo]:.0f} -> {growth[mode, hi]:.0f} MB "
+                     f"(+{growth[mode, hi] - growth[mode, lo]:.0f})")
+    return [
+        f"| peak RSS growth of a fit, {lo:,} -> {hi:,} validation rows x 256-d (none: "
+        f"{lines[0]}) | {lines[1]} | {lines[2]} | | < 30 MB growth |"
+    ]
+
+
+def part_tsne(args: argparse.Namespace) -> list[str]:
+    from sklearn.datasets import load_digits
+    from sklearn.neighbors import NearestNeighbors
+
+    from lightning_embproj.reduce import tsne, warm_init
+
+    def knn(X: np.ndarray, Y: np.ndarray, k: int = 10) -> float:
+        a = NearestNeighbors(n_neighbors=k + 1).fit(X).kneighbors(return_distance=False)[:, 1:]
+        b = NearestNeighbors(n_neighbors=k + 1).fit(Y).kneighbors(return_distance=False)[:, 1:]
+        return float(np.mean([len(set(r) & set(s)) / k for r, s in zip(a, b, strict=True)]))
+
+    def timed(fn: Callable[[], np.ndarray]) -> tuple[np.ndarray, float]:
+        t = time.perf_counter()
+        out = fn()
+        return out, time.perf_counter() - t
+
+    n = args.stall_points
+    X0, _ = load_digits(return_X_y=True)
+    rng = np.random.default_rng(0)
+    X = X0[rng.integers(0, len(X0), n)] + rng.normal(0.0, 1.0, (n, X0.shape[1]))
+    X2 = X + rng.normal(0.0, 0.5, X.shape)  # the next epoch: the same points, moved a little
+    keys = np.arange(n)
+    first = tsne(X, 2)
+    cold, t_cold = timed(lambda: tsne(X2, 2, random_state=1))
+    warm, t_warm = timed(lambda: tsne(X2, 2, init=warm_init(keys, first, keys, X2)))
+    q_cold, q_warm = knn(X2, cold), knn(X2, warm)
+    print(f"  tsne cold {t_cold:.1f} s knn {q_cold:.3f}; warm {t_warm:.1f} s knn {q_warm:.3f}",
+          flush=True)
+    return [
+        f"| our t-SNE at {n:,} points, cold -> warm start (kNN@10 preservation) | | "
+        f"{t_cold:.1f} s ({q_cold:.3f}) -> {t_warm:.1f} s ({q_warm:.3f}) | "
+        f"{t_cold / t_warm:.1f}x faster, kNN {q_warm / q_cold - 1:+.1%} | kNN within a few % |"
+    ]
+
+
+PARTS = {"stall": part_stall, "collect": part_collect, "memory": part_memory, "tsne": part_tsne}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=list(PARTS))
+    parser.add_argument("--stall-points", type=int, default=4000)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--collect-rows", type=int, default=30_000)
+    parser.add_argument("--memory-rows", type=int, nargs=2, default=[30_000, 300_000])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    rows = []
+    for name in args.parts:
+        print(f"running {name} ...", flush=True)
+        rows += PARTS[name](args)
+    load = os.getloadavg()[0]
+    print(f"\nMachine: {platform.machine()}, {os.cpu_count()} CPU cores, torch "
+          f"{torch.__version__} ({torch.get_num_threads()} threads), Python "
+          f"{platform.python_version()}, load average {load:.1f} at the end\n")
+    print("| measure | baseline (seed style) | ours | ratio | target |")
+    print("|---|---|---|---|---|")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
