@@ -72,7 +72,8 @@ def projection_to_state(p: Projection) -> dict[str, Any]:
         "epoch": p.epoch,
         "step": p.step,
         "layouts": {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in p.layouts.items()},
-        "metrics": dict(p.metrics),
+        # plain floats: a numpy scalar would make torch.load(weights_only=True) refuse the file
+        "metrics": {str(k): float(v) for k, v in p.metrics.items()},
     }
 
 
