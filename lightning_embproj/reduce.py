@@ -31,7 +31,12 @@ _TSNE_COLD_ITERS = 500
 _TSNE_WARM_ITERS = 250
 # Exact eigh of the D x D covariance up to this D, randomized SVD above (measured at N=10,000).
 _EXACT_PCA_MAX_DIM = 1024
-_UMAP_WARM_EPOCHS = 200
+# UMAP warm start: 100 epochs from a tenth of umap's learning rate. umap's SGD restarted at
+# its full rate (1.0) moves a converged layout even when nothing changed (digits, 300 rows:
+# Procrustes disparity to the previous layout 0.165 for identical input, 0.20 after a mixed +
+# noisy change, vs 0.048 / 0.053 here, with equal trustworthiness 0.980; cold: 0.235).
+_UMAP_WARM_EPOCHS = 100
+_UMAP_WARM_LEARNING_RATE = 0.1
 
 
 def reduce(
@@ -203,7 +208,8 @@ def umap(
     init: np.ndarray | None = None,
     random_state: int = 0,
 ) -> np.ndarray:
-    """UMAP layout (umap-learn, optional extra); warm start from ``init`` with 200 epochs.
+    """UMAP layout (umap-learn, optional extra); warm start from ``init``: 100 epochs at a
+    tenth of umap's learning rate, so an unchanged input keeps its layout.
 
     Fewer than 5 rows, or no variance at all, return the PCA layout. The first call pays
     umap's numba compilation (~20-60 s).
@@ -229,9 +235,8 @@ def umap(
         n_components=n_components,
         n_neighbors=min(15, n - 1),
         init=init if init is not None else "spectral",
-        # Warm: fewer epochs move the previous layout less (digits, 300 rows, noisier copy:
-        # disparity to the previous layout 0.08 with 200 epochs, 0.13 with the default 500).
         n_epochs=_UMAP_WARM_EPOCHS if init is not None else None,
+        learning_rate=_UMAP_WARM_LEARNING_RATE if init is not None else 1.0,
         random_state=random_state,
         n_jobs=1,  # a seed forces one thread anyway; say so to skip umap's warning
     )
