@@ -75,10 +75,11 @@ class SampleBuffer:
             idx = idx[np.argsort(keys[idx], kind="stable")[: self.max_samples]]
         return idx
 
-    def add(self, keys: np.ndarray, columns: dict[str, Any]) -> None:
-        """Offer rows (already filtered by :meth:`select`, or not): keeps the bottom-k overall."""
+    def add(self, keys: np.ndarray, columns: dict[str, Any], preselected: bool = False) -> None:
+        """Offer rows: keeps the bottom-k overall. ``preselected``: the rows are exactly what
+        :meth:`select` returned for this batch, so the filter is not run twice."""
         keys = np.asarray(keys, dtype=np.int64)
-        pick = self.select(keys)
+        pick = np.arange(keys.shape[0]) if preselected else self.select(keys)
         if pick.size == 0:
             return
         keys = keys[pick]

@@ -130,7 +130,7 @@ class Collector:
             for column, value in metadata.items():
                 taken = take(value, idx, self.options.max_text_length)
                 rows[column] = to_uint8_images(taken) if is_image(value) else taken
-            buffer.add(keys[idx], rows)
+            buffer.add(keys[idx], rows, preselected=True)
 
     def samples(self) -> dict[str, EpochSample]:
         """The epoch's tracked points per set (empty sets left out)."""
