@@ -127,7 +127,9 @@ class EmbeddingProjector(CallbackBase):
         if self.options.layers and self._capture is None:
             self._capture = LayerCapture(pl_module, list(self.options.layers))
         if self._is_zero:
-            self._sinks = sink_factory.build(trainer, self._root, self.warn)
+            self._sinks = sink_factory.build(
+                trainer, self._root, self.warn, self.options.max_text_length
+            )
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         # Lightning restores callback state (load_state_dict) after `setup` and before

@@ -28,7 +28,7 @@ class Sinks:
     finishers: list[tuple[str, Callable[[], None]]] = field(default_factory=list)
 
 
-def build(trainer: Any, root: str, warn: WarnOnce) -> Sinks:
+def build(trainer: Any, root: str, warn: WarnOnce, max_text_length: int = 1000) -> Sinks:
     """The sinks for this trainer, local files first (they must survive any other failure)."""
     from lightning_embproj.sinks.local import write_projection
 
@@ -37,7 +37,7 @@ def build(trainer: Any, root: str, warn: WarnOnce) -> Sinks:
     makers: list[tuple[str, Callable[[], Any]]] = [
         ("html view", lambda: _html_view(root) if has_view else None),
         ("W&B", lambda: _wandb(trainer, warn, root if has_view else None)),
-        ("TensorBoard", lambda: _tensorboard(trainer)),
+        ("TensorBoard", lambda: _tensorboard(trainer, max_text_length)),
     ]
     for name, make in makers:
         try:
@@ -70,7 +70,7 @@ def _wandb(trainer: Any, warn: WarnOnce, view_root: str | None) -> Any:
     return WandbSink(logger.experiment, warn, view_root=view_root)
 
 
-def _tensorboard(trainer: Any) -> Writer | None:
+def _tensorboard(trainer: Any, max_text_length: int) -> Writer | None:
     from lightning_embproj.compat import find_logger
 
     logger = find_logger(trainer, "TensorBoardLogger")
@@ -79,7 +79,9 @@ def _tensorboard(trainer: Any) -> Writer | None:
     from lightning_embproj.sinks.tensorboard import write_tensorboard_projector
 
     log_dir = logger.log_dir
-    return lambda p: _ignore(write_tensorboard_projector(log_dir, p))
+    return lambda p: _ignore(
+        write_tensorboard_projector(log_dir, p, max_text_length=max_text_length)
+    )
 
 
 def _ignore(_: Any) -> None:
