@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any, Literal
 
 from lightning_embproj import sinks as sink_factory
@@ -218,39 +219,38 @@ class EmbeddingProjector(CallbackBase):
         try:
             previous = self.previous.get(sample.name)
             projection = project_epoch(sample, epoch, step, previous, self.settings, self.warn)
-            projection.movers = self._movers(projection, previous)
-            with self._lock:
-                # One critical section: a checkpoint taken in between would hold this epoch
-                # both as `previous` and as pending, and a resume would align it to itself.
-                self.previous[sample.name] = projection
-                self.pending.pop((sample.name, epoch), None)
-        finally:
+            projection.movers = self._guarded(
+                "movers", "the movers table", lambda: movers(projection, previous)
+            )
+        except BaseException:
             with self._lock:
                 self.pending.pop((sample.name, epoch), None)
+            raise
+        with self._lock:
+            # One critical section: a checkpoint taken in between would hold this epoch both
+            # as `previous` and as pending, and a resume would align it to itself.
+            self.previous[sample.name] = projection
+            self.pending.pop((sample.name, epoch), None)
         for sink_name, write in self._sinks.writers:
-            if not log and sink_name not in sink_factory.LOCAL_SINKS:
-                continue
-            try:
-                write(projection)
-            except Exception as err:  # noqa: BLE001 - a sink failure must not stop training
-                self.warn(
-                    f"sink:{sink_name}:{type(err).__name__}",
-                    f"writing to {sink_name} failed ({type(err).__name__}: {err}); the other "
-                    f"outputs are still written and training continues",
+            if log or sink_name in sink_factory.LOCAL_SINKS:
+                self._guarded(
+                    f"sink:{sink_name}", f"writing to {sink_name}", partial(write, projection)
                 )
 
     def _finish_sinks(self) -> None:
         for sink_name, finish in self._sinks.finishers:
-            try:
-                finish()
-            except Exception as err:  # noqa: BLE001
-                self.warn(f"sink:{sink_name}:finish", f"{sink_name} failed at the end: {err}")
+            self._guarded(f"sink:{sink_name}:finish", f"finishing {sink_name}", finish)
 
-    def _movers(self, projection: Projection, previous: Projection | None) -> Any:
+    def _guarded(self, topic: str, what: str, fn: Callable[[], Any]) -> Any:
+        """Run ``fn``; a failure becomes one warning per topic and kind, and None."""
         try:
-            return movers(projection, previous)
-        except Exception as err:  # noqa: BLE001 - the table is a bonus, the epoch is not
-            self.warn(f"movers:{type(err).__name__}", f"movers table failed: {err}")
+            return fn()
+        except Exception as err:  # noqa: BLE001 - an output failing must not stop training
+            self.warn(
+                f"{topic}:{type(err).__name__}",
+                f"{what} failed ({type(err).__name__}: {err}); the other outputs are still "
+                f"written and training continues",
+            )
             return None
 
     def flush(self, timeout: float | None = None) -> bool:
