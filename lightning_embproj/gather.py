@@ -250,11 +250,24 @@ def _check_same_data_kinds(ref_rank: int, ref: EpochSample, rank: int, s: EpochS
                 f"{_ERROR_PREFIX} for {ref.name!r}: metadata {key!r} is {_kind(ref_value)} on "
                 f"rank {ref_rank} vs {_kind(value)} on rank {rank}."
             )
+        if is_array and _is_text(value) != _is_text(ref_value):
+            raise ValueError(
+                f"{_ERROR_PREFIX} for {ref.name!r}: metadata {key!r} holds "
+                f"{_content(ref_value)} on rank {ref_rank} vs {_content(value)} on rank {rank}."
+            )
         if is_array and value.shape[1:] != ref_value.shape[1:]:
             raise ValueError(
                 f"{_ERROR_PREFIX} for {ref.name!r}: metadata {key!r} has per-row shape "
                 f"{ref_value.shape[1:]} on rank {ref_rank} vs {value.shape[1:]} on rank {rank}."
             )
+
+
+def _is_text(value: np.ndarray) -> bool:
+    return value.dtype.kind in "OUS"
+
+
+def _content(value: np.ndarray) -> str:
+    return "Python objects (texts)" if _is_text(value) else f"numbers ({value.dtype})"
 
 
 def _kind(value: Any) -> str:

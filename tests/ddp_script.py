@@ -35,12 +35,24 @@ class NaNOnRank1(DigitsModel):
         return out
 
 
+class NumbersAsTextOnRank1(DigitsModel):
+    """Rank 1 returns numbers where rank 0 has texts: the ranks disagree on a column."""
+
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict:
+        out = super().validation_step(batch, batch_idx)
+        if self.global_rank == 1:
+            out["text"] = torch.zeros(len(out["labels"]))
+        return out
+
+
 # name -> (n_val, max_samples, batch_size, id_key, model class)
 SCENARIOS: dict[str, tuple[int, int, int, str | None, type]] = {
     "padded": (301, 400, 64, None, DigitsModel),      # 301 on 2 ranks: sample 0 seen twice
     "bottomk": (301, 100, 32, "id", DigitsModel),     # max_samples < dataset, explicit ids
     "one": (1, 50, 64, None, DigitsModel),            # rank 1 only sees the padded copy
     "nan_rank": (120, 200, 16, None, NaNOnRank1),     # rank 1 has no samples at all
+    # last: it ends the fit with an error on every rank (recorded per rank, not raised)
+    "disagree": (64, 50, 32, None, NumbersAsTextOnRank1),
 }
 
 
@@ -69,7 +81,15 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     out, names = sys.argv[1], sys.argv[2:] or list(SCENARIOS)
     for name in names:
-        run(out, name, devices=2)
+        if name != "disagree":
+            run(out, name, devices=2)
+            continue
+        try:
+            run(out, name, devices=2)
+        except ValueError as err:
+            rank = os.environ.get("LOCAL_RANK", "0")
+            Path(out, name).mkdir(parents=True, exist_ok=True)
+            Path(out, name, f"error_rank{rank}.txt").write_text(str(err))
 
 
 if __name__ == "__main__":

@@ -89,3 +89,11 @@ def test_rank_without_samples_does_not_hang(ddp_out):
     for got in epochs(ddp_out, "nan_rank"):
         assert got["sample_id"].tolist() == list(range(0, 120, 2))
         assert_texts(got, offset=10_000)
+
+
+def test_ranks_disagreeing_on_a_column_fail_alike_without_hanging(ddp_out):
+    """Rank 1 returns numbers where rank 0 has texts: both ranks get the same clear error
+    (the subprocess finished within its timeout, so nobody hung)."""
+    errors = [(ddp_out / "disagree" / f"error_rank{r}.txt").read_text() for r in (0, 1)]
+    assert errors[0] == errors[1]
+    assert "metadata 'text' holds Python objects (texts) on rank 0 vs numbers" in errors[0]
