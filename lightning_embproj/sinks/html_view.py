@@ -226,8 +226,11 @@ def figure_dict(points: Any, metrics: Any | None, *, max_epochs: int = 50) -> di
 
     split = 0.56 if metric_axes else 0.86
     layout: dict[str, Any] = {
-        "hovermode": "closest", "margin": {"t": 30, "l": 50}, "shapes": marks(epochs[-1]),
-        "legend": {"x": split + 0.01, "y": 1, "itemsizing": "constant",
+        "hovermode": "closest", "margin": {"t": 60, "l": 50}, "shapes": marks(epochs[-1]),
+        # Labels in rows above the scatter, above the reducer buttons: a vertical legend at
+        # the scatter's right edge overlapped the points in plotly.js 3.
+        "legend": {"orientation": "h", "x": 0.0, "xanchor": "left", "y": 1.1,
+                   "yanchor": "bottom", "itemsizing": "constant",
                    "title": {"text": "label" if has_label else ""}},
     }
     for k, v in ranges(next(iter(reducers))).items():
