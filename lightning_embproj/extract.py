@@ -132,8 +132,12 @@ def take(value: Any, idx: np.ndarray, max_text_length: int) -> np.ndarray:
     if hasattr(value, "detach"):
         import torch
 
-        index = torch.as_tensor(idx, device=value.device)
-        value = value.detach().index_select(0, index)
+        value = value.detach()
+        if value.device.type == "cpu" and value.dtype not in (torch.bfloat16, torch.float16):
+            # A host tensor is viewed as numpy without a copy; numpy's row gather skips
+            # torch's per-call dispatch (measured 0.55 ms -> a few us per batch).
+            return value.numpy()[idx]
+        value = value.index_select(0, torch.as_tensor(idx, device=value.device))
         if value.dtype in (torch.bfloat16, torch.float16):
             value = value.float()
         return value.cpu().numpy()
