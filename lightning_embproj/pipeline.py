@@ -64,8 +64,9 @@ def project_epoch(
             if name in WARM_STARTED and prev_layout is not None and previous is not None:
                 init = warm_init(previous.sample.keys, prev_layout, sample.keys, X)
             layout = reduce(
-                name, X, settings.n_components, init=init, random_state=settings.seed
-            ) if name != "tsne" else _tsne(X, settings, init)
+                name, X, settings.n_components, init=init, random_state=settings.seed,
+                perplexity=settings.perplexity,
+            )
             if prev_layout is not None and previous is not None:
                 layout = procrustes_align(layout, sample.keys, prev_layout, previous.sample.keys)
             layouts[name] = np.asarray(layout, dtype=np.float64)
@@ -87,11 +88,3 @@ def project_epoch(
         )
     return projection
 
-
-def _tsne(X: np.ndarray, settings: ReduceSettings, init: np.ndarray | None) -> np.ndarray:
-    from lightning_embproj.reduce import tsne
-
-    return tsne(
-        X, settings.n_components, init=init, perplexity=settings.perplexity,
-        random_state=settings.seed,
-    )

@@ -46,10 +46,12 @@ def reduce(
     *,
     init: np.ndarray | None = None,
     random_state: int = 0,
+    perplexity: float = 30.0,
 ) -> np.ndarray:
     """Project ``X`` with the reducer named ``method`` (one of :data:`REDUCERS`).
 
-    ``init`` (a previous layout, see :func:`warm_init`) is ignored by PCA.
+    ``init`` (a previous layout, see :func:`warm_init`) is ignored by PCA; ``perplexity`` is
+    used by t-SNE only.
 
     Example:
         >>> X = np.random.default_rng(0).normal(size=(50, 4))
@@ -59,7 +61,9 @@ def reduce(
     if method == "pca":
         return pca(X, n_components)
     if method == "tsne":
-        return tsne(X, n_components, init=init, random_state=random_state)
+        return tsne(
+            X, n_components, init=init, perplexity=perplexity, random_state=random_state
+        )
     if method == "umap":
         return umap(X, n_components, init=init, random_state=random_state)
     raise ValueError(f"reducer must be one of {list(REDUCERS)}, got {method!r}")
