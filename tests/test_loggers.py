@@ -14,6 +14,7 @@ from digits import DigitsModel, loaders, trainer, wandb_tables
 from google.protobuf import text_format
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from PIL import Image
+from tb_plugin import serve
 from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
 from wandb_records import scalars
 
@@ -45,29 +46,6 @@ def read_config(log_dir: Path) -> ProjectorConfig:
     config = ProjectorConfig()
     text_format.Parse((log_dir / "projector_config.pbtxt").read_text(), config)
     return config
-
-
-def serve(log_root: Path):
-    """TensorBoard's own projector plugin over ``log_root``, as its Projector tab queries it."""
-    from tensorboard.backend.event_processing.data_provider import MultiplexerDataProvider
-    from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
-    from tensorboard.plugins.base_plugin import TBContext
-    from tensorboard.plugins.projector.projector_plugin import ProjectorPlugin
-    from werkzeug.test import Client
-
-    multiplexer = EventMultiplexer()
-    multiplexer.AddRunsFromDirectory(str(log_root))
-    multiplexer.Reload()
-    provider = MultiplexerDataProvider(multiplexer, str(log_root))
-    plugin = ProjectorPlugin(TBContext(logdir=str(log_root), data_provider=provider))
-    apps = plugin.get_plugin_apps()
-
-    def get(route: str, **query: str) -> bytes:
-        resp = Client(apps[route]).get(route, query_string=query)
-        assert resp.status_code == 200, resp.get_data(as_text=True)
-        return resp.get_data()
-
-    return get
 
 
 def test_tensorboard_projector_tab_shows_every_epoch(tmp_path):

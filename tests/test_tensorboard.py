@@ -238,12 +238,8 @@ def test_bad_input_raises_clear_errors(tmp_path):
 
 def test_tensorboard_projector_plugin_serves_every_epoch(tmp_path):
     """TensorBoard's own projector plugin, run headless, finds and serves what we wrote."""
-    from tensorboard.backend.event_processing.data_provider import MultiplexerDataProvider
-    from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
-    from tensorboard.plugins.base_plugin import TBContext
-    from tensorboard.plugins.projector.projector_plugin import ProjectorPlugin
+    from tb_plugin import serve
     from tensorboard.summary.writer.event_file_writer import EventFileWriter
-    from werkzeug.test import Client
 
     root = tmp_path / "lightning_logs"
     run_dir = root / "version_0"  # a TensorBoardLogger's log_dir: a run with an events file
@@ -252,18 +248,7 @@ def test_tensorboard_projector_plugin_serves_every_epoch(tmp_path):
     for p in projections:
         write_tensorboard_projector(run_dir, p)
 
-    multiplexer = EventMultiplexer()
-    multiplexer.AddRunsFromDirectory(str(root))
-    multiplexer.Reload()
-    provider = MultiplexerDataProvider(multiplexer, str(root))
-    plugin = ProjectorPlugin(TBContext(logdir=str(root), data_provider=provider))
-    apps = plugin.get_plugin_apps()
-
-    def get(route: str, **query: str) -> bytes:
-        resp = Client(apps[route]).get(route, query_string=query)
-        assert resp.status_code == 200, resp.get_data(as_text=True)
-        return resp.get_data()
-
+    get = serve(root)
     assert json.loads(get("/runs")) == ["version_0"]
     info = json.loads(get("/info", run="version_0"))
     assert [e["tensorName"] for e in info["embeddings"]] == [
