@@ -100,12 +100,17 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return entries
 
 
+def _sets_root(p: Path) -> Path:
+    """The folder holding the set folders: ``<log dir>/embproj``, or ``p`` itself."""
+    return p / SUBDIR if (p / SUBDIR).is_dir() else p
+
+
 def _resolve(path: str | os.PathLike[str], name: str | None) -> Path:
     """Accept a log dir (holding ``embproj/``), an ``embproj`` dir, or one set's folder."""
     p = Path(path)
     if list(p.glob("epoch_*.csv")) or (p / METRICS_FILE).exists():
         return p
-    base = p / SUBDIR if (p / SUBDIR).is_dir() else p
+    base = _sets_root(p)
     names = sorted(d.name for d in base.iterdir() if d.is_dir()) if base.is_dir() else []
     if name is None:
         if len(names) != 1:
@@ -125,8 +130,7 @@ def _resolve(path: str | os.PathLike[str], name: str | None) -> Path:
 
 def list_sets(path: str | os.PathLike[str]) -> list[str]:
     """Names of the embedding sets written under a log dir (or its ``embproj`` folder)."""
-    p = Path(path)
-    base = p / SUBDIR if (p / SUBDIR).is_dir() else p
+    base = _sets_root(Path(path))
     return sorted(d.name for d in base.iterdir() if d.is_dir() and any(d.glob("epoch_*.csv")))
 
 
