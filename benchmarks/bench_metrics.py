@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from lightning_embproj import score
+from lightning_embproj import neighbours, score
 from lightning_embproj.types import EpochSample, Projection
 
 
@@ -85,7 +85,7 @@ def run(n: int, dim: int, repeat: int) -> dict[str, float]:
     cur = epoch(X1, y, {"pca": pca(X1, 2), "tsne": lay1}, 1)
 
     def cold() -> dict[str, float]:
-        score._knn_cache.clear()
+        neighbours._knn_cache.clear()
         return score.epoch_metrics(cur, prev)
 
     t_metrics_cold, _ = timed(cold, repeat)

@@ -2,9 +2,10 @@
 
 Pure numpy functions (scikit-learn only for the kNN of the 2-D/3-D layouts). Everything that
 needs the original space's distances is computed in one chunked pass over the rows
-(:func:`_scan`): memory is ``O(chunk * N)``, never ``N x N``, and the pass is shared by the
-metrics of an epoch. kNN indices are memoised by the content of the array, so the previous
-epoch's neighbours (and :func:`movers` after :func:`epoch_metrics`) cost a hash, not a pass.
+(:func:`lightning_embproj.neighbours.scan`): memory is ``O(chunk * N)``, never ``N x N``,
+and the pass is shared by the metrics of an epoch. kNN indices are memoised by the content
+of the array, so the previous epoch's neighbours (and :func:`movers` after
+:func:`epoch_metrics`) cost a hash, not a pass.
 
 Metrics are NaN only when undefined: silhouette with fewer than 2 labels (or fewer than 3
 points, or as many labels as points), any kNN metric with fewer than 2 points,
@@ -22,15 +23,18 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import math
-import threading
-from collections import OrderedDict
 from collections.abc import Sequence
-from typing import NamedTuple, cast
 
 import numpy as np
 
+from lightning_embproj.neighbours import (
+    SILHOUETTE_MAX_POINTS,
+    as_matrix,
+    knn,
+    knn_k,
+    scan,
+)
 from lightning_embproj.types import Projection
 
 METRIC_DOCS: dict[str, str] = {
@@ -47,24 +51,6 @@ METRIC_DOCS: dict[str, str] = {
     "the previous epoch, divided by the RMS radius of the previous layout (0 = unchanged).",
 }
 
-SILHOUETTE_MAX_POINTS = 10_000
-_CHUNK_BYTES = 16 * 2**20  # one (rows x N) block; peak memory is a few of these
-_CACHE_SIZE = 8
-_knn_cache: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
-_cache_lock = threading.Lock()
-
-
-def _matrix(X: np.ndarray, name: str) -> np.ndarray:
-    """A C-contiguous float32/float64 ``(N, D)`` array; bad input raises naming ``name``."""
-    a = np.asarray(X)
-    if a.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D (N, D) array, got shape {a.shape}")
-    a = np.ascontiguousarray(a, dtype=np.float64 if a.dtype == np.float64 else np.float32)
-    if not np.isfinite(a).all():
-        raise ValueError(f"{name} contains NaN or infinite values; scores need finite vectors")
-    return a
-
-
 def _codes(labels: Sequence[object] | np.ndarray, n: int) -> np.ndarray:
     """Labels (ints, strings, mixed) -> int codes ``0..C-1``."""
     lab = np.asarray(labels)
@@ -74,161 +60,6 @@ def _codes(labels: Sequence[object] | np.ndarray, n: int) -> np.ndarray:
         return np.unique(lab, return_inverse=True)[1].reshape(-1)
     except TypeError:  # mixed types (e.g. ints and None) do not sort: compare their text
         return np.unique(lab.astype(str), return_inverse=True)[1].reshape(-1)
-
-
-def _knn_k(n: int, k: int) -> int:
-    if k < 1:
-        raise ValueError(f"k must be a positive integer, got {k}")
-    return min(k, n - 1)
-
-
-def _trust_k(n: int, k: int) -> int:
-    return min(_knn_k(n, k), math.ceil(n / 2) - 1)
-
-
-class _Scan(NamedTuple):
-    knn: np.ndarray | None  # (N, k) original-space neighbours, nearest first
-    trust: list[float]  # one per layout
-    silhouette: float
-
-
-class _Silhouette:
-    """Per-class distance sums from each chunk of the distance matrix (rows x all columns)."""
-
-    def __init__(self, codes: np.ndarray, max_points: int | None, dtype: np.dtype) -> None:
-        import scipy.sparse
-
-        n = codes.size
-        self.rows = np.ones(n, dtype=bool)
-        if max_points is not None and n > max_points:  # fixed subsample: same every epoch
-            self.rows[:] = False
-            self.rows[np.random.default_rng(0).choice(n, max_points, replace=False)] = True
-        sub = np.unique(codes[self.rows], return_inverse=True)[1].reshape(-1)
-        self.n_cls = int(sub.max()) + 1 if sub.size else 0
-        self.defined = n >= 3 and 2 <= self.n_cls <= sub.size - 1
-        self.code = np.full(n, -1)
-        self.code[self.rows] = sub
-        self.sizes = np.bincount(sub, minlength=self.n_cls)
-        idx = np.flatnonzero(self.rows)
-        ones = np.ones(idx.size, dtype=dtype)
-        W = scipy.sparse.csc_matrix((ones, (idx, sub)), shape=(n, self.n_cls))
-        self.W = W.toarray() if self.n_cls <= 64 else W  # dense BLAS is faster for few classes
-        self.values: list[np.ndarray] = []
-
-    def add(self, D: np.ndarray, s: int) -> None:
-        """``D``: Euclidean distances of rows ``s..s+len(D)`` to all points (self = 0)."""
-        loc = np.flatnonzero(self.rows[s : s + D.shape[0]])
-        sums = np.asarray((D if loc.size == D.shape[0] else D[loc]) @ self.W, dtype=np.float64)
-        own, at = self.code[s + loc], np.arange(loc.size)
-        a = sums[at, own] / np.maximum(self.sizes[own] - 1, 1)
-        mean = sums / self.sizes
-        mean[at, own] = np.inf
-        b = mean.min(axis=1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            sv = np.nan_to_num((b - a) / np.maximum(a, b))  # 0/0 (all points equal) -> 0
-        sv[self.sizes[own] == 1] = 0.0  # singleton classes score 0, as in scikit-learn
-        self.values.append(sv)
-
-    def result(self) -> float:
-        return float(np.concatenate(self.values).mean()) if self.defined else math.nan
-
-
-def _chunk_knn(C: np.ndarray, k: int, S: np.ndarray | None) -> np.ndarray:
-    """Indices of the ``k`` smallest entries of each row, nearest first (``S``: rows sorted)."""
-    if S is not None:  # with sorted rows a mask is cheaper than argpartition, barring ties
-        kth = S[:, k - 1 : k]
-        mask = kth >= C
-        if (mask.sum(axis=1) == k).all():
-            part = np.nonzero(mask)[1].reshape(C.shape[0], k)
-        else:
-            part = np.argpartition(C, k - 1, axis=1)[:, :k]
-    else:
-        part = np.argpartition(C, k - 1, axis=1)[:, :k]
-    d = np.take_along_axis(C, part, axis=1)
-    return np.take_along_axis(part, np.argsort(d, axis=1, kind="stable"), axis=1)
-
-
-def _scan(
-    X: np.ndarray,
-    k: int = 0,
-    layouts: Sequence[np.ndarray] = (),
-    trust_k: int = 10,
-    labels: np.ndarray | None = None,
-    max_points: int | None = SILHOUETTE_MAX_POINTS,
-) -> _Scan:
-    """One chunked pass over the distances of ``X`` for every metric that needs them.
-
-    ``k``: neighbours to return (0: none). ``layouts``: trustworthiness of each with
-    ``trust_k`` neighbours (shrunk by :func:`_trust_k`). ``labels``: int codes for the
-    silhouette (None: skip). Ranks and neighbours only need the order of distances, so
-    squared distances serve unless the silhouette needs the true ones.
-    """
-    from sklearn.neighbors import NearestNeighbors
-
-    n = X.shape[0]
-    kt = _trust_k(n, trust_k) if layouts and n >= 3 else 0
-    lay_nbrs = [
-        NearestNeighbors(n_neighbors=kt).fit(L).kneighbors(return_distance=False)
-        for L in layouts
-    ] if kt >= 1 else []
-    need_rank = np.concatenate(lay_nbrs, axis=1) if lay_nbrs else None
-    knn = np.empty((n, k), dtype=np.int64) if k else None
-    penalty = np.zeros(len(lay_nbrs))
-    sil = _Silhouette(labels, max_points, X.dtype) if labels is not None else None
-    if sil is not None and not sil.defined:
-        sil = None
-
-    sq = np.einsum("ij,ij->i", X, X)
-    XT = -2 * X.T
-    step = max(16, _CHUNK_BYTES // (X.itemsize * max(n, 1)))
-    for s in range(0, n, step):
-        e = min(n, s + step)
-        diag = (np.arange(e - s), np.arange(s, e))
-        C = X[s:e] @ XT
-        C += sq[s:e, None]
-        C += sq[None, :]
-        np.maximum(C, 0, out=C)
-        C[diag] = 0
-        if sil is not None:
-            np.sqrt(C, out=C)
-            sil.add(C, s)
-        C[diag] = np.inf  # a point is not its own neighbour
-        S = np.sort(C, axis=1) if need_rank is not None else None
-        if knn is not None:
-            knn[s:e] = _chunk_knn(C, k, S)
-        if need_rank is not None and S is not None:
-            thr = np.take_along_axis(C, need_rank[s:e], axis=1)
-            todo = np.flatnonzero((thr > S[:, kt - 1 : kt]).any(axis=1))  # rank can exceed kt
-            if todo.size:
-                ranks = np.stack([np.searchsorted(S[r], thr[r]) for r in todo])  # strictly less
-                over = np.maximum(ranks + 1 - kt, 0).reshape(todo.size, len(lay_nbrs), kt)
-                penalty += over.sum(axis=(0, 2))
-    scale = 2.0 / (n * kt * (2.0 * n - 3.0 * kt - 1.0)) if kt >= 1 else math.nan
-    trust = [float(1.0 - p * scale) for p in penalty] if kt >= 1 else [math.nan] * len(layouts)
-    if knn is not None:
-        _cache_put(_digest(X, k), knn)
-    return _Scan(knn, trust, sil.result() if sil is not None else math.nan)
-
-
-def _digest(X: np.ndarray, k: int) -> tuple[str, int]:
-    h = hashlib.blake2b(X.tobytes(), digest_size=16)
-    h.update(f"{X.shape}{X.dtype}".encode())
-    return h.hexdigest(), k
-
-
-def _cache_put(key: tuple[str, int], knn: np.ndarray) -> None:
-    knn.flags.writeable = False  # shared by every caller that hits the memo
-    with _cache_lock:
-        _knn_cache[key] = knn
-        while len(_knn_cache) > _CACHE_SIZE:
-            _knn_cache.popitem(last=False)
-
-
-def _knn(X: np.ndarray, k: int) -> np.ndarray:
-    """``(N, k)`` nearest neighbours of each row (itself excluded), memoised by content."""
-    with _cache_lock:
-        hit = _knn_cache.get(_digest(X, k))
-    return hit if hit is not None else cast(np.ndarray, _scan(X, k).knn)
 
 
 def silhouette(
@@ -244,8 +75,8 @@ def silhouette(
         >>> silhouette(np.array([[0.0], [0.1], [5.0], [5.1]]), ["a", "a", "b", "b"]) > 0.9
         True
     """
-    X = _matrix(X, "X")
-    return _scan(X, labels=_codes(labels, X.shape[0]), max_points=max_points).silhouette
+    X = as_matrix(X, "X")
+    return scan(X, labels=_codes(labels, X.shape[0]), max_points=max_points).silhouette
 
 
 def _vote(knn: np.ndarray, codes: np.ndarray) -> np.ndarray:
@@ -262,11 +93,11 @@ def knn_accuracy(X: np.ndarray, labels: Sequence[object] | np.ndarray, k: int = 
         >>> knn_accuracy(np.array([[0.0], [0.1], [5.0], [5.1]]), [0, 0, 1, 1], k=1)
         1.0
     """
-    X = _matrix(X, "X")
+    X = as_matrix(X, "X")
     codes = _codes(labels, X.shape[0])
     if X.shape[0] < 2:
         return math.nan
-    return float((_vote(_knn(X, _knn_k(X.shape[0], k)), codes) == codes).mean())
+    return float((_vote(knn(X, knn_k(X.shape[0], k)), codes) == codes).mean())
 
 
 def trustworthiness(X: np.ndarray, layout: np.ndarray, k: int = 10) -> float:
@@ -279,11 +110,11 @@ def trustworthiness(X: np.ndarray, layout: np.ndarray, k: int = 10) -> float:
         >>> trustworthiness(X, X[:, :2], k=5) > trustworthiness(X, X[::-1, :2], k=5)
         True
     """
-    X, layout = _matrix(X, "X"), _matrix(layout, "layout")
+    X, layout = as_matrix(X, "X"), as_matrix(layout, "layout")
     if layout.shape[0] != X.shape[0]:
         raise ValueError(f"layout has {layout.shape[0]} rows, X has {X.shape[0]}: rows must match")
-    _knn_k(X.shape[0], k)
-    return _scan(X, layouts=[layout], trust_k=k).trust[0]
+    knn_k(X.shape[0], k)
+    return scan(X, layouts=[layout], trust_k=k).trust[0]
 
 
 def _overlap(knn_a: np.ndarray, knn_b: np.ndarray) -> np.ndarray:
@@ -300,14 +131,14 @@ def neighbourhood_overlap(X_prev: np.ndarray, X: np.ndarray, k: int = 10) -> np.
         >>> float(neighbourhood_overlap(X, X, k=5).min())
         1.0
     """
-    X_prev, X = _matrix(X_prev, "X_prev"), _matrix(X, "X")
+    X_prev, X = as_matrix(X_prev, "X_prev"), as_matrix(X, "X")
     if X_prev.shape[0] != X.shape[0]:
         raise ValueError(f"X_prev has {X_prev.shape[0]} rows, X has {X.shape[0]}: rows must match")
     n = X.shape[0]
     if n < 2:
         return np.full(n, np.nan)
-    kk = _knn_k(n, k)
-    return _overlap(_knn(X_prev, kk), _knn(X, kk))
+    kk = knn_k(n, k)
+    return _overlap(knn(X_prev, kk), knn(X, kk))
 
 
 def mean_displacement(prev_layout: np.ndarray, layout: np.ndarray, normalize: bool = True) -> float:
@@ -322,7 +153,7 @@ def mean_displacement(prev_layout: np.ndarray, layout: np.ndarray, normalize: bo
         >>> mean_displacement(P, P + [0.0, 0.5])
         0.5
     """
-    P, L = _matrix(prev_layout, "prev_layout"), _matrix(layout, "layout")
+    P, L = as_matrix(prev_layout, "prev_layout"), as_matrix(layout, "layout")
     if P.shape != L.shape:
         raise ValueError(f"prev_layout {P.shape} and layout {L.shape} must have the same shape")
     if P.shape[0] == 0:
@@ -353,12 +184,12 @@ def _drift_overlap(
     ic, ip = _shared_rows(current, previous)
     if ic.size < 2:
         return ic, ip, np.full(ic.size, np.nan)
-    Xc = _matrix(current.sample.embeddings, "current.sample.embeddings")
-    Xp = _matrix(previous.sample.embeddings, "previous.sample.embeddings")
-    kk = _knn_k(ic.size, k)
+    Xc = as_matrix(current.sample.embeddings, "current.sample.embeddings")
+    Xp = as_matrix(previous.sample.embeddings, "previous.sample.embeddings")
+    kk = knn_k(ic.size, k)
     subc = Xc if ic.size == Xc.shape[0] else Xc[ic]
     subp = Xp if np.array_equal(ip, np.arange(Xp.shape[0])) else Xp[ip]
-    return ic, ip, _overlap(_knn(subp, kk), _knn(subc, kk))
+    return ic, ip, _overlap(knn(subp, kk), knn(subc, kk))
 
 
 def epoch_metrics(
@@ -378,31 +209,31 @@ def epoch_metrics(
         >>> sorted(epoch_metrics(p, p))[:3]
         ['drift/knn_overlap', 'knn_accuracy', 'pca/displacement']
     """
-    X = _matrix(current.sample.embeddings, "current.sample.embeddings")
+    X = as_matrix(current.sample.embeddings, "current.sample.embeddings")
     n = X.shape[0]
     labels = current.sample.labels
     codes = None if labels is None else _codes(labels, n)
     names = list(current.layouts)
-    layouts = [_matrix(current.layouts[r], f"layouts[{r!r}]") for r in names]
+    layouts = [as_matrix(current.layouts[r], f"layouts[{r!r}]") for r in names]
     for r, L in zip(names, layouts, strict=True):
         if L.shape[0] != n:
             raise ValueError(f"layouts[{r!r}] has {L.shape[0]} rows, the sample has {n}")
-    kk = _knn_k(n, k) if n >= 2 else 0
-    scan = _scan(X, kk, layouts, k, codes)  # its kNN is memoised for drift and movers
+    kk = knn_k(n, k) if n >= 2 else 0
+    first = scan(X, kk, layouts, k, codes)  # its kNN is memoised for drift and movers
     out: dict[str, float] = {}
     if codes is not None:
-        out["silhouette"] = scan.silhouette
+        out["silhouette"] = first.silhouette
         out["knn_accuracy"] = (
-            float((_vote(scan.knn, codes) == codes).mean()) if scan.knn is not None else math.nan
+            float((_vote(first.knn, codes) == codes).mean()) if first.knn is not None else math.nan
         )
-    for r, t in zip(names, scan.trust, strict=True):
+    for r, t in zip(names, first.trust, strict=True):
         out[f"{r}/trustworthiness"] = t
     if previous is not None:
         ic, ip, ov = _drift_overlap(current, previous, k)
         out["drift/knn_overlap"] = float(ov.mean()) if ic.size >= 2 else math.nan
         for r in names:
             if r in previous.layouts:
-                prev_l = _matrix(previous.layouts[r], f"previous.layouts[{r!r}]")
+                prev_l = as_matrix(previous.layouts[r], f"previous.layouts[{r!r}]")
                 out[f"{r}/displacement"] = (
                     mean_displacement(prev_l[ip], current.layouts[r][ic]) if ic.size else math.nan
                 )
@@ -430,7 +261,7 @@ def movers(
         >>> movers(Projection(s, 0, 0), Projection(s, 0, 0))["index"].size
         0
     """
-    X = _matrix(current.sample.embeddings, "current.sample.embeddings")
+    X = as_matrix(current.sample.embeddings, "current.sample.embeddings")
     n = X.shape[0]
     overlap = np.full(n, np.nan)
     if previous is not None:
@@ -439,7 +270,7 @@ def movers(
     foreign = np.full(n, np.nan)
     if current.sample.labels is not None and n >= 2:
         codes = _codes(current.sample.labels, n)
-        foreign = (codes[_knn(X, _knn_k(n, k))] != codes[:, None]).mean(axis=1)
+        foreign = (codes[knn(X, knn_k(n, k))] != codes[:, None]).mean(axis=1)
     changed = np.flatnonzero(overlap < 1.0)  # NaN compares False: untracked rows drop out
     changed = changed[np.argsort(overlap[changed], kind="stable")][:top]
     odd = np.flatnonzero(foreign > 0.5)

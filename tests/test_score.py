@@ -12,7 +12,7 @@ from sklearn.decomposition import PCA
 from sklearn.manifold import trustworthiness as sk_trustworthiness
 from sklearn.metrics import silhouette_score
 
-from lightning_embproj import score
+from lightning_embproj import neighbours
 from lightning_embproj.score import (
     METRIC_DOCS,
     epoch_metrics,
@@ -117,7 +117,7 @@ def test_trustworthiness_in_small_chunks_equals_sklearn(monkeypatch):
     X = rng.normal(size=(400, 12))
     layout = PCA(2).fit_transform(X)
     expected = sk_trustworthiness(X, layout, n_neighbors=10)
-    monkeypatch.setattr(score, "_CHUNK_BYTES", 37 * 400 * 8)  # 37-row chunks, ragged tail
+    monkeypatch.setattr(neighbours, "_CHUNK_BYTES", 37 * 400 * 8)  # 37-row chunks, ragged tail
     assert trustworthiness(X, layout, 10) == pytest.approx(expected, abs=1e-12)
     assert trustworthiness(X.astype(np.float32), layout, 10) == pytest.approx(expected, abs=1e-6)
 
@@ -126,7 +126,7 @@ def test_trustworthiness_in_small_chunks_equals_sklearn(monkeypatch):
 def test_scan_memory_is_bounded_by_the_chunk_not_n_squared(monkeypatch):
     X = np.random.default_rng(0).normal(size=(3000, 16)).astype(np.float32)
     p = proj(X, labels=np.arange(3000) % 7, layouts={"a": X[:, :2], "b": X[:, 2:4]})
-    monkeypatch.setattr(score, "_CHUNK_BYTES", 2**20)
+    monkeypatch.setattr(neighbours, "_CHUNK_BYTES", 2**20)
     tracemalloc.start()
     epoch_metrics(p, p)
     peak = tracemalloc.get_traced_memory()[1]
