@@ -81,6 +81,10 @@ class EmbeddingProjector(CallbackBase):
         reducers: Sequence[Reducer] | Reducer = ("pca", "tsne"),
         n_components: Literal[2, 3] = 2,
         every_n_epochs: int = 1,
+        every_n_validations: int = 1,
+        pooling: Literal["auto", "flatten", "mean", "first", "last", "max"] = "auto",
+        mask_key: Key | None = None,
+        image_keys: Sequence[Key] | None = None,
         perplexity: float = 30.0,
         storage_dtype: Literal["float32", "float16"] = "float32",
         background: bool = True,
@@ -93,7 +97,9 @@ class EmbeddingProjector(CallbackBase):
             embedding_key=embedding_key, layers=layers,  # type: ignore[arg-type]
             label_key=label_key, id_key=id_key, metadata_keys=metadata_keys,
             max_samples=max_samples, reducers=reducers, n_components=n_components,
-            every_n_epochs=every_n_epochs, perplexity=perplexity, storage_dtype=storage_dtype,
+            every_n_epochs=every_n_epochs, every_n_validations=every_n_validations,
+            pooling=pooling, mask_key=mask_key, image_keys=image_keys,
+            perplexity=perplexity, storage_dtype=storage_dtype,
             background=background, max_queued_epochs=max_queued_epochs, output_dir=output_dir,
             max_text_length=max_text_length, seed=seed,
         )

@@ -33,9 +33,10 @@ def _cell(value: Any) -> Any:
 def table_columns(projection: Projection, include_images: bool = True) -> dict[str, list[Any]]:
     """The contract's columns, in order, as plain lists of length N.
 
-    ``sample_id``, ``epoch``, ``step``, ``dataloader_idx`` (with several validation dataloaders),
-    each metadata key, ``label`` (when labels are set), then ``R_x``, ``R_y`` (``R_z``) per
-    reducer. Image columns hold uint8 ``(H, W, C)`` arrays; ``include_images=False`` drops them.
+    ``sample_id``, ``epoch``, ``step``, ``val_index``, ``dataloader_idx`` (with several
+    validation dataloaders), each metadata key, ``label`` (when labels are set), then ``R_x``,
+    ``R_y`` (``R_z``) per reducer. Image columns hold uint8 ``(H, W, C)`` arrays;
+    ``include_images=False`` drops them.
     """
     sample = projection.sample
     n = len(sample)
@@ -43,6 +44,7 @@ def table_columns(projection: Projection, include_images: bool = True) -> dict[s
         "sample_id": [_cell(v) for v in sample.sample_ids],
         "epoch": [projection.epoch] * n,
         "step": [projection.step] * n,
+        "val_index": [projection.val_index] * n,
     }
     if sample.dataloader_idx is not None:
         cols["dataloader_idx"] = [int(v) for v in sample.dataloader_idx]

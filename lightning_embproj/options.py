@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 KNOWN_REDUCERS = ("pca", "tsne", "umap")
+POOLINGS = ("auto", "flatten", "mean", "first", "last", "max")
 Key = str | int
 
 
@@ -69,6 +70,10 @@ class ProjectorOptions:
     reducers: Any = field(default_factory=lambda: ["pca", "tsne"])
     n_components: int = 2
     every_n_epochs: int = 1
+    every_n_validations: int = 1
+    pooling: str = "auto"
+    mask_key: Key | None = None
+    image_keys: Any = None
     perplexity: float = 30.0
     storage_dtype: str = "float32"
     background: bool = True
@@ -105,6 +110,16 @@ class ProjectorOptions:
         if self.n_components not in (2, 3) or isinstance(self.n_components, bool):
             raise ValueError(f"n_components must be 2 or 3, got {self.n_components!r}")
         self.every_n_epochs = _positive_int(self.every_n_epochs, "every_n_epochs")
+        self.every_n_validations = _positive_int(self.every_n_validations, "every_n_validations")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {list(POOLINGS)}, got {self.pooling!r}")
+        _check_key(self.mask_key, "mask_key")
+        if self.mask_key is not None and self.pooling in ("flatten", "first"):
+            raise ValueError(
+                f"mask_key is used by pooling 'auto', 'mean', 'last' and 'max'; with "
+                f"pooling={self.pooling!r} it would be ignored: drop mask_key or change pooling"
+            )
+        self.image_keys = self._image_columns(self.image_keys)
         self.max_queued_epochs = _positive_int(self.max_queued_epochs, "max_queued_epochs")
         if not isinstance(self.perplexity, (int, float)) or not self.perplexity > 0:
             raise ValueError(f"perplexity must be a positive number, got {self.perplexity!r}")
@@ -121,7 +136,7 @@ class ProjectorOptions:
         else:
             items = [(key if isinstance(key, str) else f"batch_{key}", key)
                      for key in _as_list(value, "metadata_keys")]
-        reserved = {"sample_id", "epoch", "step", "label", "dataloader_idx"}
+        reserved = {"sample_id", "epoch", "step", "val_index", "label", "dataloader_idx", "cluster"}
         for col, key in items:
             _check_key(key, "metadata_keys")
             if col in reserved:
@@ -130,6 +145,17 @@ class ProjectorOptions:
                     f"({sorted(reserved)}); pass a dict such as {{'my_{col}': {key!r}}} to rename"
                 )
         return dict(items)
+
+    def _image_columns(self, value: Any) -> list[str]:
+        """Declared image keys must name metadata columns (they are read like metadata)."""
+        names = [k if isinstance(k, str) else f"batch_{k}" for k in _as_list(value, "image_keys")]
+        unknown = [n for n in names if n not in self.metadata_keys]
+        if unknown:
+            raise ValueError(
+                f"image_keys {unknown} are not metadata columns; list each image key in "
+                f"metadata_keys too (columns: {sorted(self.metadata_keys)})"
+            )
+        return names
 
     @property
     def set_names(self) -> list[str]:

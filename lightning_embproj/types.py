@@ -63,6 +63,9 @@ class Projection:
         sample: the points.
         epoch: the trainer's ``current_epoch`` when they were collected.
         step: the trainer's ``global_step`` when they were collected.
+        val_index: which validation run of this callback it is (0, 1, 2, ...; the sanity check
+            is not counted). With ``epoch`` and ``step`` it identifies the run: several
+            validation runs can share an epoch (``val_check_interval``) or a step.
         layouts: reducer name -> ``(N, n_components)`` float array, aligned with the previous
             epoch, rows in the order of ``sample``.
         metrics: scalar metrics by name (``silhouette``, ``tsne/trustworthiness``, ...).
@@ -76,6 +79,7 @@ class Projection:
     layouts: dict[str, np.ndarray] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     movers: dict[str, np.ndarray] | None = None
+    val_index: int = 0
 
     @property
     def name(self) -> str:
