@@ -1,7 +1,10 @@
 """Run epoch-end jobs off the training thread, in order, one at a time.
 
 One daemon thread processes jobs first in, first out, so at most one reduction is in flight and
-epochs of a set are processed in order (alignment needs the previous one). When a set already
+epochs of a set are processed in order (alignment needs the previous one). A Worker never has two
+threads: after a :meth:`Worker.close` whose wait ran out, the thread still running its job is
+reused by the next :meth:`Worker.submit` (the new job waits behind it), and a thread started
+after an old one has left its loop first waits for that one to end. When a set already
 has ``max_pending`` jobs waiting, the oldest waiting one is dropped with a warning: the newest
 epochs matter most, and memory stays bounded. A job that raises becomes one warning.
 
@@ -50,6 +53,9 @@ class Worker:
         self._cond = threading.Condition()
         self._busy = False
         self._closed = False
+        # True from a thread's start until it leaves its loop (set under the lock): the one
+        # thread that may take jobs. A thread object can still be alive for an instant after.
+        self._running = False
         self._thread: threading.Thread | None = None
         self.dropped = 0
 
@@ -70,10 +76,12 @@ class Worker:
                     f"Raise every_n_epochs or lower max_samples to avoid this.",
                 )
             self._queue.append((key, job))
-            if self._thread is None or not self._thread.is_alive():
-                self._closed = False
+            self._closed = False  # a closed worker is reopened (fit after fit)
+            if not self._running:
+                # The previous thread (if any) has left its loop; the new one joins it first.
+                self._running = True
                 self._thread = threading.Thread(
-                    target=self._loop, name="embproj-worker", daemon=True
+                    target=self._loop, args=(self._thread,), name="embproj-worker", daemon=True
                 )
                 self._thread.start()
             self._cond.notify_all()
@@ -88,13 +96,17 @@ class Worker:
                 f"training continues",
             )
 
-    def _loop(self) -> None:
+    def _loop(self, previous: threading.Thread | None) -> None:
+        if previous is not None:
+            previous.join()  # it has no job left, only its last instructions
         _lower_priority(self.nice)
         while True:
             with self._cond:
                 while not self._queue and not self._closed:
                     self._cond.wait()
                 if not self._queue:
+                    self._running = False
+                    self._cond.notify_all()
                     return
                 key, job = self._queue.popleft()
                 self._busy = True
@@ -115,16 +127,45 @@ class Worker:
         with self._cond:
             return self._cond.wait_for(lambda: not self._queue and not self._busy, timeout)
 
-    def close(self, timeout: float | None = None, cancel: bool = False) -> None:
-        """Finish (or with ``cancel``, drop) the waiting jobs and stop the thread."""
-        with self._cond:
-            if cancel:
+    def drain(self, timeout: float | None = None) -> bool:
+        """Finish the queued jobs and stop the thread, all within one ``timeout``.
+
+        When the deadline passes first, the jobs still waiting are dropped and False is returned;
+        a job already running cannot be interrupted and finishes on its own (a later
+        :meth:`submit` queues behind it, on the same thread).
+
+        Example:
+            >>> w = Worker()
+            >>> w.submit("emb", lambda: None)
+            >>> w.drain(timeout=30)
+            True
+        """
+        return self._stop(timeout, drop_late=True)
+
+    def close(self, timeout: float | None = None, cancel: bool = False) -> bool:
+        """Finish (or with ``cancel``, drop) the waiting jobs and stop the thread.
+
+        Returns True when the thread stopped within ``timeout``; otherwise it goes on with
+        the jobs it has (unlike :meth:`drain`, which drops them at the deadline).
+        """
+        if cancel:
+            with self._cond:
                 self._queue.clear()
+        return self._stop(timeout, drop_late=False)
+
+    def _stop(self, timeout: float | None, drop_late: bool) -> bool:
+        """Close, wait up to ``timeout`` for the thread to leave its loop, then join it;
+        ``drop_late``: drop the waiting jobs if it did not."""
+        with self._cond:
             self._closed = True
             self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+            stopped = self._cond.wait_for(lambda: not self._running, timeout)
+            if not stopped and drop_late:
+                self._queue.clear()
+            thread = self._thread
+        if stopped and thread is not None:
+            thread.join()  # it left its loop under the lock: only its return is left
+        return stopped
 
 
 def _lower_priority(nice: int) -> None:
