@@ -7,6 +7,7 @@ ranks and hands the epoch to a background worker that reduces, aligns, scores an
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
@@ -20,7 +21,10 @@ from lightning_embproj.extract import lookup
 from lightning_embproj.gather import gather_samples
 from lightning_embproj.options import ProjectorOptions
 from lightning_embproj.pipeline import ReduceSettings, project_epoch
+from lightning_embproj.runs import RunCounter, warn_if_never_projected
+from lightning_embproj.sample import HASH_VERSION
 from lightning_embproj.score import movers
+from lightning_embproj.sinks.local import list_validations, set_dir
 from lightning_embproj.state import (
     projection_from_state,
     projection_to_state,
@@ -111,7 +115,11 @@ class EmbeddingProjector(CallbackBase):
             background, max_pending=self.options.max_queued_epochs, warn=self.warn
         )
         self.previous: dict[str, Projection] = {}
-        self.pending: dict[tuple[str, int], tuple[EpochSample, int]] = {}
+        self.pending: dict[tuple[str, int], tuple[EpochSample, int, int]] = {}
+        self.runs = RunCounter()
+        self._run: tuple[int, int, int] | None = None
+        self._restored_pending: list[dict[str, Any]] = []
+        self._checked_folders = False
         self._lock = threading.Lock()
         self._collector: Collector | None = None
         self._capture: LayerCapture | None = None
@@ -129,14 +137,29 @@ class EmbeddingProjector(CallbackBase):
     # -- setup / teardown ---------------------------------------------------------------
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         log_dir = trainer.log_dir  # a collective under DDP: every rank calls it
-        self._root = self.options.output_dir or log_dir or trainer.default_root_dir
         self._is_zero = trainer.is_global_zero
+        if stage in ("fit", "validate"):
+            # Each fit / validate is its own chain: no alignment, warm start or drift against an
+            # earlier call. A resume restores the chain afterwards (load_state_dict).
+            self._start_chain()
+            if self._is_zero:
+                warn_if_never_projected(trainer, stage, self.options, self.warn)
+        self._root = self.options.output_dir or _run_root(trainer, log_dir, self._is_zero)
         if self.options.layers and self._capture is None:
             self._capture = LayerCapture(pl_module, list(self.options.layers))
         if self._is_zero:
             self._sinks = sink_factory.build(
                 trainer, self._root, self.warn, self.options.max_text_length
             )
+
+    def _start_chain(self) -> None:
+        with self._lock:
+            self.previous = {}
+            self.pending = {}
+            self._restored_pending = []
+        self.runs.start_chain()
+        self.warn.reset()
+        self._checked_folders = False
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         # Lightning restores callback state (load_state_dict) after `setup` and before
@@ -162,13 +185,16 @@ class EmbeddingProjector(CallbackBase):
             self._capture = None
 
     # -- collection ---------------------------------------------------------------------
-    def _collecting(self, trainer: Any) -> bool:
+    def on_validation_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         # The sanity check collects too (and logs nothing): a missing key or a bad shape then
         # fails before the first training epoch instead of after it.
-        return trainer.sanity_checking or trainer.current_epoch % self.options.every_n_epochs == 0
-
-    def on_validation_epoch_start(self, trainer: Any, pl_module: Any) -> None:
-        self._collector = Collector(self.options) if self._collecting(trainer) else None
+        self._run = None
+        if trainer.sanity_checking:
+            self._collector = Collector(self.options)
+            return
+        run = self.runs.next(trainer.current_epoch, self.options)
+        self._run = (run.val_index, trainer.current_epoch, trainer.global_step)
+        self._collector = Collector(self.options) if run.selected else None
 
     def on_validation_batch_start(
         self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
@@ -200,43 +226,69 @@ class EmbeddingProjector(CallbackBase):
 
     def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         collector, self._collector = self._collector, None
-        if collector is None or trainer.sanity_checking:
+        if collector is None or trainer.sanity_checking or self._run is None:
             return
+        val_index, epoch, step = self._run
         if collector.nonfinite and self._is_zero:
             self.warn(
-                f"nonfinite:{trainer.current_epoch}",
-                f"{collector.nonfinite} tracked rows had NaN or Inf embeddings at epoch "
-                f"{trainer.current_epoch} and were left out of that epoch",
+                f"nonfinite:{val_index}",
+                f"{collector.nonfinite} tracked rows had NaN or Inf embeddings in validation run "
+                f"{val_index} (epoch {epoch}, step {step}) and were left out of that run",
             )
         samples = collector.samples()
-        epoch, step = trainer.current_epoch, trainer.global_step
         for name in self.options.set_names:
             sample = gather_samples(samples.get(name), self.options.max_samples)
             if sample is not None and len(sample) > 0:
-                self._submit(sample, epoch, step)
+                if not self._checked_folders:
+                    self._check_folders(val_index)
+                self._submit(sample, val_index, epoch, step)
+
+    def _check_folders(self, val_index: int) -> None:
+        """Warn when the output folder holds runs this callback did not write: files of two runs
+        would mix (and ours would overwrite theirs)."""
+        self._checked_folders = True
+        for name in self.options.set_names:
+            folder = set_dir(self._root, name)
+            if not folder.is_dir():
+                continue
+            theirs = [v for v, _, _ in list_validations(folder) if v >= val_index]
+            if theirs:
+                self.warn(
+                    f"folder:{name}",
+                    f"{str(folder)!r} already holds projections of another run (validation runs "
+                    f"{theirs[:5]}); this run's files will replace and mix with them. Give each "
+                    f"run its own output_dir (or logger version / W&B run)",
+                )
 
     # -- processing (rank zero) ---------------------------------------------------------
-    def _submit(self, sample: EpochSample, epoch: int, step: int, log: bool = True) -> None:
+    def _submit(
+        self, sample: EpochSample, val_index: int, epoch: int, step: int, log: bool = True
+    ) -> None:
         with self._lock:
-            self.pending[(sample.name, epoch)] = (sample, step)
-        self.worker.submit(sample.name, lambda: self._process(sample, epoch, step, log))
+            self.pending[(sample.name, val_index)] = (sample, epoch, step)
+        self.worker.submit(
+            sample.name, lambda: self._process(sample, val_index, epoch, step, log)
+        )
 
-    def _process(self, sample: EpochSample, epoch: int, step: int, log: bool) -> None:
+    def _process(
+        self, sample: EpochSample, val_index: int, epoch: int, step: int, log: bool
+    ) -> None:
         try:
             previous = self.previous.get(sample.name)
             projection = project_epoch(sample, epoch, step, previous, self.settings, self.warn)
+            projection.val_index = val_index
             projection.movers = self._guarded(
                 "movers", "the movers table", lambda: movers(projection, previous)
             )
         except BaseException:
             with self._lock:
-                self.pending.pop((sample.name, epoch), None)
+                self.pending.pop((sample.name, val_index), None)
             raise
         with self._lock:
-            # One critical section: a checkpoint taken in between would hold this epoch both
+            # One critical section: a checkpoint taken in between would hold this run both
             # as `previous` and as pending, and a resume would align it to itself.
             self.previous[sample.name] = projection
-            self.pending.pop((sample.name, epoch), None)
+            self.pending.pop((sample.name, val_index), None)
         for sink_name, write in self._sinks.writers:
             if log or sink_name in sink_factory.LOCAL_SINKS:
                 self._guarded(
@@ -269,24 +321,59 @@ class EmbeddingProjector(CallbackBase):
             return {
                 "previous": {n: projection_to_state(p) for n, p in self.previous.items()},
                 "pending": [
-                    {"epoch": e, "step": step, "sample": sample_to_state(s)}
-                    for (_, e), (s, step) in sorted(self.pending.items(), key=lambda kv: kv[0][1])
+                    {"val_index": v, "epoch": e, "step": step, "sample": sample_to_state(s)}
+                    for (_, v), (s, e, step) in sorted(self.pending.items(), key=_by_run)
                 ],
+                "runs": self.runs.state_dict(),
+                "hash_version": HASH_VERSION,
             }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("hash_version", HASH_VERSION) != HASH_VERSION:
+            self.warn(
+                "resume:hash",
+                f"the checkpoint's projector state was made with id hash version "
+                f"{state_dict.get('hash_version')} (this version uses {HASH_VERSION}): the "
+                f"tracked points differ, so the resumed run starts a new alignment chain",
+            )
+            self.runs.load_state_dict(state_dict.get("runs", {}))
+            return
         with self._lock:
             self.previous = {
                 n: projection_from_state(p) for n, p in state_dict.get("previous", {}).items()
             }
             self._restored_pending = list(state_dict.get("pending", []))
+        self.runs.load_state_dict(state_dict.get("runs", {}))
 
     def _resume_pending(self) -> None:
-        """Epochs still waiting when the checkpoint was taken: redo them for the alignment
+        """Runs still waiting when the checkpoint was taken: redo them for the alignment
         chain and the local files, without logging them to the experiment a second time."""
-        for entry in getattr(self, "_restored_pending", []):
-            self._submit(sample_from_state(entry["sample"]), entry["epoch"], entry["step"], False)
+        for entry in self._restored_pending:
+            val_index = int(entry.get("val_index", entry["epoch"]))
+            self._submit(
+                sample_from_state(entry["sample"]), val_index, entry["epoch"], entry["step"], False
+            )
         self._restored_pending = []
+
+
+def _by_run(item: tuple[tuple[str, int], Any]) -> int:
+    return item[0][1]
+
+
+def _run_root(trainer: Any, log_dir: str | None, is_zero: bool) -> str:
+    """Root of the local files: the trainer's log dir, or with a ``WandbLogger`` first,
+    ``<save_dir>/<project>/<run id>`` (where Lightning puts that run's checkpoints), so two W&B
+    runs sharing a ``save_dir`` never share a folder."""
+    loggers = list(getattr(trainer, "loggers", []) or [])
+    first = loggers[0] if loggers else None
+    if first is not None and any(c.__name__ == "WandbLogger" for c in type(first).__mro__):
+        if is_zero:
+            first.experiment  # noqa: B018 - creates (or attaches to) the run: its id names the folder
+        version = first.version
+        if version:
+            return os.path.join(first.save_dir or ".", str(first.name or "lightning_logs"),
+                                str(version))
+    return log_dir or trainer.default_root_dir
 
 
 def _placement(trainer: Any, dataloader_idx: int) -> Placement:

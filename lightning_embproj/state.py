@@ -71,6 +71,7 @@ def projection_to_state(p: Projection) -> dict[str, Any]:
         "sample": sample_to_state(p.sample),
         "epoch": p.epoch,
         "step": p.step,
+        "val_index": p.val_index,
         "layouts": {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in p.layouts.items()},
         # plain floats: a numpy scalar would make torch.load(weights_only=True) refuse the file
         "metrics": {str(k): float(v) for k, v in p.metrics.items()},
@@ -84,4 +85,6 @@ def projection_from_state(state: dict[str, Any]) -> Projection:
         step=int(state["step"]),
         layouts={k: v.numpy() for k, v in state["layouts"].items()},
         metrics=dict(state["metrics"]),
+        # checkpoints written before validation runs were counted knew only the epoch
+        val_index=int(state.get("val_index", state["epoch"])),
     )

@@ -28,3 +28,8 @@ class WarnOnce:
                 return
             self._seen.add(topic)
         warnings.warn(f"lightning-embproj: {message}", ProjectorWarning, stacklevel=2)
+
+    def reset(self) -> None:
+        """Forget the topics seen: a new ``fit`` / ``validate`` warns afresh."""
+        with self._lock:
+            self._seen.clear()

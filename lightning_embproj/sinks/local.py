@@ -1,15 +1,23 @@
-"""Local copy of every epoch's projection, one plain CSV file per epoch.
+"""Local copy of every projected validation run, one plain CSV file per run.
 
 Layout under ``<root>/embproj/<NAME>/``:
 
-- ``epoch_0003.csv``: the contract's columns (images left out), one row per tracked point;
-- ``metrics.jsonl``: one JSON object per epoch, ``{"epoch": 3, "step": 120, "metrics": {...}}``.
+- ``val_0003_epoch_0001_step_120.csv``: the contract's columns (images left out), one row per
+  tracked point, for validation run 3 (the 4th this callback ran), at epoch 1, global step 120.
+  Several validation runs per epoch (``val_check_interval``) never share a file.
+- ``metrics.jsonl``: one JSON object per run,
+  ``{"val_index": 3, "epoch": 1, "step": 120, "metrics": {...}}``.
+- ``schema.json``: the kind of each column (``str``, ``int``, ``float``, ``bool``, ``json``), so
+  :func:`read_projections` returns ids and texts as written: ``"000123"`` stays a string.
 
+Text cells that a spreadsheet would run as a formula (starting with ``=``, ``+``, ``-``, ``@``,
+tab or CR) are written with a leading ``'`` (as OWASP advises for CSV files); so is a text that
+already starts with ``'``. :func:`read_projections` removes exactly that one ``'`` again.
 Files are written to a temporary name and renamed, so a reader never sees half a file.
 
 Example:
     >>> df = read_projections("lightning_logs/version_0")       # doctest: +SKIP
-    >>> df.groupby("epoch").size()                               # doctest: +SKIP
+    >>> df.groupby(["val_index", "epoch", "step"]).size()        # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -29,9 +37,11 @@ from lightning_embproj.columns import table_columns
 from lightning_embproj.types import Projection
 
 SUBDIR = "embproj"
-EPOCH_FILE = "epoch_{epoch:04d}.csv"
+RUN_FILE = "val_{val_index:04d}_epoch_{epoch:04d}_step_{step}.csv"
 METRICS_FILE = "metrics.jsonl"
-_EPOCH_RE = re.compile(r"epoch_(\d+)\.csv")
+SCHEMA_FILE = "schema.json"
+_RUN_RE = re.compile(r"val_(\d+)_epoch_(\d+)_step_(\d+)\.csv")
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
 
 
 def set_dir(root: str | os.PathLike[str], name: str) -> Path:
@@ -39,14 +49,17 @@ def set_dir(root: str | os.PathLike[str], name: str) -> Path:
     return Path(root) / SUBDIR / name
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and a rename."""
+def atomic_write(path: Path, data: str | bytes) -> None:
+    """Write text or bytes to ``path`` via a temporary file and a rename (no half files)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     # Unique per process and thread: two writers of one file never share a temporary file.
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
-        with open(tmp, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
+        if isinstance(data, bytes):
+            tmp.write_bytes(data)
+        else:
+            with open(tmp, "w", encoding="utf-8", newline="") as fh:
+                fh.write(data)
         os.replace(tmp, path)
     except BaseException:
         # A full disk or an interrupt must not leave half-written temporary files behind.
@@ -54,27 +67,98 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (see :func:`atomic_write`)."""
+    atomic_write(path, text)
+
+
+def run_file_name(projection: Projection) -> str:
+    """``val_0003_epoch_0001_step_120.csv``: the file of one validation run."""
+    return RUN_FILE.format(
+        val_index=projection.val_index, epoch=projection.epoch, step=projection.step
+    )
+
+
+def column_kind(values: list[Any]) -> str:
+    """The schema kind of a column: ``str``, ``json`` (list cells), ``bool``, ``int``, ``float``.
+
+    Example:
+        >>> column_kind(["007", "12"]), column_kind([1, 2]), column_kind([1, 2.5, None])
+        ('str', 'int', 'float')
+    """
+    present = [v for v in values if v is not None]
+    if any(isinstance(v, str) for v in present):
+        return "str"
+    if any(isinstance(v, (list, tuple, dict)) for v in present):
+        return "json"
+    if present and all(isinstance(v, bool) for v in present):
+        return "bool"
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in present):
+        return "int"
+    return "float"
+
+
+def _csv_cell(value: Any, kind: str) -> Any:
+    if value is None:
+        return ""
+    if kind == "json":
+        return json.dumps(value)
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
 def write_projection(root: str | os.PathLike[str], projection: Projection) -> Path:
-    """Write one epoch's CSV and append its metrics line; returns the CSV path."""
+    """Write one validation run's CSV, its metrics line and the schema; returns the CSV path."""
     folder = set_dir(root, projection.name)
     cols = table_columns(projection, include_images=False)
+    kinds = {name: column_kind(values) for name, values in cols.items()}
+    _update_schema(folder, kinds)
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(cols.keys())
-    writer.writerows(zip(*cols.values(), strict=True))
-    path = folder / EPOCH_FILE.format(epoch=projection.epoch)
+    cells = [[_csv_cell(v, kinds[name]) for v in values] for name, values in cols.items()]
+    writer.writerows(zip(*cells, strict=True))
+    path = folder / run_file_name(projection)
     atomic_write_text(path, buf.getvalue())
     _write_metrics(folder, projection)
     return path
 
 
+def _update_schema(folder: Path, kinds: dict[str, str]) -> None:
+    """Merge this run's column kinds into ``schema.json`` (a column seen as text stays text)."""
+    path = folder / SCHEMA_FILE
+    known = _read_schema(folder)
+    merged = dict(known)
+    for name, kind in kinds.items():
+        old = merged.get(name)
+        if old is None or old == kind:
+            merged[name] = kind
+        elif {old, kind} == {"int", "float"}:
+            merged[name] = "float"
+        else:
+            merged[name] = "str"
+    if merged != known or not path.exists():
+        atomic_write_text(path, json.dumps({"columns": merged}, indent=1))
+
+
+def _read_schema(folder: Path) -> dict[str, str]:
+    try:
+        return dict(json.loads((folder / SCHEMA_FILE).read_text(encoding="utf-8"))["columns"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
 def _write_metrics(folder: Path, projection: Projection) -> None:
-    """Keep one line per epoch: a rerun of an epoch (after a resume) replaces its line."""
-    entries = [e for e in _read_jsonl(folder / METRICS_FILE) if e["epoch"] != projection.epoch]
-    entries.append(
-        {"epoch": projection.epoch, "step": projection.step, "metrics": projection.metrics}
-    )
-    entries.sort(key=lambda e: e["epoch"])
+    """Keep one line per validation run: a rerun (after a resume) replaces its line."""
+    entries = [
+        e for e in _read_jsonl(folder / METRICS_FILE) if e["val_index"] != projection.val_index
+    ]
+    entries.append({
+        "val_index": projection.val_index, "epoch": projection.epoch, "step": projection.step,
+        "metrics": projection.metrics,
+    })
+    entries.sort(key=lambda e: e["val_index"])
     atomic_write_text(folder / METRICS_FILE, "".join(json.dumps(e) + "\n" for e in entries))
 
 
@@ -90,9 +174,9 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
                 entry = json.loads(line)
             except ValueError:
                 entry = None
-            if not isinstance(entry, dict) or "epoch" not in entry:
-                # A damaged line (an old crash, a hand edit) must not hide the other epochs or
-                # stop later epochs from being written.
+            if not isinstance(entry, dict) or "val_index" not in entry:
+                # A damaged line (an old crash, a hand edit) must not hide the other runs or
+                # stop later runs from being written.
                 warnings.warn(f"lightning-embproj: skipping unreadable line {number} of {path}",
                               stacklevel=3)
                 continue
@@ -105,10 +189,14 @@ def _sets_root(p: Path) -> Path:
     return p / SUBDIR if (p / SUBDIR).is_dir() else p
 
 
+def _is_set_folder(p: Path) -> bool:
+    return bool(_run_files(p)) or (p / METRICS_FILE).exists()
+
+
 def _resolve(path: str | os.PathLike[str], name: str | None) -> Path:
     """Accept a log dir (holding ``embproj/``), an ``embproj`` dir, or one set's folder."""
     p = Path(path)
-    if list(p.glob("epoch_*.csv")) or (p / METRICS_FILE).exists():
+    if _is_set_folder(p):
         return p
     base = _sets_root(p)
     names = sorted(d.name for d in base.iterdir() if d.is_dir()) if base.is_dir() else []
@@ -118,7 +206,7 @@ def _resolve(path: str | os.PathLike[str], name: str | None) -> Path:
                 f"read_projections: pass `name`, one of {names}, for the embedding sets "
                 f"under {str(base)!r}" if names else
                 f"read_projections: no embedding sets found under {str(p)!r} "
-                f"(expected {SUBDIR}/<name>/epoch_*.csv)"
+                f"(expected {SUBDIR}/<name>/val_*.csv)"
             )
         name = names[0]
     if name not in names:
@@ -131,67 +219,108 @@ def _resolve(path: str | os.PathLike[str], name: str | None) -> Path:
 def list_sets(path: str | os.PathLike[str]) -> list[str]:
     """Names of the embedding sets written under a log dir (or its ``embproj`` folder)."""
     base = _sets_root(Path(path))
-    return sorted(d.name for d in base.iterdir() if d.is_dir() and any(d.glob("epoch_*.csv")))
+    if not base.is_dir():
+        return []
+    return sorted(d.name for d in base.iterdir() if d.is_dir() and _run_files(d))
 
 
-def _epoch_files(folder: Path) -> dict[int, Path]:
-    """Epoch -> CSV file, from the file names (``epoch_0003.csv``); other names are ignored."""
+def _run_files(folder: Path) -> dict[tuple[int, int, int], Path]:
+    """(val_index, epoch, step) -> CSV file, from the file names; other names are ignored."""
     found = {}
-    for f in folder.glob("epoch_*.csv"):
-        match = _EPOCH_RE.fullmatch(f.name)
+    for f in folder.glob("val_*.csv"):
+        match = _RUN_RE.fullmatch(f.name)
         if match:
-            found[int(match.group(1))] = f
+            found[(int(match[1]), int(match[2]), int(match[3]))] = f
     return dict(sorted(found.items()))
 
 
+def list_validations(
+    path: str | os.PathLike[str], name: str | None = None
+) -> list[tuple[int, int, int]]:
+    """The validation runs written for one set as ``(val_index, epoch, step)``, in run order.
+
+    Example:
+        >>> list_validations("lightning_logs/version_0")             # doctest: +SKIP
+        [(0, 0, 25), (1, 0, 50), (2, 1, 75)]
+    """
+    return list(_run_files(_resolve(path, name)))
+
+
 def list_epochs(path: str | os.PathLike[str], name: str | None = None) -> list[int]:
-    """The epochs written for one embedding set, sorted, without reading the files.
+    """The epochs with at least one projected validation run, sorted (no file is read).
 
     Example:
         >>> list_epochs("lightning_logs/version_0")                 # doctest: +SKIP
         [0, 1, 2]
     """
-    return list(_epoch_files(_resolve(path, name)))
+    return sorted({epoch for _, epoch, _ in list_validations(path, name)})
 
 
 def read_projections(
-    path: str | os.PathLike[str], name: str | None = None, epochs: Iterable[int] | None = None
+    path: str | os.PathLike[str],
+    name: str | None = None,
+    epochs: Iterable[int] | None = None,
+    validations: Iterable[int] | None = None,
 ) -> Any:
-    """Read every epoch of one embedding set back into one ``pandas.DataFrame``.
+    """Read the projected validation runs of one embedding set into one ``pandas.DataFrame``.
 
     Args:
         path: the trainer's log dir, its ``embproj`` folder, or one set's folder.
         name: the embedding set; may be left out when there is only one.
-        epochs: read only these epochs (see :func:`list_epochs`); epochs without a file are
-            skipped. Default: all.
+        epochs: read only the runs of these epochs (see :func:`list_epochs`). Default: all.
+        validations: read only these ``val_index`` values (see :func:`list_validations`).
 
     Returns:
-        A DataFrame with the contract's columns and one row per point per epoch, sorted by epoch.
+        A DataFrame with the contract's columns and one row per point per run, sorted by
+        ``val_index``. Text columns (string ids included) come back as ``str``, exactly as written.
     """
     import pandas as pd
 
     folder = _resolve(path, name)
-    by_epoch = _epoch_files(folder)
+    files = _run_files(folder)
     if epochs is not None:
-        wanted = {int(e) for e in epochs}
-        by_epoch = {e: f for e, f in by_epoch.items() if e in wanted}
-    files = list(by_epoch.values())
+        wanted_epochs = {int(e) for e in epochs}
+        files = {k: f for k, f in files.items() if k[1] in wanted_epochs}
+    if validations is not None:
+        wanted_runs = {int(v) for v in validations}
+        files = {k: f for k, f in files.items() if k[0] in wanted_runs}
     if not files:
-        raise FileNotFoundError(
-            f"read_projections: no epoch_*.csv files in {str(folder)!r}"
-            + (f" for epochs {sorted(wanted)}" if epochs is not None else "")
+        asked = "" if epochs is None and validations is None else (
+            f" for epochs={sorted(wanted_epochs) if epochs is not None else 'any'}, "
+            f"validations={sorted(wanted_runs) if validations is not None else 'any'}"
         )
-    frames = [pd.read_csv(f, keep_default_na=False, na_values=[""]) for f in files]
-    return pd.concat(frames, ignore_index=True).sort_values("epoch", kind="stable")
+        raise FileNotFoundError(f"read_projections: no val_*.csv files in {str(folder)!r}{asked}")
+    kinds = _read_schema(folder)
+    texts = [c for c, k in kinds.items() if k == "str"]
+    frames = [
+        pd.read_csv(
+            f, dtype={c: str for c in texts}, keep_default_na=False,
+            na_values={c: [""] for c, k in kinds.items() if k != "str"} if kinds else [""],
+        )
+        for f in files.values()
+    ]
+    df = pd.concat(frames, ignore_index=True)
+    for column in df.columns:
+        kind = kinds.get(column)
+        if kind == "str":
+            df[column] = df[column].map(_unescape)
+        elif kind == "json":
+            df[column] = df[column].map(lambda v: json.loads(v) if isinstance(v, str) else v)
+    return df.sort_values("val_index", kind="stable").reset_index(drop=True)
+
+
+def _unescape(value: Any) -> Any:
+    return value[1:] if isinstance(value, str) and value.startswith("'") else value
 
 
 def read_metrics(path: str | os.PathLike[str], name: str | None = None) -> Any:
-    """Read the per-epoch metrics of one embedding set into a DataFrame (one row per epoch)."""
+    """Read the metrics of one embedding set into a DataFrame, one row per validation run,
+    with ``val_index``, ``epoch``, ``step`` and one column per metric."""
     import pandas as pd
 
     folder = _resolve(path, name)
     rows = [
-        {"epoch": e["epoch"], "step": e["step"], **e["metrics"]}
+        {"val_index": e["val_index"], "epoch": e["epoch"], "step": e["step"], **e["metrics"]}
         for e in _read_jsonl(folder / METRICS_FILE)
     ]
     return pd.DataFrame(rows)

@@ -1,23 +1,25 @@
-"""TensorBoard Projector files for each epoch, so the points show in TensorBoard's Projector tab.
+"""TensorBoard Projector files for each validation run, shown in TensorBoard's Projector tab.
 
-Layout under the ``TensorBoardLogger``'s ``log_dir`` (one folder per set and epoch)::
+Layout under the ``TensorBoardLogger``'s ``log_dir`` (one folder per set and validation run;
+``RUN`` is ``val_0003_epoch_0001``: validation run 3, at epoch 1)::
 
-    projector_config.pbtxt                      every epoch written so far, plus others' entries
-    embproj/<NAME>/epoch_0003/tensors.tsv       N rows x D floats, the original-space embeddings
-    embproj/<NAME>/epoch_0003/metadata.tsv      a header row + N rows: the contract's columns
-    embproj/<NAME>/epoch_0003/sprite.png        grid of thumbnails (only with an image column;
-                                                a hard link when equal to another epoch's)
-    embproj/<NAME>/epoch_0003/sprite.digest     hash of the images the sprite was made from
-    embproj/<NAME>/epoch_0003/embedding.pbtxt   this epoch's config entry (the pbtxt is rebuilt
-                                                from these, so no epoch is ever lost)
+    projector_config.pbtxt            every run written so far, plus others' entries
+    embproj/<NAME>/RUN/tensors.tsv    N rows x D floats, the original-space embeddings
+    embproj/<NAME>/RUN/metadata.tsv   a header row + N rows: the contract's columns
+    embproj/<NAME>/RUN/sprite.png     grid of thumbnails (only with an image column; a hard link
+                                      when equal to another run's)
+    embproj/<NAME>/RUN/sprite.digest  hash of the images the sprite was made from
+    embproj/<NAME>/RUN/embedding.pbtxt  this run's config entry (the pbtxt is rebuilt from these,
+                                      so no run is ever lost)
 
-The tensor shows in TensorBoard as ``<NAME>/epoch_0003``. Every file is written to a temporary
-name and renamed. Metadata cells are plain text: tabs, newlines and other control characters are
-escaped or replaced and cells are cut to ``max_text_length``; nothing in them is used as a path.
+The tensor shows in TensorBoard as ``<NAME>/val_0003_epoch_0001``. Every file is written to a
+temporary name and renamed. Metadata cells are plain text: tabs, newlines and other control
+characters are escaped or replaced and cells are cut to ``max_text_length``; nothing in them is
+used as a path.
 
 Example:
     >>> write_tensorboard_projector(logger.log_dir, projection)   # doctest: +SKIP
-    PosixPath('lightning_logs/version_0/embproj/embeddings/epoch_0003')
+    PosixPath('lightning_logs/version_0/embproj/embeddings/val_0003_epoch_0001')
 """
 
 from __future__ import annotations
@@ -35,15 +37,16 @@ from typing import Any
 import numpy as np
 
 from lightning_embproj.columns import table_columns
+from lightning_embproj.sinks.local import atomic_write
 from lightning_embproj.types import Projection
 
 SUBDIR = "embproj"
 CONFIG_FILE = "projector_config.pbtxt"  # the name TensorBoard's projector plugin looks for
 ENTRY_FILE = "embedding.pbtxt"
 SPRITE_DIGEST = "sprite.digest"
-EPOCH_DIR = "epoch_{epoch:04d}"
+RUN_DIR = "val_{val_index:04d}_epoch_{epoch:04d}"
 MAX_SPRITE_PX = 8192  # TensorBoard's frontend refuses larger sprite images
-_EPOCH_RE = re.compile(r"epoch_(\d+)")
+_RUN_RE = re.compile(r"val_(\d+)_epoch_\d+")
 _CONFIG_LOCK = threading.Lock()  # two sets written from two threads must not drop each other
 
 # Tab, newline and carriage return would split a TSV cell or row: make them visible escapes.
@@ -155,7 +158,7 @@ def write_tensorboard_projector(
         max_text_length: longest metadata cell, in characters, after escaping.
 
     Returns:
-        ``<log_dir>/embproj/<NAME>/epoch_XXXX``. ``<log_dir>/projector_config.pbtxt`` then
+        ``<log_dir>/embproj/<NAME>/val_XXXX_epoch_YYYY``. ``<log_dir>/projector_config.pbtxt`` then
         lists every epoch of every set written so far, plus entries written by others.
     """
     pb = _projector_pb2()
@@ -176,7 +179,9 @@ def write_tensorboard_projector(
             f"non-empty (N, D) array with N = {len(sample)} rows; got shape {emb.shape}"
         )
     log_dir = Path(log_dir)
-    folder = log_dir / SUBDIR / sample.name / EPOCH_DIR.format(epoch=projection.epoch)
+    folder = log_dir / SUBDIR / sample.name / RUN_DIR.format(
+        val_index=projection.val_index, epoch=projection.epoch
+    )
     folder.mkdir(parents=True, exist_ok=True)
 
     entry = pb.EmbeddingInfo(
@@ -185,8 +190,8 @@ def write_tensorboard_projector(
         metadata_path="metadata.tsv",
     )
     entry.tensor_shape.extend(emb.shape)
-    _atomic_write(folder / "tensors.tsv", tensors_tsv(emb).encode())
-    _atomic_write(folder / "metadata.tsv", metadata_tsv(projection, max_text_length).encode())
+    atomic_write(folder / "tensors.tsv", tensors_tsv(emb).encode())
+    atomic_write(folder / "metadata.tsv", metadata_tsv(projection, max_text_length).encode())
     images = sample.image_columns()
     if images:
         dim = _write_sprite(folder, np.asarray(sample.metadata[images[0]]), images[0])
@@ -195,7 +200,7 @@ def write_tensorboard_projector(
     else:  # files left from an earlier run of this epoch
         (folder / "sprite.png").unlink(missing_ok=True)
         (folder / SPRITE_DIGEST).unlink(missing_ok=True)
-    _atomic_write(folder / ENTRY_FILE, text_format.MessageToString(entry).encode())
+    atomic_write(folder / ENTRY_FILE, text_format.MessageToString(entry).encode())
     write_projector_config(log_dir)
     return folder
 
@@ -211,7 +216,7 @@ def _write_sprite(folder: Path, images: np.ndarray, column: str) -> list[int]:
     digest = hashlib.blake2b(images.data, digest_size=16)
     digest.update(repr((images.shape, MAX_SPRITE_PX)).encode())
     key = digest.hexdigest()
-    for other in sorted(folder.parent.glob(f"epoch_*/{SPRITE_DIGEST}"), reverse=True):
+    for other in sorted(folder.parent.glob(f"val_*/{SPRITE_DIGEST}"), reverse=True):
         line = other.read_text(encoding="utf-8").split()
         source = other.parent / "sprite.png"
         if other.parent == folder or len(line) != 3 or line[0] != key or not source.is_file():
@@ -224,11 +229,11 @@ def _write_sprite(folder: Path, images: np.ndarray, column: str) -> list[int]:
         except OSError:  # no hard links on this file system: encode it again
             tmp.unlink(missing_ok=True)
             break
-        _atomic_write(folder / SPRITE_DIGEST, " ".join(line).encode())
+        atomic_write(folder / SPRITE_DIGEST, " ".join(line).encode())
         return [int(line[1]), int(line[2])]
     png, dim = sprite_png(images, column)
-    _atomic_write(folder / "sprite.png", png)
-    _atomic_write(folder / SPRITE_DIGEST, f"{key} {dim[0]} {dim[1]}".encode())
+    atomic_write(folder / "sprite.png", png)
+    atomic_write(folder / SPRITE_DIGEST, f"{key} {dim[0]} {dim[1]}".encode())
     return dim
 
 
@@ -260,15 +265,15 @@ def write_projector_config(log_dir: str | os.PathLike[str]) -> Path:
         del config.embeddings[:]
         config.embeddings.extend(foreign)
         config.embeddings.extend(_scan_entries(log_dir, pb, text_format))
-        _atomic_write(path, text_format.MessageToString(config).encode())
+        atomic_write(path, text_format.MessageToString(config).encode())
     return path
 
 
 def _scan_entries(log_dir: Path, pb: Any, text_format: Any) -> list[Any]:
-    """Our entries, from ``embproj/*/epoch_*/embedding.pbtxt``, sorted by set and epoch."""
+    """Our entries, from ``embproj/*/val_*/embedding.pbtxt``, sorted by set and run."""
     found: list[tuple[str, int, Path]] = []
-    for entry_file in (log_dir / SUBDIR).glob(f"*/epoch_*/{ENTRY_FILE}"):
-        match = _EPOCH_RE.fullmatch(entry_file.parent.name)
+    for entry_file in (log_dir / SUBDIR).glob(f"*/val_*/{ENTRY_FILE}"):
+        match = _RUN_RE.fullmatch(entry_file.parent.name)
         if match:
             found.append((entry_file.parent.parent.name, int(match.group(1)), entry_file))
     entries = []
@@ -301,19 +306,6 @@ def _check_name(name: str) -> None:
             "write_tensorboard_projector: the embedding set name must be a plain folder name "
             f"(not empty, '.' or '..', no '/', '\\\\' or NUL); got {name!r}"
         )
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write to a unique temporary file next to ``path``, then rename over it."""
-    # Not mkstemp: its 0600 mode would hide the files from a TensorBoard run by another user.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _projector_pb2() -> Any:
