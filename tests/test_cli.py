@@ -52,7 +52,9 @@ def test_fit_from_the_example_yaml(tmp_path, monkeypatch):
     log_dir = Path(cli.trainer.log_dir)
     assert log_dir.is_relative_to(tmp_path)
     df = read_projections(log_dir)
-    assert list(df.columns) == ["sample_id", "epoch", "step", "label", "pca_x", "pca_y"]
+    assert list(df.columns) == [
+        "sample_id", "epoch", "step", "val_index", "label", "pca_x", "pca_y"
+    ]
     assert df.groupby("epoch").size().to_dict() == {0: 100, 1: 100}
     assert read_metrics(log_dir)["epoch"].tolist() == [0, 1]
 

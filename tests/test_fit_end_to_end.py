@@ -36,11 +36,11 @@ def test_wandb_table_per_epoch_with_contract_columns(tmp_path, wandb_offline):
     assert len(tables) == 3
     for epoch, table in enumerate(tables):
         assert table["columns"] == [
-            "sample_id", "epoch", "step", "label", "pca_x", "pca_y", "tsne_x", "tsne_y"
+            "sample_id", "epoch", "step", "val_index", "label", "pca_x", "pca_y", "tsne_x", "tsne_y"
         ]
         assert len(table["data"]) == 150
         assert {row[1] for row in table["data"]} == {epoch}
-        assert all(isinstance(v, float) for row in table["data"] for v in row[4:])
+        assert all(isinstance(v, float) for row in table["data"] for v in row[5:])
     steps = [table["data"][0][2] for table in tables]
     assert steps == sorted(steps) and steps[-1] == t.global_step
     # the same points every epoch
@@ -76,9 +76,12 @@ def test_local_files_read_back_into_one_table(tmp_path):
     projector = EmbeddingProjector(label_key="labels", reducers="pca", max_samples=120)
     t = _fit(tmp_path, projector, epochs=3)
     df = read_projections(t.log_dir)
-    assert list(df.columns) == ["sample_id", "epoch", "step", "label", "pca_x", "pca_y"]
+    assert list(df.columns) == [
+        "sample_id", "epoch", "step", "val_index", "label", "pca_x", "pca_y"
+    ]
     assert df.groupby("epoch").size().to_dict() == {0: 120, 1: 120, 2: 120}
-    assert os.path.isfile(os.path.join(t.log_dir, "embproj", "embeddings", "epoch_0002.csv"))
+    folder = os.path.join(t.log_dir, "embproj", "embeddings")
+    assert len(glob.glob(os.path.join(folder, "val_0002_epoch_0002_step_*.csv"))) == 1
     metrics = read_metrics(t.log_dir)
     assert metrics["epoch"].tolist() == [0, 1, 2]
     assert "silhouette" in metrics.columns
@@ -132,14 +135,15 @@ def test_metadata_from_batch_and_outputs(tmp_path, wandb_offline):
     wandb.finish()
     tables = wandb_tables(wandb_offline, "embproj/embeddings")
     assert tables[0]["columns"] == [
-        "sample_id", "epoch", "step", "text", "image", "score", "label", "pca_x", "pca_y"
+        "sample_id", "epoch", "step", "val_index", "text", "image", "score", "label", "pca_x",
+        "pca_y",
     ]
     for row in tables[0]["data"]:
-        sample_id, text, label = row[0], row[3], row[6]
+        sample_id, text, label = row[0], row[4], row[7]
         assert sample_id >= 10_000
         assert text == f"digit {label} #{sample_id}"
-        assert row[4] == "Image"  # offline, an image cell is the string "Image"
-        assert isinstance(row[5], float) and row[5] > 0
+        assert row[5] == "Image"  # offline, an image cell is the string "Image"
+        assert isinstance(row[6], float) and row[6] > 0
 
 
 def test_tuple_batch_label_by_index(tmp_path):

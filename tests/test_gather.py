@@ -189,22 +189,49 @@ def test_merge_rejects_ragged_fields_and_bad_max_samples():
             merge_samples([make([0])], max_samples=max_samples)
 
 
-def test_gather_without_a_process_group_is_a_local_merge():
+def ddp_strategy(rank: int, world_size: int) -> Any:
+    """A real Lightning DDPStrategy that reports `rank` of `world_size` (as after Trainer setup)."""
+    import torch
+    from lightning.pytorch.plugins.environments import LightningEnvironment
+    from lightning.pytorch.strategies import DDPStrategy
+
+    env = LightningEnvironment()
+    env.set_world_size(world_size)
+    env.set_global_rank(rank)
+    return DDPStrategy(cluster_environment=env, parallel_devices=[torch.device("cpu")] * world_size)
+
+
+def single_device() -> Any:
+    from lightning.pytorch.strategies import SingleDeviceStrategy
+
+    return SingleDeviceStrategy(device="cpu")
+
+
+@pytest.mark.parametrize("strategy", [None, "single"])
+def test_gather_on_one_process_is_a_local_merge(strategy):
+    chosen = single_device() if strategy else None
     sample = make([6, 6, 3, 9, 1])
-    assert_same(gather_samples(sample, 3), merge_samples([sample], 3))
-    assert gather_samples(None, 3) is None
+    assert_same(gather_samples(sample, 3, chosen), merge_samples([sample], 3))
+    assert gather_samples(None, 3, chosen) is None
 
 
-def test_gather_with_world_size_one(tmp_path):
+def test_gather_with_a_process_group_of_one(tmp_path):
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init1'}", rank=0,
                             world_size=1, timeout=datetime.timedelta(seconds=30))
     try:
         sample = make([4, 2, 8])
-        assert_same(gather_samples(sample, 2), merge_samples([sample], 2))
+        for strategy in (None, single_device(), ddp_strategy(0, 1)):
+            assert_same(gather_samples(sample, 2, strategy), merge_samples([sample], 2))
     finally:
         dist.destroy_process_group()
+
+
+def test_strategy_of_two_without_a_process_group_is_a_clear_error():
+    with pytest.raises(RuntimeError, match="reports 2 processes but no torch.distributed "
+                                           "process group is initialised"):
+        gather_samples(make([1]), 3, ddp_strategy(0, 2))
 
 
 # ---------------------------------------------------------------- 2 real gloo processes
@@ -245,6 +272,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2,
                             timeout=datetime.timedelta(seconds=30))
+    strategy = ddp_strategy(rank, 2)
     results: dict[str, Any] = {}
     for name, shards in SCENARIOS.items():
         shard = shards[rank]
@@ -252,13 +280,24 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
             shard.metadata["fn"] = [lambda: None]
         if name == "unpickle_fails" and rank == 1:
             shard.metadata["text"] = [_FailsOnLoad()]
-        try:
-            results[name] = ("ok", gather_samples(shard, MAX))
-        except Exception as err:
-            results[name] = (type(err).__name__, str(err))
+        results[name] = _outcome(shard, strategy)
+    # A strategy that disagrees with the group's size: every rank raises, none waits.
+    results["wrong_world_size"] = _outcome(SCENARIOS["after_errors"][rank], ddp_strategy(rank, 3))
+    # Last: only rank 0 gathers, with one-process strategies, while rank 1 leaves the group.
+    # A collective here would fail (rank 1 is gone) instead of returning the local merge.
+    if rank == 0:
+        for label, alone in (("single_device", single_device()), ("no_strategy", None)):
+            results[label] = _outcome(SCENARIOS["five_and_zero"][0], alone)
     with open(Path(out_dir) / f"rank{rank}.pkl", "wb") as f:
         pickle.dump(results, f)
     dist.destroy_process_group()
+
+
+def _outcome(shard: EpochSample | None, strategy: Any) -> tuple[str, Any]:
+    try:
+        return ("ok", gather_samples(shard, MAX, strategy))
+    except Exception as err:
+        return (type(err).__name__, str(err))
 
 
 @pytest.fixture(scope="module")
@@ -321,3 +360,23 @@ def test_ddp_unexpected_failure_on_rank0_reaches_the_other_ranks(ddp_results):
     assert rank0 == ("TypeError", "this value cannot be loaded")
     assert rank1[0] == "RuntimeError"
     assert "failed on rank 0: TypeError: this value cannot be loaded" in rank1[1]
+
+
+def test_ddp_strategy_with_the_wrong_world_size_fails_on_every_rank(ddp_results):
+    rank0, rank1 = ddp_results[0]["wrong_world_size"], ddp_results[1]["wrong_world_size"]
+    assert rank0 == rank1
+    assert rank0[0] == "RuntimeError"
+    assert "strategy reports 3 processes but the default torch.distributed process group has 2" \
+        in rank0[1]
+
+
+@pytest.mark.parametrize("label", ["single_device", "no_strategy"])
+def test_one_process_strategy_inside_a_process_group_starts_no_collective(ddp_results, label):
+    """Rank 0 of an initialised group of 2 gathers alone (a single-device Trainer in a sweep):
+    it gets the local merge, although rank 1 never joins (it has left the group)."""
+    assert label not in ddp_results[1]
+    status, merged = ddp_results[0][label]
+    assert status == "ok", merged
+    shard = SCENARIOS["five_and_zero"][0]
+    assert_same(merged, merge_samples([shard], MAX))
+    assert_rows(merged, expected_ids([0, 1, 2, 3, 4], k=MAX))

@@ -21,7 +21,9 @@ from wandb_records import scalars
 from lightning_embproj import EmbeddingProjector, read_metrics, read_projections
 from lightning_embproj.warn import ProjectorWarning
 
-COLUMNS = ["sample_id", "epoch", "step", "text", "image", "score", "label", "pca_x", "pca_y"]
+COLUMNS = [
+    "sample_id", "epoch", "step", "val_index", "text", "image", "score", "label", "pca_x", "pca_y"
+]
 
 
 def rich_projector(**kwargs) -> EmbeddingProjector:
@@ -54,7 +56,7 @@ def test_tensorboard_projector_tab_shows_every_epoch(tmp_path):
     assert log_dir == tmp_path / "lightning_logs" / "version_0"
     config = read_config(log_dir)
     assert [e.tensor_name for e in config.embeddings] == [
-        "embeddings/epoch_0000", "embeddings/epoch_0001"
+        "embeddings/val_0000_epoch_0000", "embeddings/val_0001_epoch_0001"
     ]
     local = read_projections(log_dir)
     get = serve(tmp_path / "lightning_logs")
@@ -103,7 +105,9 @@ def test_no_logger_still_writes_local_files_and_view(tmp_path):
     t = fit(tmp_path, rich_projector(), False)
     assert Path(t.log_dir) == tmp_path  # logger=False: the default_root_dir
     folder = tmp_path / "embproj" / "embeddings"
-    assert sorted(p.name for p in folder.glob("epoch_*")) == ["epoch_0000.csv", "epoch_0001.csv"]
+    assert [p.name[:21] for p in sorted(folder.glob("val_*"))] == [
+        "val_0000_epoch_0000_s", "val_0001_epoch_0001_s"
+    ]
     assert read_metrics(tmp_path)["epoch"].tolist() == [0, 1]
     view = folder / "view.html"
     assert view.is_file() and "epoch" in view.read_text(encoding="utf-8")

@@ -78,7 +78,7 @@ def test_hundred_epochs_stay_bounded(tmp_path):
     assert read_metrics(t.log_dir)["epoch"].tolist() == list(range(EPOCHS))
 
     # each epoch's file has the same size (the same 16 points): the folder grows by a constant
-    sizes = np.array([f.stat().st_size for f in sorted(folder.glob("epoch_*.csv"))])
+    sizes = np.array([f.stat().st_size for f in sorted(folder.glob("val_*.csv"))])
     assert len(sizes) == EPOCHS and sizes.max() < 1.2 * sizes.min()
     # the view is thinned to 50 frames: it stops growing after 50 epochs
     assert max(probe.view_bytes[60:]) < 1.02 * probe.view_bytes[59]

@@ -100,7 +100,8 @@ def test_texts_are_escaped_in_every_rendered_output(hostile_fit):
     assert "&lt;script&gt;alert('x')&lt;" in page  # plotly's JSON also writes / as \u002f
     # TensorBoard metadata: one header + one line per point, every line with the same cells
     for epoch in (0, 1):
-        tsv = (tb / "embproj" / "embeddings" / f"epoch_{epoch:04d}" / "metadata.tsv")
+        run = f"val_{epoch:04d}_epoch_{epoch:04d}"
+        tsv = tb / "embproj" / "embeddings" / run / "metadata.tsv"
         lines = tsv.read_text(encoding="utf-8").split("\n")
         assert lines[-1] == "" and len(lines) == 1 + 40 + 1
         header = lines[0].split("\t")
@@ -130,7 +131,7 @@ def test_paths_in_metadata_are_never_opened(hostile_fit):
     secret = str(hostile_fit["secret"])
     assert not [p for p in _opened if p.endswith(("secret.txt", "passwd"))], _opened
     # the path is kept as text, not followed: the CSV cell is the path itself
-    with open(next((hostile_fit["out"] / "embproj" / "embeddings").glob("epoch_*.csv")),
+    with open(next((hostile_fit["out"] / "embproj" / "embeddings").glob("val_*.csv")),
               newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     assert {row["path"] for row in rows} == {secret}

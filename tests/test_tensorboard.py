@@ -52,7 +52,9 @@ def make_projection(epoch: int, name: str = "digits", images: bool = True) -> Pr
         metadata=meta,
     )
     layouts = {"pca": emb[:, :2].astype(np.float64) * (epoch + 1)}
-    return Projection(sample=sample, epoch=epoch, step=10 * epoch, layouts=layouts)
+    return Projection(
+        sample=sample, epoch=epoch, step=10 * epoch, layouts=layouts, val_index=epoch
+    )
 
 
 def read_config(log_dir: Path) -> ProjectorConfig:
@@ -72,9 +74,11 @@ def written(tmp_path: Path) -> tuple[Path, list[Projection]]:
 def test_config_lists_every_epoch_with_existing_files(written):
     log_dir, projections = written
     config = read_config(log_dir)
-    assert [e.tensor_name for e in config.embeddings] == ["digits/epoch_0000", "digits/epoch_0001"]
+    assert [e.tensor_name for e in config.embeddings] == [
+        "digits/val_0000_epoch_0000", "digits/val_0001_epoch_0001"
+    ]
     for e, p in zip(config.embeddings, projections, strict=True):
-        folder = f"embproj/digits/epoch_{p.epoch:04d}"
+        folder = f"embproj/digits/val_{p.val_index:04d}_epoch_{p.epoch:04d}"
         assert e.tensor_path == f"{folder}/tensors.tsv"
         assert e.metadata_path == f"{folder}/metadata.tsv"
         assert e.sprite.image_path == f"{folder}/sprite.png"
@@ -88,7 +92,8 @@ def test_config_lists_every_epoch_with_existing_files(written):
 def test_tensors_tsv_round_trips_the_embeddings(written):
     log_dir, projections = written
     for p in projections:
-        lines = (log_dir / f"embproj/digits/epoch_{p.epoch:04d}/tensors.tsv").read_text()
+        run = f"val_{p.val_index:04d}_epoch_{p.epoch:04d}"
+        lines = (log_dir / "embproj/digits" / run / "tensors.tsv").read_text()
         rows = [line.split("\t") for line in lines.splitlines()]
         assert len(rows) == N and {len(r) for r in rows} == {64}
         back = np.array(rows, dtype=np.float32)
@@ -97,12 +102,12 @@ def test_tensors_tsv_round_trips_the_embeddings(written):
 
 def test_metadata_tsv_is_rectangular_escaped_and_truncated(written):
     log_dir, projections = written
-    text = (log_dir / "embproj/digits/epoch_0001/metadata.tsv").read_text(encoding="utf-8")
+    text = (log_dir / "embproj/digits/val_0001_epoch_0001/metadata.tsv").read_text(encoding="utf-8")
     # splitlines also breaks on \r, \x0b, \u2028...: a stray one would show up here
     lines = text.splitlines()
     assert len(lines) == N + 1 == len(text.split("\n")) - 1
     header = lines[0].split("\t")
-    assert header == ["sample_id", "epoch", "step", "text", "label", "pca_x", "pca_y"]
+    assert header == ["sample_id", "epoch", "step", "val_index", "text", "label", "pca_x", "pca_y"]
     rows = [line.split("\t") for line in lines[1:]]
     assert all(len(r) == len(header) for r in rows)
     col = {h: [r[j] for r in rows] for j, h in enumerate(header)}
@@ -127,7 +132,7 @@ def test_sprite_is_a_grid_of_the_images(written):
     log_dir, projections = written
     images = projections[0].sample.metadata["image"][..., 0]
     cols, rows, th, tw = sprite_grid(N, 8, 8)
-    with Image.open(log_dir / "embproj/digits/epoch_0000/sprite.png") as im:
+    with Image.open(log_dir / "embproj/digits/val_0000_epoch_0000/sprite.png") as im:
         assert im.size == (cols * tw, rows * th) == (13 * 8, 12 * 8)
         grid = np.asarray(im)
     for i in (0, 1, 12, 13, N - 1):
@@ -166,21 +171,26 @@ def test_other_sets_and_foreign_entries_are_kept(tmp_path):
     write_tensorboard_projector(tmp_path, make_projection(1, "a", images=False))
     config = read_config(tmp_path)
     names = [e.tensor_name for e in config.embeddings]
-    assert names == ["default:00000", "a/epoch_0000", "a/epoch_0001", "bé 2/epoch_0000"]
-    assert config.embeddings[3].sprite.image_path == "embproj/bé 2/epoch_0000/sprite.png"
+    assert names == [
+        "default:00000", "a/val_0000_epoch_0000", "a/val_0001_epoch_0001",
+        "bé 2/val_0000_epoch_0000",
+    ]
+    assert config.embeddings[3].sprite.image_path == "embproj/bé 2/val_0000_epoch_0000/sprite.png"
     assert not config.embeddings[1].sprite.image_path
-    assert not (tmp_path / "embproj/a/epoch_0000/sprite.png").exists()
+    assert not (tmp_path / "embproj/a/val_0000_epoch_0000/sprite.png").exists()
 
 
 def test_unchanged_images_reuse_the_sprite_changed_ones_do_not(written):
     log_dir, projections = written
     folder = log_dir / "embproj/digits"
-    assert os.path.samefile(folder / "epoch_0000/sprite.png", folder / "epoch_0001/sprite.png")
+    assert os.path.samefile(
+        folder / "val_0000_epoch_0000/sprite.png", folder / "val_0001_epoch_0001/sprite.png"
+    )
     p = make_projection(2)
     p.sample.metadata["image"] = 255 - p.sample.metadata["image"]
     write_tensorboard_projector(log_dir, p)
-    sprite = folder / "epoch_0002/sprite.png"
-    assert not os.path.samefile(folder / "epoch_0001/sprite.png", sprite)
+    sprite = folder / "val_0002_epoch_0002/sprite.png"
+    assert not os.path.samefile(folder / "val_0001_epoch_0001/sprite.png", sprite)
     with Image.open(sprite) as im:
         np.testing.assert_array_equal(np.asarray(im)[:8, :8], p.sample.metadata["image"][0, ..., 0])
     dims = [list(e.sprite.single_image_dim) for e in read_config(log_dir).embeddings]
@@ -191,8 +201,8 @@ def test_rewriting_an_epoch_replaces_it(tmp_path):
     write_tensorboard_projector(tmp_path, make_projection(2))
     write_tensorboard_projector(tmp_path, make_projection(2, images=False))
     (entry,) = read_config(tmp_path).embeddings
-    assert entry.tensor_name == "digits/epoch_0002" and not entry.sprite.image_path
-    assert not (tmp_path / "embproj/digits/epoch_0002/sprite.png").exists()
+    assert entry.tensor_name == "digits/val_0002_epoch_0002" and not entry.sprite.image_path
+    assert not (tmp_path / "embproj/digits/val_0002_epoch_0002/sprite.png").exists()
 
 
 def test_config_rebuilt_from_folders_after_being_clobbered(written):
@@ -252,11 +262,11 @@ def test_tensorboard_projector_plugin_serves_every_epoch(tmp_path):
     assert json.loads(get("/runs")) == ["version_0"]
     info = json.loads(get("/info", run="version_0"))
     assert [e["tensorName"] for e in info["embeddings"]] == [
-        "digits/epoch_0000",
-        "digits/epoch_0001",
+        "digits/val_0000_epoch_0000",
+        "digits/val_0001_epoch_0001",
     ]
     for p in projections:
-        name = f"digits/epoch_{p.epoch:04d}"
+        name = f"digits/val_{p.val_index:04d}_epoch_{p.epoch:04d}"
         tensor = np.frombuffer(get("/tensor", run="version_0", name=name), dtype=np.float32)
         np.testing.assert_array_equal(tensor.reshape(N, 64), p.sample.embeddings)
         meta = get("/metadata", run="version_0", name=name).decode().split("\n")

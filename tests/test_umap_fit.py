@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import sys
 import time
@@ -59,8 +60,8 @@ def test_umap_fit_warm_started_and_off_the_training_thread(tmp_path):
     # The projector's own epoch-end hook (between the two clocks) returned at once, while
     # epoch 0's UMAP (with umap-learn's first-call compilation) finished later on the worker.
     hook = [b - a for a, b in zip(before.times, after.times, strict=True)]
-    first_done = os.path.getmtime(os.path.join(t.log_dir, "embproj", "embeddings",
-                                               "epoch_0000.csv"))
+    folder = os.path.join(t.log_dir, "embproj", "embeddings")
+    first_done = os.path.getmtime(glob.glob(os.path.join(folder, "val_0000_epoch_0000_*.csv"))[0])
     worker_seconds = first_done - after.times[0]
     print(f"projector hook on the training thread: {max(hook):.3f} s; epoch 0 reduced "
           f"(PCA + first UMAP call) {worker_seconds:.1f} s later on the worker")
@@ -77,5 +78,7 @@ def test_missing_umap_extra_is_named_and_the_rest_still_runs(tmp_path, monkeypat
         t.fit(DigitsModel(), train, val)
     assert len([w for w in rec if "umap" in str(w.message)]) == 1  # once, not every epoch
     df = read_projections(t.log_dir)
-    assert list(df.columns) == ["sample_id", "epoch", "step", "label", "pca_x", "pca_y"]
+    assert list(df.columns) == [
+        "sample_id", "epoch", "step", "val_index", "label", "pca_x", "pca_y"
+    ]
     assert df["epoch"].unique().tolist() == [0, 1]
