@@ -1,0 +1,348 @@
+"""Cluster one run's embeddings and give the clusters ids that stay stable across runs.
+
+:func:`cluster_points` clusters one run (k-means or HDBSCAN, noise ``-1``);
+:func:`match_clusters` maps this run's raw cluster numbers to stable ids by a Hungarian
+assignment on the Jaccard overlap of shared members (matched on the tracking keys) with the
+previous run's clusters; :class:`ClusterChain` holds the state between runs (plain lists and
+ints, so it goes into a checkpoint as is).
+
+Example:
+    >>> rng = np.random.default_rng(0)
+    >>> X = np.r_[rng.normal(0, 0.1, (20, 4)), rng.normal(5, 0.1, (20, 4))]
+    >>> keys = np.arange(40, dtype=np.int64)
+    >>> chain = ClusterChain()
+    >>> ids = chain.update(keys, cluster_points(X, n_clusters=2))
+    >>> ids[[0, -1]].tolist(), chain.update(keys, cluster_points(X, n_clusters=2))[[0, -1]].tolist()
+    ([0, 1], [0, 1])
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from lightning_embproj.neighbours import as_matrix
+
+METHODS: tuple[str, ...] = ("kmeans", "hdbscan")
+NOISE = -1
+# Cluster in the top principal components: at 10,000 x 256 k-means took 3.0 s on the raw
+# vectors and 0.5 s on 32 PCs; HDBSCAN 3.1 s on 32 PCs and 2.1 s on 16 (same 9 clusters on
+# 10 Gaussian classes; benchmarks/bench_clusters.py). PCA is a rotation plus a cut of the
+# weakest directions, so k-means' objective barely changes.
+KMEANS_DIMS = 32
+HDBSCAN_DIMS = 16
+# Three k-means++ starts: a better optimum is also a more repeatable one, and a partition
+# that flips between runs would show up as spurious split/merge events.
+KMEANS_N_INIT = 3
+MAX_AUTO_CLUSTERS = 20
+
+
+def default_n_clusters(n: int) -> int:
+    """k when neither labels nor ``n_clusters`` are given: ``round(sqrt(N / 2))`` in [2, 20].
+
+    The rule of thumb of Mardia et al. (1979), capped at 20 clusters so the picture stays
+    readable. It depends only on ``N`` (the sample is the same every run), so k does not
+    flicker between runs; a silhouette-best k would, and every change of k shows up as
+    split/merge events that are artefacts of the choice, not of the model.
+
+    Example:
+        >>> default_n_clusters(50), default_n_clusters(200), default_n_clusters(10_000)
+        (5, 10, 20)
+    """
+    return int(min(MAX_AUTO_CLUSTERS, max(2, round(math.sqrt(n / 2)))))
+
+
+def default_min_cluster_size(n: int) -> int:
+    """HDBSCAN's ``min_cluster_size`` when not given: ``max(5, N // 100)``.
+
+    Example:
+        >>> default_min_cluster_size(300), default_min_cluster_size(10_000)
+        (5, 100)
+    """
+    return max(5, n // 100)
+
+
+def canonical(raw: np.ndarray) -> np.ndarray:
+    """Renumber clusters ``0..C-1`` by first appearance in row order; ``-1`` (noise) stays.
+
+    Example:
+        >>> canonical(np.array([7, 7, -1, 3, 7])).tolist()
+        [0, 0, -1, 1, 0]
+    """
+    raw = np.asarray(raw).astype(np.int64, copy=False)
+    out = np.full(raw.shape, NOISE, dtype=np.int64)
+    inside = raw != NOISE
+    uniq, first, inverse = np.unique(raw[inside], return_index=True, return_inverse=True)
+    rank = np.empty(uniq.size, dtype=np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(uniq.size)
+    out[inside] = rank[inverse.reshape(-1)]
+    return out
+
+
+def cluster_points(
+    X: np.ndarray,
+    method: str = "kmeans",
+    n_clusters: int | None = None,
+    labels: Sequence[object] | np.ndarray | None = None,
+    seed: int = 0,
+    min_cluster_size: int | None = None,
+) -> np.ndarray:
+    """Cluster the rows of ``X``: ``(N,)`` int64 cluster numbers ``0..C-1``, noise ``-1``.
+
+    ``kmeans``: k is the number of distinct ``labels`` when given, else ``n_clusters``, else
+    :func:`default_n_clusters`; k shrinks to the number of distinct rows (so identical points
+    form one cluster and ``N < k`` is fine). ``hdbscan`` (scikit-learn's ``HDBSCAN``): the
+    number of clusters is found, ``labels`` and ``n_clusters`` are ignored, rows in no dense
+    region are noise (``-1``); ``min_cluster_size`` defaults to
+    :func:`default_min_cluster_size`. Both run on the top principal components
+    (:data:`KMEANS_DIMS`, :data:`HDBSCAN_DIMS`). Clusters are numbered by first appearance in
+    row order (:func:`canonical`), so the result does not depend on the library's numbering.
+    Deterministic for a given ``X`` and ``seed``.
+
+    Example:
+        >>> X = np.array([[0.0, 0.0], [0.1, 0.0], [5.0, 5.0], [5.1, 5.0]])
+        >>> cluster_points(X, n_clusters=2).tolist()
+        [0, 0, 1, 1]
+        >>> cluster_points(np.ones((3, 2)), n_clusters=5).tolist()
+        [0, 0, 0]
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
+    X = as_matrix(X, "X")
+    n = X.shape[0]
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    distinct = _distinct_rows(X)
+    if distinct <= 1:
+        return np.zeros(n, dtype=np.int64)
+    from lightning_embproj.reduce import pca
+
+    if method == "kmeans":
+        k = _kmeans_k(n, n_clusters, labels)
+        k = min(k, distinct)
+        if k <= 1:
+            return np.zeros(n, dtype=np.int64)
+        from sklearn.cluster import KMeans
+
+        Z = pca(X, KMEANS_DIMS) if X.shape[1] > KMEANS_DIMS else X.astype(np.float64)
+        raw = KMeans(k, n_init=KMEANS_N_INIT, random_state=seed).fit_predict(Z)
+        return canonical(raw)
+
+    mcs = default_min_cluster_size(n) if min_cluster_size is None else min_cluster_size
+    if not isinstance(mcs, (int, np.integer)) or mcs < 2:
+        raise ValueError(f"min_cluster_size must be an int >= 2, got {min_cluster_size!r}")
+    if n < mcs:  # too few points for even one cluster of the requested size
+        return np.full(n, NOISE, dtype=np.int64)
+    from sklearn.cluster import HDBSCAN
+
+    Z = pca(X, HDBSCAN_DIMS) if X.shape[1] > HDBSCAN_DIMS else X.astype(np.float64)
+    # min_samples 10 (not min_cluster_size): the core distances need that many neighbours,
+    # and 10 costs a third less than 100 at 10,000 points with the same clusters.
+    model = HDBSCAN(min_cluster_size=int(mcs), min_samples=min(10, int(mcs)), copy=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        raw = model.fit_predict(Z)
+    return canonical(raw)
+
+
+def _distinct_rows(X: np.ndarray) -> int:
+    """Number of distinct rows, via a fixed random projection (equal rows project equally;
+    distinct rows almost surely do not): a product and a sort of N numbers, not of N rows."""
+    if X.shape[0] > 1 and not (X[0] != X).any():
+        return 1
+    w = np.random.default_rng(0).normal(size=X.shape[1])
+    # Row-wise sums, not ``X @ w``: BLAS may sum equal rows in different orders.
+    return int(np.unique((X.astype(np.float64) * w).sum(axis=1)).size)
+
+
+def _kmeans_k(n: int, n_clusters: int | None, labels: Any) -> int:
+    if labels is not None:
+        lab = np.asarray(labels)
+        if lab.ndim != 1 or lab.shape[0] != n:
+            raise ValueError(f"labels must have shape ({n},) to match X, got {lab.shape}")
+        return int(np.unique(lab.astype(str)).size)
+    if n_clusters is not None:
+        if not isinstance(n_clusters, (int, np.integer)) or isinstance(n_clusters, bool):
+            raise ValueError(f"n_clusters must be a positive int or None, got {n_clusters!r}")
+        if n_clusters < 1:
+            raise ValueError(f"n_clusters must be a positive int or None, got {n_clusters!r}")
+        return int(n_clusters)
+    return default_n_clusters(n)
+
+
+def check_keys(keys: np.ndarray | Sequence[int], name: str) -> np.ndarray:
+    """``keys`` as a 1-D int64 array of unique values; bad input raises naming ``name``."""
+    k = np.asarray(keys)
+    if k.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D array of int64 tracking keys, got shape {k.shape}")
+    if k.size and not np.issubdtype(k.dtype, np.integer):
+        raise ValueError(f"{name} must hold integer tracking keys, got dtype {k.dtype}")
+    k = k.astype(np.int64, copy=False)
+    if np.unique(k).size != k.size:
+        raise ValueError(f"{name} must be unique tracking keys; found duplicates")
+    return k
+
+
+def check_ids(ids: np.ndarray | Sequence[int], n: int, name: str) -> np.ndarray:
+    """Cluster ids as ``(n,)`` int64 with values ``>= -1``; bad input raises naming ``name``."""
+    a = np.asarray(ids)
+    if a.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},) to match the keys, got {a.shape}")
+    if a.size and not np.issubdtype(a.dtype, np.integer):
+        raise ValueError(f"{name} must hold integer cluster ids, got dtype {a.dtype}")
+    a = a.astype(np.int64, copy=False)
+    if a.size and a.min() < NOISE:
+        raise ValueError(f"{name} must be >= 0 (or -1 for noise), got {int(a.min())}")
+    return a
+
+
+def shared_rows(prev_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices ``(ip, ic)`` of the keys present in both runs, in the current run's order.
+
+    Example:
+        >>> ip, ic = shared_rows(np.array([5, 1, 3]), np.array([3, 4, 5]))
+        >>> ip.tolist(), ic.tolist()
+        ([2, 0], [0, 2])
+    """
+    _, ic, ip = np.intersect1d(keys, prev_keys, assume_unique=True, return_indices=True)
+    order = np.argsort(ic, kind="stable")
+    return ip[order].astype(np.int64), ic[order].astype(np.int64)
+
+
+def overlap_counts(
+    prev_ids: np.ndarray, ids: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Contingency of two clusterings of the same rows, noise left out of the table.
+
+    Returns ``(prev_u, cur_u, n, a, b)``: the previous and current cluster numbers (sorted,
+    no ``-1``), ``n[i, j]`` rows in both ``prev_u[i]`` and ``cur_u[j]``, ``a[i]`` rows in
+    ``prev_u[i]``, ``b[j]`` rows in ``cur_u[j]`` (rows that are noise on the other side count
+    in ``a`` / ``b``, so a cluster dissolving into noise loses overlap).
+    """
+    prev_u, pi = np.unique(prev_ids, return_inverse=True)
+    cur_u, ci = np.unique(ids, return_inverse=True)
+    pi, ci = pi.reshape(-1), ci.reshape(-1)
+    table = np.zeros((prev_u.size, cur_u.size), dtype=np.int64)
+    np.add.at(table, (pi, ci), 1)
+    keep_p, keep_c = prev_u != NOISE, cur_u != NOISE
+    a = table.sum(axis=1)[keep_p]
+    b = table.sum(axis=0)[keep_c]
+    return prev_u[keep_p], cur_u[keep_c], table[np.ix_(keep_p, keep_c)], a, b
+
+
+def match_clusters(
+    prev_keys: np.ndarray | Sequence[int],
+    prev_ids: np.ndarray | Sequence[int],
+    keys: np.ndarray | Sequence[int],
+    raw_ids: np.ndarray | Sequence[int],
+    next_id: int,
+) -> tuple[np.ndarray, int]:
+    """Give this run's clusters stable ids: ``(ids, next_id)``.
+
+    On the keys present in both runs, the Jaccard overlap ``|P & C| / |P | C|`` of every
+    previous cluster ``P`` (by id) and current cluster ``C`` (by raw number) is maximised by a
+    Hungarian assignment (``scipy.optimize.linear_sum_assignment``); a current cluster
+    assigned to a previous one with overlap > 0 inherits its id, the others get fresh ids
+    ``next_id, next_id + 1, ...`` in the order of their raw numbers. Noise (``-1``) stays
+    ``-1``. Ids never come back once retired, and the same clustering gives the same ids.
+
+    Example:
+        >>> prev_keys, prev_ids = [1, 2, 3, 4], [0, 0, 1, 1]
+        >>> ids, nxt = match_clusters(prev_keys, prev_ids, [1, 2, 3, 4, 5], [1, 1, 0, 0, 2], 2)
+        >>> ids.tolist(), nxt
+        ([0, 0, 1, 1, 2], 3)
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    prev_keys = check_keys(prev_keys, "prev_keys")
+    prev_ids = check_ids(prev_ids, prev_keys.size, "prev_ids")
+    keys = check_keys(keys, "keys")
+    raw_ids = check_ids(raw_ids, keys.size, "raw_ids")
+    if not isinstance(next_id, (int, np.integer)) or next_id < 0:
+        raise ValueError(f"next_id must be a non-negative int, got {next_id!r}")
+    if prev_ids.size and prev_ids.max() >= next_id:
+        raise ValueError(
+            f"next_id ({next_id}) must exceed every previous id (max {int(prev_ids.max())})"
+        )
+    ip, ic = shared_rows(prev_keys, keys)
+    inherited: dict[int, int] = {}
+    if ip.size:
+        prev_u, cur_u, n, a, b = overlap_counts(prev_ids[ip], raw_ids[ic])
+        if n.size:
+            jac = n / (a[:, None] + b[None, :] - n)
+            rows, cols = linear_sum_assignment(jac, maximize=True)
+            for r, c in zip(rows, cols, strict=True):
+                if n[r, c] > 0:
+                    inherited[int(cur_u[c])] = int(prev_u[r])
+    mapping: dict[int, int] = {}
+    for raw in np.unique(raw_ids[raw_ids != NOISE]).tolist():
+        if raw in inherited:
+            mapping[raw] = inherited[raw]
+        else:
+            mapping[raw] = int(next_id)
+            next_id += 1
+    ids = np.full(raw_ids.shape, NOISE, dtype=np.int64)
+    for raw, new in mapping.items():
+        ids[raw_ids == raw] = new
+    return ids, int(next_id)
+
+
+@dataclass
+class ClusterChain:
+    """The stable-id state between runs: the previous run's keys and ids, the id counter.
+
+    Plain lists and an int, so :meth:`state_dict` goes into a Lightning checkpoint as is.
+
+    Example:
+        >>> chain = ClusterChain()
+        >>> chain.update([10, 11, 12], [0, 0, 1]).tolist()
+        [0, 0, 1]
+        >>> ClusterChain.from_state_dict(chain.state_dict()) == chain
+        True
+    """
+
+    keys: list[int] = field(default_factory=list)
+    ids: list[int] = field(default_factory=list)
+    next_id: int = 0
+
+    def update(
+        self, keys: np.ndarray | Sequence[int], raw_ids: np.ndarray | Sequence[int]
+    ) -> np.ndarray:
+        """Stable ids for this run (:func:`match_clusters`); this run becomes the previous."""
+        ids, self.next_id = match_clusters(self.keys, self.ids, keys, raw_ids, self.next_id)
+        self.keys = check_keys(keys, "keys").tolist()
+        self.ids = ids.tolist()
+        return ids
+
+    @property
+    def prev_keys(self) -> np.ndarray:
+        return np.asarray(self.keys, dtype=np.int64)
+
+    @property
+    def prev_ids(self) -> np.ndarray:
+        return np.asarray(self.ids, dtype=np.int64)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"keys": list(self.keys), "ids": list(self.ids), "next_id": int(self.next_id)}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> ClusterChain:
+        try:
+            keys = [int(k) for k in state["keys"]]
+            ids = [int(i) for i in state["ids"]]
+            next_id = int(state["next_id"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(
+                "cluster chain state must be a dict with 'keys' and 'ids' (lists of ints of "
+                f"equal length) and 'next_id' (int); got {state!r:.200}"
+            ) from err
+        if len(keys) != len(ids):
+            raise ValueError(
+                f"cluster chain state has {len(keys)} keys but {len(ids)} ids: lengths must match"
+            )
+        return cls(keys, ids, next_id)
