@@ -1,7 +1,10 @@
 """Per-rank storage of at most ``max_samples`` tracked rows: O(max_samples * D) memory.
 
 Each batch only copies the rows whose key beats the current k-th smallest key; they take the
-slots of the rows they evict, so nothing grows with the size of the validation set.
+slots of the rows they evict, so nothing grows with the size of the validation set. Texts (numpy
+strings of any width, lists) are kept as Python ``str`` in object columns, so a later, longer id
+is never cut to the width of the first batch's; a numeric column widens when a later batch needs
+it (``int8`` then ``int64``).
 
 Example:
     >>> import numpy as np
@@ -18,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from lightning_embproj.extract import host_numpy
+
 EMBEDDINGS = "embeddings"
 """Name of the column that holds the vectors (stored in ``float_dtype``)."""
 
@@ -25,8 +30,8 @@ EMBEDDINGS = "embeddings"
 class SampleBuffer:
     """Bottom-k reservoir of rows keyed by int64 hashes, with any number of columns.
 
-    Columns are fixed by the first batch. Each is a numpy array with the row dimension first, or
-    a list (stored as an object array) for Python values such as texts.
+    Column names and per-row shapes are fixed by the first batch. Each column is a numpy array
+    with the row dimension first; texts and other Python values are stored as object arrays.
     """
 
     def __init__(self, max_samples: int, float_dtype: Any = np.float32) -> None:
@@ -107,21 +112,31 @@ class SampleBuffer:
                     f"{name!r} changed shape between batches: expected rows of shape "
                     f"{target.shape[1:]}, got {value.shape[1:]}"
                 )
+            if name != EMBEDDINGS and value.dtype != target.dtype:
+                wider = _promote(target.dtype, value.dtype)
+                if wider != target.dtype:
+                    target = self._store[name] = target.astype(wider)
             target[slots] = value[incoming]
         self._n = min(k, n + incoming.size)
         self._sorted = merged
 
     def _rows(self, name: str, value: Any, pick: np.ndarray) -> np.ndarray:
         if isinstance(value, np.ndarray):
-            return value[pick]
-        if hasattr(value, "detach"):  # torch tensor: copy only the selected rows to the host
+            rows = value[pick]
+        elif hasattr(value, "detach"):  # torch tensor: copy only the selected rows to the host
             import torch
 
             idx = torch.as_tensor(pick, device=value.device)
-            return value.detach().index_select(0, idx).cpu().numpy()
-        out = np.empty(pick.size, dtype=object)
-        out[:] = [value[i] for i in pick.tolist()]
-        return out
+            rows = host_numpy(value.detach().index_select(0, idx))
+        else:
+            rows = np.empty(pick.size, dtype=object)
+            rows[:] = [value[i] for i in pick.tolist()]
+        if rows.dtype.kind in "US":
+            # A fixed-width string column would cut later, longer strings to this width.
+            text = np.empty(rows.shape, dtype=object)
+            text[...] = rows.astype(np.str_).tolist()
+            rows = text
+        return rows
 
     def _allocate(self, rows: dict[str, np.ndarray]) -> None:
         self._keys = np.empty(self.max_samples, dtype=np.int64)
@@ -136,3 +151,20 @@ class SampleBuffer:
         order = np.argsort(self._keys[: self._n], kind="stable")
         keys = self._keys[: self._n][order]
         return keys, {name: arr[: self._n][order] for name, arr in self._store.items()}
+
+
+def _promote(have: np.dtype, new: np.dtype) -> np.dtype:
+    """The column dtype that holds both: numbers widen, anything else becomes object.
+
+    Example:
+        >>> _promote(np.dtype(np.int8), np.dtype(np.int64)).name
+        'int64'
+        >>> _promote(np.dtype(np.int64), np.dtype(np.uint64)).name  # not float64: ids stay exact
+        'object'
+    """
+    if have.kind not in "biuf" or new.kind not in "biuf":
+        return np.dtype(object)
+    wider = np.result_type(have, new)
+    if wider.kind == "f" and have.kind in "biu" and new.kind in "biu":
+        return np.dtype(object)
+    return wider

@@ -1,14 +1,20 @@
-"""Pull embeddings and per-point metadata out of a validation batch.
+"""Pull embeddings, ids and per-point metadata out of a validation batch.
 
 Keys are looked up first in the dict returned by ``validation_step``, then in the batch when it
 is a dict (or any mapping). An ``int`` key indexes a tuple/list batch: ``label_key=1`` takes ``y``
 from ``(x, y)``.
 
+Embeddings of more than two dims are pooled to ``(B, D)`` (:func:`pool`): a sequence
+``(B, T, D)`` is averaged over T and a feature map ``(B, C, H, W)`` over its spatial dims by
+default. bfloat16 / float16 tensors (``precision="bf16-mixed"``) are cast to float32 on their
+device first: numpy has no bfloat16.
+
 Example:
     >>> import torch
     >>> outputs = {"embeddings": torch.ones(4, 2, 3)}
-    >>> as_embeddings(lookup("embeddings", outputs, None, "embedding_key"), "embeddings").shape
-    torch.Size([4, 6])
+    >>> z = as_embeddings(lookup("embeddings", outputs, None, "embedding_key"), "embeddings")
+    >>> pool(z, "embeddings", "auto").shape
+    torch.Size([4, 3])
     >>> lookup(1, None, (torch.zeros(2), torch.tensor([3, 4])), "label_key").tolist()
     [3, 4]
 """
@@ -16,11 +22,16 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 Key = str | int
+ImageLayout = Literal["HW", "CHW", "HWC"]
+IMAGE_CHANNELS = (1, 3, 4)
+# Largest integer that each float dtype holds exactly: a float id above it may be rounded into
+# another sample's id (bfloat16 keeps only 8 significant bits).
+_EXACT_INT = {"bfloat16": 2**8, "float16": 2**11, "float32": 2**24, "float64": 2**53}
 
 
 def _describe(obj: Any) -> str:
@@ -55,12 +66,36 @@ def lookup(key: Key, outputs: Any, batch: Any, option: str) -> Any:
     )
 
 
+def _is_tensor(value: Any) -> bool:
+    return hasattr(value, "detach") and hasattr(value, "is_floating_point")
+
+
 def _is_array(value: Any) -> bool:
-    return isinstance(value, np.ndarray) or hasattr(value, "detach")
+    return isinstance(value, np.ndarray) or _is_tensor(value)
+
+
+def _is_half(value: Any) -> bool:
+    return _is_tensor(value) and str(value.dtype) in ("torch.bfloat16", "torch.float16")
+
+
+def host_numpy(value: Any) -> np.ndarray:
+    """A tensor or array as a host numpy array; bfloat16 / float16 tensors become float32.
+
+    Example:
+        >>> import torch
+        >>> host_numpy(torch.tensor([1.5], dtype=torch.bfloat16)).dtype.name
+        'float32'
+    """
+    if not _is_tensor(value):
+        return np.asarray(value)
+    value = value.detach()
+    if _is_half(value):
+        value = value.float()
+    return value.cpu().numpy()
 
 
 def as_embeddings(value: Any, name: str) -> Any:
-    """A ``(B, D)`` floating tensor or array: ``(B, ...)`` is flattened, the graph detached."""
+    """Check a ``(B, ...)`` floating tensor or array and detach it (:func:`pool` reshapes it)."""
     if not _is_array(value):
         raise TypeError(
             f"embeddings {name!r}: expected a torch.Tensor or numpy array of shape (B, D), "
@@ -72,15 +107,103 @@ def as_embeddings(value: Any, name: str) -> Any:
             f"{tuple(value.shape)}; reshape a 1-D vector with .unsqueeze(1) if it is one value "
             f"per sample"
         )
-    is_float = value.is_floating_point() if hasattr(value, "detach") else value.dtype.kind == "f"
+    is_float = value.is_floating_point() if _is_tensor(value) else value.dtype.kind == "f"
     if not is_float:
         raise TypeError(
             f"embeddings {name!r}: expected floating point values, got dtype {value.dtype} "
             f"(token ids or class indices are not embeddings; cast with .float() if you mean it)"
         )
-    if hasattr(value, "detach"):
-        return value.detach().reshape(value.shape[0], -1)
-    return value.reshape(value.shape[0], -1)
+    return value.detach() if _is_tensor(value) else value
+
+
+def pool(value: Any, name: str, pooling: str, mask: Any = None) -> Any:
+    """Reduce ``(B, ...)`` embeddings to ``(B, D)`` on their device, as ``pooling`` says.
+
+    ``(B, D)`` is returned as is. ``"flatten"`` reshapes to ``(B, prod(...))``. ``"auto"`` and
+    ``"mean"`` average a sequence ``(B, T, D)`` over T and a feature map ``(B, C, H, W, ...)``
+    over every dim after C (global average pooling); ``"max"`` takes the maximum instead;
+    ``"first"`` / ``"last"`` take one token of a sequence (the CLS token, the last token) and
+    refuse feature maps. ``mask``: a ``(B, T)`` bool tensor (True = real token) that leaves
+    padding out of ``"auto"``, ``"mean"``, ``"max"`` and ``"last"`` of a sequence; a row without
+    any real token becomes NaN (then left out as non-finite). Half tensors pool in float32.
+
+    Example:
+        >>> import torch
+        >>> x = torch.tensor([[[1.0], [2.0], [9.0]]])
+        >>> pool(x, "z", "mean").tolist(), pool(x, "z", "last").tolist()
+        ([[4.0]], [[9.0]])
+        >>> pool(x, "z", "mean", mask=torch.tensor([[True, True, False]])).tolist()
+        [[1.5]]
+    """
+    batch = int(value.shape[0])
+    if value.ndim == 2:
+        return value
+    if pooling == "flatten":
+        return value.reshape(batch, -1)
+    mode = "mean" if pooling == "auto" else pooling
+    if value.ndim >= 4 and mode in ("first", "last"):
+        raise ValueError(
+            f"embeddings {name!r}: pooling={pooling!r} takes one token of a (B, T, D) sequence, "
+            f"but this output has shape {tuple(value.shape)} (a (B, C, H, W) feature map has no "
+            f"first or last token); use pooling='auto' or 'mean' (global average pooling), "
+            f"'max', or 'flatten'"
+        )
+    import torch
+
+    x = value if _is_tensor(value) else torch.from_numpy(np.ascontiguousarray(value))
+    if _is_half(x):
+        x = x.float()
+    if value.ndim >= 4:
+        dims = tuple(range(2, x.ndim))
+        return x.mean(dim=dims) if mode == "mean" else x.amax(dim=dims)
+    if mode == "first":
+        return x[:, 0]
+    if mask is None:
+        if mode == "last":
+            return x[:, -1]
+        return x.mean(dim=1) if mode == "mean" else x.amax(dim=1)
+    real = mask[:, :, None]
+    if mode == "mean":
+        count = mask.sum(dim=1, keepdim=True).to(x.dtype)
+        return torch.where(real, x, 0).sum(dim=1) / count  # 0 / 0 = NaN: no real token
+    if mode == "max":
+        return torch.where(real, x, float("-inf")).amax(dim=1).nan_to_num(neginf=float("nan"))
+    positions = torch.arange(x.shape[1], device=x.device)
+    last = torch.where(mask, positions, -1).amax(dim=1)
+    out = x[torch.arange(batch, device=x.device), last.clamp(min=0)]
+    return torch.where((last >= 0)[:, None], out, float("nan"))
+
+
+def as_mask(value: Any, key: Key, name: str, shape: tuple[int, ...], device: Any) -> Any:
+    """A ``(B, T)`` bool tensor on ``device`` from a bool / 0-1 mask (1 = real token).
+
+    Example:
+        >>> import torch
+        >>> as_mask(torch.tensor([[1, 0]]), "m", "z", (1, 2, 4), "cpu").tolist()
+        [[True, False]]
+    """
+    import torch
+
+    if not _is_array(value):
+        raise TypeError(
+            f"mask_key={key!r}: expected a (B, T) tensor or array of bools or 0/1 (1 = real "
+            f"token), got {type(value).__name__}"
+        )
+    if tuple(value.shape) != tuple(shape[:2]):
+        raise ValueError(
+            f"mask_key={key!r}: expected shape (B, T) = {tuple(shape[:2])} to match embeddings "
+            f"{name!r} of shape {tuple(shape)}, got shape {tuple(value.shape)}"
+        )
+    mask = value.detach() if _is_tensor(value) else torch.from_numpy(np.asarray(value))
+    if mask.dtype == torch.bool:
+        return mask.to(device)
+    if mask.is_floating_point() and not bool(((mask == 0) | (mask == 1)).all()):
+        raise ValueError(
+            f"mask_key={key!r}: expected bools or 0/1 values (1 = real token), got values "
+            f"from {float(mask.min())} to {float(mask.max())}; an additive attention mask "
+            f"(0 = keep, -inf = pad) must be turned into one, e.g. `mask == 0`"
+        )
+    return (mask != 0).to(device)
 
 
 def layer_output(output: Any, layer: str) -> Any:
@@ -120,28 +243,129 @@ def check_length(value: Any, key: Key, option: str, n: int) -> None:
         )
 
 
-def is_image(value: Any) -> bool:
-    """A tensor/array of shape (B, H, W) or (B, C, H, W) with C in 1, 3, 4 is an image column."""
+def as_ids(value: Any, key: Key, n: int) -> np.ndarray:
+    """``n`` sample ids as a 1-D host array: int64 (uint64 kept) or an object array of str.
+
+    Floating ids (a float tensor, or ints cast to bfloat16 by autocast) become int64 when they
+    hold whole numbers that the dtype stores exactly; anything else raises.
+
+    Example:
+        >>> import torch
+        >>> as_ids(torch.tensor([3.0, 7.0], dtype=torch.bfloat16), "id", 2).tolist()
+        [3, 7]
+        >>> as_ids(["img_7", "img_10000"], "id", 2).tolist()
+        ['img_7', 'img_10000']
+    """
+    dtype_name = str(getattr(value, "dtype", "")).replace("torch.", "")
+    if _is_array(value):
+        arr = host_numpy(value)
+    else:
+        items = list(value)
+        if items and hasattr(items[0], "item"):  # a list of 0-d tensors or numpy scalars
+            items = [v.item() if hasattr(v, "item") else v for v in items]
+        arr = np.asarray(items)
+    arr = arr.reshape(-1) if arr.size == n else arr
+    if arr.ndim != 1:
+        raise ValueError(
+            f"id_key={key!r}: expected one id per row, shape ({n},), got shape {arr.shape}"
+        )
+    if arr.dtype.kind == "f":
+        limit = _EXACT_INT.get(dtype_name or arr.dtype.name, 2**53)
+        whole = np.isfinite(arr).all() and bool((arr == np.round(arr)).all())
+        if not whole or (arr.size and float(np.abs(arr).max()) > limit):
+            raise ValueError(
+                f"id_key={key!r}: float ids must be whole numbers below {limit} (the largest "
+                f"that {dtype_name or arr.dtype.name} stores exactly), got e.g. "
+                f"{arr[:3].tolist()}; pass ids as an int tensor (ints are not cast by autocast)"
+                f" or as strings"
+            )
+        return arr.astype(np.int64)
+    if arr.dtype.kind in "iub":
+        return arr if arr.dtype == np.uint64 else arr.astype(np.int64)
+    out = np.empty(arr.shape[0], dtype=object)
+    out[:] = arr.astype(np.str_).tolist() if arr.dtype.kind in "US" else [
+        v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in arr.tolist()
+    ]
+    return out
+
+
+def image_layout(value: Any, declared: bool) -> ImageLayout | None:
+    """How a metadata value holds images, or None when it is not an image column.
+
+    Undeclared, only ``(B, C, H, W)`` with C in 1, 3, 4 is an image. A column in ``image_keys``
+    may also be ``(B, H, W)`` grayscale or channels-last ``(B, H, W, C)`` (channels-first wins
+    when both fit, as in ``(B, 3, H, 3)``).
+
+    Example:
+        >>> image_layout(np.zeros((2, 3, 8, 8)), declared=False)
+        'CHW'
+        >>> image_layout(np.zeros((2, 8, 8)), declared=False) is None
+        True
+        >>> image_layout(np.zeros((2, 8, 8, 3)), declared=True)
+        'HWC'
+    """
     if not _is_array(value):
-        return False
-    return value.ndim == 3 or (value.ndim == 4 and value.shape[1] in (1, 3, 4))
+        return None
+    shape = tuple(value.shape)
+    if len(shape) == 4 and shape[1] in IMAGE_CHANNELS:
+        return "CHW"
+    if declared and len(shape) == 4 and shape[3] in IMAGE_CHANNELS:
+        return "HWC"
+    if declared and len(shape) == 3:
+        return "HW"
+    return None
+
+
+def check_metadata(value: Any, key: Key, column: str, option: str, declared: bool) -> Any:
+    """The image layout of a metadata value (None for cells); raise when it is neither.
+
+    ``(B,)`` values and sequences become one cell per row, ``(B, K)`` one list cell per row;
+    images see :func:`image_layout`. Anything else of 3 or more dims is refused, so that token
+    features are never shown as pictures.
+    """
+    layout = image_layout(value, declared)
+    if layout is not None or not _is_array(value):
+        if declared and layout is None:
+            raise TypeError(
+                f"image_keys: {column!r} ({option}={key!r}) must be a tensor or array of images "
+                f"(B, H, W), (B, C, H, W) or (B, H, W, C) with C in {IMAGE_CHANNELS}, got "
+                f"{_describe(value)}"
+            )
+        return layout
+    shape = tuple(value.shape)
+    if declared:
+        raise ValueError(
+            f"image_keys: {column!r} ({option}={key!r}) must hold images (B, H, W), "
+            f"(B, C, H, W) or (B, H, W, C) with C in {IMAGE_CHANNELS}, got shape {shape}"
+        )
+    if len(shape) >= 3:
+        raise ValueError(
+            f"{option}={key!r}: got shape {shape}, which is neither one value per row (B,), "
+            f"a short vector per row (B, K), nor an image (B, C, H, W) with C in "
+            f"{IMAGE_CHANNELS}. If it is an image, add {column!r} to image_keys "
+            f"((B, H, W) and (B, H, W, C) are accepted there); otherwise reduce it to one "
+            f"value per row (e.g. .mean(dim=1))"
+        )
+    return None
 
 
 def take(value: Any, idx: np.ndarray, max_text_length: int) -> np.ndarray:
-    """Copy rows ``idx`` of a column to the host as numpy: only the selected rows move."""
-    if hasattr(value, "detach"):
+    """Copy rows ``idx`` of a column to the host as numpy: only the selected rows move.
+
+    Half tensors arrive as float32; texts (lists, numpy strings) as an object array of ``str``
+    cut to ``max_text_length`` characters.
+    """
+    if _is_tensor(value):
         import torch
 
         value = value.detach()
-        if value.device.type == "cpu" and value.dtype not in (torch.bfloat16, torch.float16):
+        if value.device.type == "cpu" and not _is_half(value):
             # A host tensor is viewed as numpy without a copy; numpy's row gather skips
             # torch's per-call dispatch (measured 0.55 ms -> a few us per batch).
             return value.numpy()[idx]
         value = value.index_select(0, torch.as_tensor(idx, device=value.device))
-        if value.dtype in (torch.bfloat16, torch.float16):
-            value = value.float()
-        return value.cpu().numpy()
-    if isinstance(value, np.ndarray):
+        return host_numpy(value)
+    if isinstance(value, np.ndarray) and value.dtype.kind not in "OUS":
         return value[idx]
     out = np.empty(idx.size, dtype=object)
     out[:] = [_cell(value[i], max_text_length) for i in idx.tolist()]
@@ -150,7 +374,9 @@ def take(value: Any, idx: np.ndarray, max_text_length: int) -> np.ndarray:
 
 def _cell(value: Any, max_text_length: int) -> Any:
     if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
-        return value.item()
+        value = value.item()  # a numpy str_ becomes str here, a 0-d tensor a number
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
     if isinstance(value, str) and len(value) > max_text_length:
         return value[: max_text_length - 1] + "…"
     if isinstance(value, (str, int, float, bool)) or value is None:
@@ -158,11 +384,20 @@ def _cell(value: Any, max_text_length: int) -> Any:
     return str(value)[:max_text_length]
 
 
-def to_uint8_images(rows: np.ndarray) -> np.ndarray:
-    """(N, H, W) or (N, C, H, W) numbers -> (N, H, W, C) uint8, each image min-max scaled."""
-    if rows.ndim == 3:
-        rows = rows[:, None]
-    rows = np.moveaxis(rows.astype(np.float32), 1, -1)
+def to_uint8_images(rows: np.ndarray, layout: ImageLayout = "CHW") -> np.ndarray:
+    """Images in ``layout`` -> ``(N, H, W, C)`` uint8: uint8 kept, numbers min-max scaled.
+
+    Example:
+        >>> to_uint8_images(np.array([[[0.0, 2.0]]]), "HW").ravel().tolist()
+        [0, 255]
+    """
+    if layout == "HW":
+        rows = rows[..., None]
+    elif layout == "CHW":
+        rows = np.moveaxis(rows, 1, -1)
+    if rows.dtype == np.uint8:
+        return np.ascontiguousarray(rows)
+    rows = rows.astype(np.float32)
     flat = rows.reshape(rows.shape[0], -1)
     lo = flat.min(axis=1)[:, None, None, None]
     span = np.ptp(flat, axis=1)[:, None, None, None]
