@@ -153,8 +153,8 @@ def write_tensorboard_projector(
     Args:
         log_dir: the ``TensorBoardLogger``'s ``log_dir`` (the run folder TensorBoard lists).
         projection: the epoch to write; its embeddings (not the layouts) are the tensor, the
-            layouts are extra metadata columns (``pca_x``, ...). The first image column, if
-            any, becomes the sprite (needs Pillow).
+            layouts are extra metadata columns (``pca_x``, ...). The first image column
+            (uint8 ``(N, H, W, C)``, C in 1, 3, 4), if any, becomes the sprite (needs Pillow).
         max_text_length: longest metadata cell, in characters, after escaping.
 
     Returns:
@@ -192,7 +192,9 @@ def write_tensorboard_projector(
     entry.tensor_shape.extend(emb.shape)
     atomic_write(folder / "tensors.tsv", tensors_tsv(emb).encode())
     atomic_write(folder / "metadata.tsv", metadata_tsv(projection, max_text_length).encode())
-    images = sample.image_columns()
+    # Only a real picture makes a sprite: uint8 (N, H, W, C) with C in 1, 3, 4. The collector
+    # turns nothing else into an image column (token features are refused, not pictured).
+    images = [c for c in sample.image_columns() if np.shape(sample.metadata[c])[-1] in (1, 3, 4)]
     if images:
         dim = _write_sprite(folder, np.asarray(sample.metadata[images[0]]), images[0])
         entry.sprite.image_path = "sprite.png"
