@@ -43,7 +43,7 @@ from lightning_embproj.types import EpochSample
 from lightning_embproj.warn import ProjectorWarning
 
 _ID, _LABEL, _DL = "__id", "__label", "__dataloader_idx"
-LARGE_BUFFER_BYTES = 256 * 2**20
+LARGE_BUFFER_BYTES = 256_000_000
 """A set whose buffer may grow past this (``max_samples`` x D x bytes) gets one warning."""
 
 
@@ -168,7 +168,7 @@ class Collector:
         self._warn_once(
             f"buffer-size:{name}",
             f"embeddings {name!r} of shape {shape} give {dim} values per row with "
-            f"pooling={options.pooling!r}: the sample buffer may reach {size / 2**20:,.0f} MB "
+            f"pooling={options.pooling!r}: the sample buffer may reach {size / 1e6:,.0f} MB "
             f"per process (max_samples={options.max_samples} x {dim} x {itemsize} bytes) and "
             f"every reducer works on {dim} dims. Lower it with pooling='auto' or 'mean' (pools "
             f"sequences and feature maps), a smaller max_samples, or storage_dtype='float16'",
