@@ -138,6 +138,7 @@ class EmbeddingProjector(CallbackBase):
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         log_dir = trainer.log_dir  # a collective under DDP: every rank calls it
         self._is_zero = trainer.is_global_zero
+        stage = str(getattr(stage, "value", stage))  # Lightning passes a TrainerFn str enum
         if stage in ("fit", "validate"):
             # Each fit / validate is its own chain: no alignment, warm start or drift against an
             # earlier call. A resume restores the chain afterwards (load_state_dict).
