@@ -177,8 +177,7 @@ class EmbeddingProjector(CallbackBase):
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         # Epochs already collected are worth a short wait; a stuck job is not worth a hang.
-        drained = self.worker.flush(timeout=EXCEPTION_DRAIN_S)
-        self.worker.close(timeout=EXCEPTION_DRAIN_S, cancel=not drained)
+        drained = self.worker.drain(timeout=EXCEPTION_DRAIN_S)  # one deadline for all of it
         if drained:
             self._finish_sinks()
         if self._capture is not None:
