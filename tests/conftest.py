@@ -34,3 +34,18 @@ def wandb_offline(tmp_path, monkeypatch):
 def _quiet_threads(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "2"))
     yield
+
+
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Say so at the end when browser tests were skipped (``-q`` hides skip reasons)."""
+    from browser import REQUIRE_ENV, SKIPPED
+
+    reasons = [str(r.longrepr[2]) for r in terminalreporter.stats.get("skipped", [])
+               if isinstance(r.longrepr, tuple) and SKIPPED in str(r.longrepr[2])]
+    for reason in sorted(set(reasons)):
+        why = reason.split(SKIPPED, 1)[1].strip()
+        terminalreporter.write_line(
+            f"{reasons.count(reason)} browser test(s) skipped: {why} "
+            f"[{REQUIRE_ENV}=1 makes this a failure]", yellow=True, bold=True)

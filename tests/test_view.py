@@ -1,8 +1,9 @@
 """The epoch-slider HTML view: figure structure, escaping, and the page in a real browser.
 
-The browser tests drive Debian's chromium (/usr/bin/chromium) through playwright with every
-non-file:// request blocked. Set EMBPROJ_SKIP_BROWSER=1 to skip them where chromium is missing,
-and EMBPROJ_SCREENSHOT=1 (or a .png path) to render the README screenshot of a digits run.
+The browser tests drive Debian's chromium (found on PATH, see tests/browser.py) through playwright
+with every non-file:// request blocked. They skip where chromium is missing (fail instead with
+EMBPROJ_REQUIRE_BROWSER=1, as in CI). Set EMBPROJ_SCREENSHOT=1 (or a .png path) to render the
+README screenshot of a digits run.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from browser import launch_chromium
 
 from lightning_embproj.sinks.html_view import (
     figure_dict,
@@ -30,9 +32,6 @@ from lightning_embproj.types import EpochSample, Projection
 
 SCRIPT_TEXT = "<script>window.__pwned = 1</script>"
 IMG_LABEL = '<img src=x onerror="window.__pwned2=1">'
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "images" / "view.png"
 
 
@@ -235,19 +234,8 @@ GD = "document.getElementById('embproj-view')"
 
 @pytest.fixture(scope="module")
 def browser() -> Any:
-    if os.environ.get("EMBPROJ_SKIP_BROWSER") == "1":
-        pytest.skip("EMBPROJ_SKIP_BROWSER=1")
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: the view is tested in a real browser. Install it "
-                    "(apt-get install chromium) or set EMBPROJ_SKIP_BROWSER=1 to skip.")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.fail("the browser tests need the `playwright` package (pip install playwright)")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    with launch_chromium() as b:
         yield b
-        b.close()
 
 
 def open_view(browser: Any, path: Path) -> tuple[Any, list[str]]:
