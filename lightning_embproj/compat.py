@@ -12,28 +12,55 @@ Example:
 
 from __future__ import annotations
 
+import importlib
+import warnings
 from typing import TYPE_CHECKING, Any
+
+
+def _import_callback(package: str) -> tuple[type | None, ImportError | None]:
+    """``package``'s Callback class, or the error that says why it could not be imported.
+
+    Only a ModuleNotFoundError for the top package itself means "not installed" (None, None);
+    any other ImportError (a broken install, e.g. Lightning < 2.4 importing ``pkg_resources``,
+    which setuptools >= 82 no longer ships) is returned so the caller can report the real cause.
+    """
+    module = "lightning.pytorch" if package == "lightning" else package
+    try:
+        return importlib.import_module(module).Callback, None
+    except ModuleNotFoundError as err:
+        if err.name == package:
+            return None, None
+        return None, err
+    except ImportError as err:
+        return None, err
+
+
+def _broken(package: str, err: ImportError) -> str:
+    return f"{package} is installed but failed to import: {type(err).__name__}: {err}"
 
 
 def _callback_bases() -> tuple[type, ...]:
     bases: list[type] = []
-    try:
-        from lightning.pytorch import Callback as LightningCallback
-
-        bases.append(LightningCallback)
-    except ImportError:
-        pass
-    try:
-        from pytorch_lightning import Callback as PLCallback
-
-        bases.append(PLCallback)
-    except ImportError:
-        pass
+    errors: list[tuple[str, ImportError]] = []
+    for package in ("lightning", "pytorch_lightning"):
+        base, err = _import_callback(package)
+        if base is not None:
+            bases.append(base)
+        elif err is not None:
+            errors.append((package, err))
+    if not bases and errors:
+        raise ImportError(
+            "lightning-embproj could not import PyTorch Lightning: "
+            + "; ".join(_broken(p, e) for p, e in errors)
+        ) from errors[0][1]
     if not bases:
         raise ImportError(
             "lightning-embproj needs PyTorch Lightning: pip install pytorch-lightning "
             "(or lightning)"
         )
+    for package, err in errors:
+        # The other namespace works; this one's Trainer would not accept the projector.
+        warnings.warn(_broken(package, err), stacklevel=2)
     return tuple(bases)
 
 
