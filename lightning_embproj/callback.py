@@ -128,6 +128,13 @@ class EmbeddingProjector(CallbackBase):
         self._root = output_dir or "."
 
     @property
+    def root(self) -> str:
+        """The folder whose ``embproj/NAME/`` holds the local files (known after ``setup``):
+        ``output_dir``, else the trainer's log dir, else with a ``WandbLogger`` as first logger
+        ``<save_dir>/<project>/<run id>``."""
+        return self._root
+
+    @property
     def state_key(self) -> str:
         return self._generate_state_key(
             sets=self.options.set_names, reducers=self.settings.reducers,

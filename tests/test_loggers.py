@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -91,14 +92,18 @@ def test_wandb_and_tensorboard_both_get_every_epoch(tmp_path, wandb_offline):
 
     tb = TensorBoardLogger(tmp_path / "tb")
     wb = WandbLogger(project="embproj-test", save_dir=str(wandb_offline))
-    t = fit(tmp_path, rich_projector(), [wb, tb])
+    projector = rich_projector()
+    fit(tmp_path, projector, [wb, tb])
+    run_root = os.path.join(str(wandb_offline), "embproj-test", wb.version)
     wandb.finish()
     tables = wandb_tables(wandb_offline, "embproj/embeddings")
     assert [table["columns"] for table in tables] == [COLUMNS, COLUMNS]
     assert [table["data"][0][1] for table in tables] == [0, 1]
     config = read_config(Path(tb.log_dir))
     assert len(config.embeddings) == 2
-    assert read_projections(t.log_dir).groupby("epoch").size().to_dict() == {0: 60, 1: 60}
+    # with a WandbLogger first, the local files live in <save_dir>/<project>/<run id>
+    assert projector.root == run_root
+    assert read_projections(run_root).groupby("epoch").size().to_dict() == {0: 60, 1: 60}
 
 
 def test_no_logger_still_writes_local_files_and_view(tmp_path):
@@ -140,7 +145,8 @@ def test_validate_logs_one_table(tmp_path, wandb_offline):
     import wandb
 
     _, val = loaders(n_val=100, dict_batches=True)
-    t = trainer(tmp_path, [rich_projector()],
+    projector = rich_projector()
+    t = trainer(tmp_path, [projector],
                 logger=WandbLogger(project="embproj-test", save_dir=str(wandb_offline)))
     t.validate(DigitsModel(dict_batches=True), val)
     wandb.finish()
@@ -148,7 +154,7 @@ def test_validate_logs_one_table(tmp_path, wandb_offline):
     assert table["columns"] == COLUMNS and len(table["data"]) == 60
     assert {row[1] for row in table["data"]} == {0} and {row[2] for row in table["data"]} == {0}
     assert len(scalars(wandb_offline, "embproj/embeddings/silhouette")) == 1
-    assert read_projections(t.log_dir)["epoch"].unique().tolist() == [0]
+    assert read_projections(projector.root)["epoch"].unique().tolist() == [0]
 
 
 @pytest.mark.parametrize("logger", ["csv", "none"])
