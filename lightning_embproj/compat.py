@@ -35,8 +35,15 @@ def _import_callback(package: str) -> tuple[type | None, ImportError | None]:
         return None, err
 
 
-def _broken(package: str, err: ImportError) -> str:
-    return f"{package} is installed but failed to import: {type(err).__name__}: {err}"
+def _broken(errors: list[tuple[str, ImportError]]) -> str:
+    """What failed and why, with the fix for the known cause."""
+    message = "; ".join(f"{package} is installed but failed to import: "
+                        f"{type(err).__name__}: {err}" for package, err in errors)
+    if any(err.name == "pkg_resources" for _, err in errors):
+        message += (" (Lightning < 2.4 imports pkg_resources, which setuptools >= 82 no longer "
+                    "ships: upgrade it, pip install -U 'lightning>=2.4' or "
+                    "'pytorch-lightning>=2.4')")
+    return message
 
 
 def _callback_bases() -> tuple[type, ...]:
@@ -50,17 +57,16 @@ def _callback_bases() -> tuple[type, ...]:
             errors.append((package, err))
     if not bases and errors:
         raise ImportError(
-            "lightning-embproj could not import PyTorch Lightning: "
-            + "; ".join(_broken(p, e) for p, e in errors)
+            f"lightning-embproj could not import PyTorch Lightning: {_broken(errors)}"
         ) from errors[0][1]
     if not bases:
         raise ImportError(
             "lightning-embproj needs PyTorch Lightning: pip install pytorch-lightning "
             "(or lightning)"
         )
-    for package, err in errors:
-        # The other namespace works; this one's Trainer would not accept the projector.
-        warnings.warn(_broken(package, err), stacklevel=2)
+    if errors:
+        # The other namespace works; the broken one's Trainer would not accept the projector.
+        warnings.warn(_broken(errors), stacklevel=2)
     return tuple(bases)
 
 

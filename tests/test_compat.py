@@ -61,7 +61,8 @@ def test_broken_install_carries_the_real_cause(monkeypatch, tmp_path):
     message = str(info.value)
     assert "lightning is installed but failed to import: ModuleNotFoundError" in message
     assert "pkg_resources" in message
-    assert "pip install" not in message  # it is installed; installing again would not help
+    assert "upgrade it, pip install -U 'lightning>=2.4'" in message  # not "pip install it"
+    assert "needs PyTorch Lightning" not in message
     cause = info.value.__cause__
     assert isinstance(cause, ModuleNotFoundError) and cause.name == "pkg_resources"
 
