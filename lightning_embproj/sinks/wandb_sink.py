@@ -1,23 +1,30 @@
-"""W&B sink: one ``wandb.Table`` per epoch and set, scalar metrics, 3-D point clouds.
+"""W&B sink: one ``wandb.Table`` per validation run and set, scalars, pictures, 3-D clouds.
 
 Logs into the run of the Trainer's ``WandbLogger`` (never creates or finishes a run), with the
 ``trainer/global_step`` the ``WandbLogger`` uses as step metric, and no explicit wandb ``step``:
 a result computed in the background is then never dropped as "step must only increase".
 
+Every table of a set has the same columns in every run: the configured reducers' ``R_x``, ``R_y``
+(``R_z``) are always there, ``None`` in a run where that reducer failed, so the evolution table
+stays one table and a failure stays local to its run. Each part of a run's payload (tables,
+pictures, ...) is built on its own: one that fails is left out of that run with one warning per
+kind of failure, and the rest is logged.
+
 Example:
-    >>> sink = WandbSink(run)                     # doctest: +SKIP
-    >>> sink.write(projection)                    # doctest: +SKIP
+    >>> sink = WandbSink(run, reducers=["pca", "tsne"])   # doctest: +SKIP
+    >>> sink.write(projection)                           # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-from lightning_embproj.columns import mover_columns, table_columns
-from lightning_embproj.evolution import WANDB_MAX_ROWS, EvolutionHistory
+from lightning_embproj.columns import layout_columns, mover_columns, table_columns
+from lightning_embproj.evolution import EVOLUTION_MAX_ROWS, WANDB_MAX_ROWS, EvolutionHistory
+from lightning_embproj.sinks.plot import Limits, Palette, render, widen
 from lightning_embproj.types import Projection
 from lightning_embproj.warn import WarnOnce
 
@@ -66,72 +73,184 @@ def label_categories(labels: np.ndarray | None, n: int) -> np.ndarray:
     return (codes % 14 + 1).astype(np.float64)
 
 
-def build_payload(projection: Projection, max_rows: int = WANDB_MAX_ROWS) -> dict[str, Any]:
-    """Everything one epoch logs for one set, keyed as in the output contract."""
+def fixed_columns(
+    projection: Projection,
+    reducers: Sequence[str],
+    n_components: int = 2,
+    include_images: bool = True,
+) -> dict[str, list[Any]]:
+    """:func:`~lightning_embproj.columns.table_columns` with a fixed set of layout columns.
+
+    The columns of every reducer in ``reducers`` (then of any other layout the projection has)
+    come last, ``None`` cells where the projection lacks that layout, so every run of a set has
+    the same columns.
+
+    Example:
+        >>> fixed_columns(p, ["pca", "tsne"])["tsne_x"]   # doctest: +SKIP
+        [None, None, None]
+    """
+    cols = table_columns(projection, include_images=include_images)
+    names = list(reducers) + [r for r in projection.layouts if r not in reducers]
+    for reducer in names:
+        layout = projection.layouts.get(reducer)
+        dims = layout.shape[1] if layout is not None else n_components
+        for col in layout_columns(reducer, dims):
+            cols.pop(col, None)
+    n = len(projection.sample)
+    for reducer in names:
+        layout = projection.layouts.get(reducer)
+        dims = layout.shape[1] if layout is not None else n_components
+        for j, col in enumerate(layout_columns(reducer, dims)):
+            cols[col] = [None] * n if layout is None else [float(v) for v in layout[:, j]]
+    return cols
+
+
+def installed_row_limit() -> int:
+    """``wandb.Table.MAX_ROWS`` of the installed wandb: a ``run.log`` table is cut to it."""
     import wandb
 
-    name = projection.name
-    columns = table_columns(projection)
-    if len(projection.sample) > max_rows:
-        columns = _first_rows(columns, projection.sample.keys, max_rows)
-    images = projection.sample.image_columns()
-    payload: dict[str, Any] = {table_key(name): build_table(columns, images)}
-    if projection.movers is not None and projection.movers["index"].size:
-        payload[metric_key(name, "movers")] = build_table(mover_columns(projection), images)
-    for metric, value in projection.metrics.items():
-        payload[metric_key(name, metric)] = value
-    payload[metric_key(name, "epoch")] = projection.epoch
-    categories = label_categories(projection.sample.labels, len(projection.sample))
-    for reducer, layout in projection.layouts.items():
-        if layout.shape[1] == 3:
-            cloud = np.column_stack([layout, categories])
-            payload[metric_key(name, f"{reducer}_3d")] = wandb.Object3D(cloud)
-    payload[STEP_METRIC] = projection.step
-    return payload
+    return int(getattr(wandb.Table, "MAX_ROWS", WANDB_MAX_ROWS))
 
 
 class WandbSink:
     """Log projections into an existing W&B run, plus one evolution table per set.
 
-    The evolution table ``embproj/NAME/evolution`` holds every kept epoch's rows (no images),
-    thinned by :class:`EvolutionHistory` to stay below W&B's row limit. With ``view_root``,
-    :meth:`finish` logs each set's final slider view (``<view_root>/embproj/NAME/view.html``)
-    as ``wandb.Html`` under ``embproj/NAME/view``: once, since each copy is ~5 MB.
+    Per run and set: the table ``embproj/NAME``, the movers table ``embproj/NAME/movers``, the
+    scalars ``embproj/NAME/<metric>``, a picture per reducer ``embproj/NAME/R_plot`` (with
+    matplotlib: fixed axes and colours across runs, for W&B's image slider), ``R_3d`` clouds in
+    3-D, and the evolution table ``embproj/NAME/evolution``: every kept validation run's rows
+    (no images), thinned by :class:`EvolutionHistory` to stay below the run-file row limit.
+    With ``view_root``, :meth:`finish` logs each set's final slider view
+    (``<view_root>/embproj/NAME/view.html``) as ``wandb.Html`` under ``embproj/NAME/view``:
+    once, since each copy is ~5 MB.
+
+    Args:
+        run: the W&B run (``WandbLogger.experiment``).
+        warn: warns once per topic.
+        max_rows: rows of the evolution table (capped at the installed ``wandb.Table.MAX_ROWS``).
+        view_root: the local output root holding the slider views.
+        reducers: the configured reducers: their columns are in every table.
+        n_components: 2 or 3, the layout columns per reducer.
+        plots: log the ``R_plot`` pictures.
     """
 
     def __init__(
-        self, run: Any, warn: WarnOnce | None = None, max_rows: int = 9_000,
-        view_root: str | None = None,
+        self, run: Any, warn: WarnOnce | None = None, max_rows: int = EVOLUTION_MAX_ROWS,
+        view_root: str | None = None, reducers: Sequence[str] = (), n_components: int = 2,
+        plots: bool = True,
     ) -> None:
         self.run = run
         self.warn = warn or WarnOnce()
-        self.max_rows = max_rows
+        self.row_limit = installed_row_limit()
+        self.max_rows = min(max_rows, self.row_limit)
         self.view_root = view_root
+        self.reducers = list(reducers)
+        self.n_components = n_components
+        self.plots = plots
         self.history: dict[str, EvolutionHistory] = {}
         self.last_step: dict[str, int] = {}
+        self.limits: dict[tuple[str, str], Limits] = {}
+        self.palettes: dict[str, Palette] = {}
 
     def write(self, projection: Projection) -> None:
+        """Log one validation run of one set (the ``run.log`` call itself may raise)."""
         name = projection.name
-        if len(projection.sample) > WANDB_MAX_ROWS:
-            self.warn(
-                f"wandb:rows:{name}",
-                f"{len(projection.sample)} points of {name!r} exceed W&B's {WANDB_MAX_ROWS}-row "
-                f"table limit; the W&B table keeps {WANDB_MAX_ROWS} of them (the same points "
-                f"every epoch), the local files keep all",
-            )
-        payload = build_payload(projection)
-        history = self.history.setdefault(name, EvolutionHistory(self.max_rows))
-        if history.add(projection.epoch, table_columns(projection, include_images=False),
-                       projection.sample.keys.tolist()):
-            self.warn(
-                f"wandb:evolution:{name}",
-                f"the evolution table of {name!r} is thinned to stay under {self.max_rows} "
-                f"rows: {history.rows_per_epoch} points per epoch, every {history.stride}. "
-                f"epoch kept (plus the newest); the per-epoch tables and local files keep all",
-            )
-        payload[metric_key(name, "evolution")] = build_table(history.columns())
+        for reducer in projection.layouts:  # without configured reducers: those seen so far
+            if reducer not in self.reducers:
+                self.reducers.append(reducer)
+        columns = fixed_columns(projection, self.reducers, self.n_components)
+        payload: dict[str, Any] = {}
+        self._part("table", projection, lambda: self._table(projection, columns, payload))
+        self._part("movers", projection, lambda: self._movers(projection, columns, payload))
+        for metric, value in projection.metrics.items():
+            payload[metric_key(name, metric)] = value
+        payload[metric_key(name, "epoch")] = projection.epoch
+        self._part("3-D cloud", projection, lambda: self._clouds(projection, payload))
+        if self.plots:
+            self._part("plot", projection, lambda: self._plots(projection, columns, payload))
+        self._part("evolution", projection, lambda: self._evolution(projection, payload))
+        payload[STEP_METRIC] = projection.step
         self.run.log(payload)
         self.last_step[name] = projection.step
+
+    def _part(self, what: str, projection: Projection, build: Callable[[], None]) -> None:
+        """Build one part of the payload; a failure leaves it out of this run, one warning."""
+        try:
+            build()
+        except Exception as err:  # noqa: BLE001 - one part must not stop the others
+            self.warn(
+                f"wandb:{what}:{type(err).__name__}",
+                f"the W&B {what} of {projection.name!r} failed at validation run "
+                f"{projection.val_index} (epoch {projection.epoch}) and is left out of that run "
+                f"({type(err).__name__}: {err}); the rest is logged and training continues",
+            )
+
+    def _table(self, p: Projection, columns: dict[str, list[Any]], out: dict[str, Any]) -> None:
+        if len(p.sample) > self.row_limit:
+            self.warn(
+                f"wandb:rows:{p.name}",
+                f"{len(p.sample)} points of {p.name!r} exceed W&B's {self.row_limit}-row "
+                f"table limit; the W&B table keeps {self.row_limit} of them (the same points "
+                f"every run), the local files keep all",
+            )
+            columns = _first_rows(columns, p.sample.keys, self.row_limit)
+        out[table_key(p.name)] = build_table(columns, p.sample.image_columns())
+
+    def _movers(self, p: Projection, columns: dict[str, list[Any]], out: dict[str, Any]) -> None:
+        if p.movers is None or not p.movers["index"].size:
+            return
+        head = mover_columns(p)
+        index = [int(i) for i in p.movers["index"]]
+        cols = {k: head[k] for k in ("kind", "overlap", "foreign_fraction")}
+        cols.update({c: [values[i] for i in index] for c, values in columns.items()})
+        out[metric_key(p.name, "movers")] = build_table(cols, p.sample.image_columns())
+
+    def _clouds(self, p: Projection, out: dict[str, Any]) -> None:
+        import wandb
+
+        categories = label_categories(p.sample.labels, len(p.sample))
+        for reducer, layout in p.layouts.items():
+            if layout.shape[1] == 3:
+                cloud = np.column_stack([layout, categories])
+                out[metric_key(p.name, f"{reducer}_3d")] = wandb.Object3D(cloud)
+
+    def _plots(self, p: Projection, columns: dict[str, list[Any]], out: dict[str, Any]) -> None:
+        import wandb
+
+        colour_by = "label" if "label" in columns else "cluster" if "cluster" in columns else None
+        labels = columns[colour_by] if colour_by else None
+        palette = self.palettes.setdefault(p.name, Palette())
+        for reducer, layout in p.layouts.items():
+            key = (p.name, reducer)
+            self.limits[key] = widen(self.limits.get(key), layout)
+            title = (f"{p.name} {reducer}: epoch {p.epoch}, step {p.step}, "
+                     f"validation run {p.val_index}")
+            try:
+                image = render(layout, self.limits[key], title, labels, palette,
+                               legend_title=colour_by or "")
+            except ImportError as err:
+                self.plots = False
+                self.warn(
+                    "wandb:plot:import",
+                    f"W&B pictures (R_plot) need matplotlib (pip install "
+                    f"'lightning-embproj[view]'); they are skipped: {err}",
+                )
+                return
+            out[metric_key(p.name, f"{reducer}_plot")] = wandb.Image(image)
+
+    def _evolution(self, p: Projection, out: dict[str, Any]) -> None:
+        history = self.history.setdefault(p.name, EvolutionHistory(self.max_rows))
+        columns = fixed_columns(p, self.reducers, self.n_components, include_images=False)
+        run = (p.val_index, p.epoch, p.step)  # unique even where val_index is left at 0
+        if history.add(run, columns, p.sample.keys.tolist()):
+            self.warn(
+                f"wandb:evolution:{p.name}",
+                f"the evolution table of {p.name!r} is thinned to stay under {self.max_rows} "
+                f"rows: {history.rows_per_run} points per validation run, every "
+                f"{history.stride}. run kept (plus the newest); the per-run tables and local "
+                f"files keep all",
+            )
+        out[metric_key(p.name, "evolution")] = build_table(history.columns())
 
     def finish(self) -> None:
         """Log the slider view of every set written so far (no-op without ``view_root``)."""
