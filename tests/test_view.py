@@ -1,13 +1,15 @@
-"""The epoch-slider HTML view: figure structure, escaping, and the page in a real browser.
+"""The HTML view: its data encoding, escaping, and the page in a real browser.
 
 The browser tests drive Debian's chromium (found on PATH, see tests/browser.py) through playwright
 with every non-file:// request blocked. They skip where chromium is missing (fail instead with
-EMBPROJ_REQUIRE_BROWSER=1, as in CI). Set EMBPROJ_SCREENSHOT=1 (or a .png path) to render the
-README screenshot of a digits run.
+EMBPROJ_REQUIRE_BROWSER=1, as in CI). EMBPROJ_RENDER_SCREENSHOT=1 (or a .png path) re-renders
+docs/images/view.png from a real run of examples/digits.py.
 """
 
 from __future__ import annotations
 
+import base64
+import importlib.util
 import json
 import os
 import re
@@ -20,93 +22,124 @@ import pandas as pd
 import pytest
 from browser import launch_chromium
 
-from lightning_embproj.sinks.html_view import (
-    figure_dict,
-    reducers_in,
-    render_view,
-    thin_epochs,
-    write_view,
-)
+from lightning_embproj.sinks import local
 from lightning_embproj.sinks.local import read_metrics, read_projections, write_projection
+from lightning_embproj.sinks.view import build_payload, render_view, write_view
+from lightning_embproj.sinks.view.encode import (
+    LEVELS,
+    MISSING,
+    encode_lineage,
+    encode_metrics,
+    encode_points,
+    reducers_in,
+    thin_runs,
+)
+from lightning_embproj.sinks.view.images import IMAGES_FILE, read_images
+from lightning_embproj.sinks.view.page import json_block
 from lightning_embproj.types import EpochSample, Projection
 
+REPO = Path(__file__).resolve().parents[1]
+SCREENSHOT = REPO / "docs" / "images" / "view.png"
 SCRIPT_TEXT = "<script>window.__pwned = 1</script>"
 IMG_LABEL = '<img src=x onerror="window.__pwned2=1">'
-SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "images" / "view.png"
+IMG_ID = "<img src=y onerror=window.__pwned3=1>"
+IMG_METRIC = "other/<img src=z onerror=window.__pwned4=1>"
+IMG_DIR = "<img src=w onerror=window.__pwned5=1>"
+PWNED = "[1, 2, 3, 4, 5, 6].map(k => window['__pwned' + (k > 1 ? k : '')])"
 
 
-def make_run(root: Path, *, epochs: int = 4, n: int = 45, dims: int = 2,
-             labels: bool = True, seed: int = 0) -> None:
-    """Local files of set ``emb``: three label clusters that tighten epoch by epoch.
+def make_run(root: Path, *, runs: int = 5, n: int = 45, dims: int = 2, labels: bool = True,
+             images: bool = True) -> None:
+    """Local files of set ``emb``: three label clusters that tighten run by run.
 
-    Sample 0 (label IMG_LABEL, text SCRIPT_TEXT) is in every epoch; sample 1 only in epoch 0.
+    Two validation runs per epoch (val_index 0, 1 in epoch 0, ...). Sample 0 has the id IMG_ID,
+    label IMG_LABEL and text SCRIPT_TEXT; sample 1 is only in run 0. ``cluster`` is the label
+    index, except that sample 2 moves to cluster 1 from run 2 on. Images (8x8 noise) go to
+    ``images.json`` through ``write_view(projection=...)``, as the callback's view sink does.
     """
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(0)
     names = np.array([IMG_LABEL, "cat", "dog"])[np.arange(n) % 3]
+    ids = [IMG_ID] + [f"s{i}" for i in range(1, n)]
     texts = [SCRIPT_TEXT] + [f"caption {i}: " + "word " * (i % 30) for i in range(1, n)]
     centers = rng.normal(size=(3, dims)) * 6
     start = rng.normal(size=(n, dims)) * 4
     weight = rng.random(n).round(3)
-    for e in range(epochs):
-        t = e / max(epochs - 1, 1)
+    pixels = (rng.random((n, 8, 8, 1)) * 255).astype(np.uint8)
+    for v in range(runs):
+        t = v / max(runs - 1, 1)
         pos = (1 - t) * start + t * (centers[np.arange(n) % 3] + 0.4 * rng.normal(size=(n, dims)))
-        keep = np.arange(n) if e == 0 else np.delete(np.arange(n), 1)
+        keep = np.arange(n) if v == 0 else np.delete(np.arange(n), 1)
+        cluster = np.arange(n) % 3
+        if v >= 2:
+            cluster[2] = 1
+        meta: dict[str, Any] = {"text": [texts[i] for i in keep], "weight": weight[keep],
+                                "cluster": cluster[keep].tolist()}
+        if images:
+            meta["image"] = pixels[keep]
         sample = EpochSample(
-            name="emb", keys=keep.astype(np.int64), sample_ids=[int(i) for i in keep],
+            name="emb", keys=keep.astype(np.int64), sample_ids=[ids[i] for i in keep],
             embeddings=np.zeros((len(keep), 8), np.float32),
-            labels=names[keep] if labels else None,
-            metadata={"text": [texts[i] for i in keep], "weight": weight[keep]},
+            labels=names[keep] if labels else None, metadata=meta,
         )
-        write_projection(root, Projection(
-            sample=sample, epoch=e, step=25 * (e + 1),
+        projection = Projection(
+            sample=sample, epoch=v // 2, step=25 * (v + 1), val_index=v,
             layouts={"pca": pos[keep], "tsne": 3 * pos[keep][:, ::-1] + 1},
             metrics={"silhouette": 0.1 + 0.5 * t, "knn_accuracy": 0.4 + 0.5 * t,
-                     "tsne/trustworthiness": 0.8 + 0.1 * t, "pca/displacement": 2.0 - t},
-        ))
+                     "tsne/trustworthiness": 0.8 + 0.1 * t, "pca/displacement": 2.0 - t,
+                     "drift/knn_overlap": 0.5 + 0.4 * t, "clusters/count": 3.0,
+                     "clusters/ari_previous": 0.9, "rankme": 7.0 - t, "uniformity": -2.0 - t,
+                     IMG_METRIC: t},
+        )
+        write_projection(root, projection)
+        write_view(root, "emb", projection=projection)
 
 
-def synthetic_points(n: int, epochs: int, *, seed: int = 0) -> pd.DataFrame:
+def lineage_table(runs: int = 5) -> pd.DataFrame:
+    """Lineage rows as the clusters engineer's reader returns them (MONIC events)."""
+    rows = []
+    for v in range(runs):
+        for c in range(3):
+            event = "emerge" if v == 0 else "survive"
+            rows.append({"val_index": v, "epoch": v // 2, "step": 25 * (v + 1), "cluster": c,
+                         "event": event, "from_clusters": "" if v == 0 else str(c),
+                         "size": 15, "overlap": 1.0})
+    rows.append({"val_index": 2, "epoch": 1, "step": 75, "cluster": 9, "event": "vanish",
+                 "from_clusters": "", "size": 1, "overlap": 0.0})
+    return pd.DataFrame(rows)
+
+
+def decode(data: str, dtype: str) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(data), dtype=dtype)
+
+
+def synthetic_points(n: int, runs: int, *, seed: int = 0) -> pd.DataFrame:
     """A read_projections-shaped table built directly (fast for long runs)."""
     rng = np.random.default_rng(seed)
     return pd.DataFrame({
-        "sample_id": np.tile(np.arange(n), epochs),
-        "epoch": np.repeat(np.arange(epochs), n),
-        "step": np.repeat(np.arange(epochs) * 10, n),
-        "text": np.tile([f"a caption of sample {i} with a few words" for i in range(n)], epochs),
-        "label": np.tile(np.arange(n) % 10, epochs),
-        "pca_x": rng.normal(size=n * epochs), "pca_y": rng.normal(size=n * epochs),
-        "tsne_x": rng.normal(size=n * epochs), "tsne_y": rng.normal(size=n * epochs),
+        "sample_id": np.tile(np.arange(n), runs),
+        "epoch": np.repeat(np.arange(runs), n), "val_index": np.repeat(np.arange(runs), n),
+        "step": np.repeat(np.arange(runs) * 10, n),
+        "text": np.tile([f"a caption of sample {i}" for i in range(n)], runs),
+        "label": np.tile(np.arange(n) % 10, runs),
+        "pca_x": rng.normal(size=n * runs), "pca_y": rng.normal(size=n * runs),
+        "tsne_x": rng.normal(size=n * runs), "tsne_y": rng.normal(size=n * runs),
     })
-
-
-def decode(arr: dict[str, str]) -> np.ndarray:
-    import base64
-
-    assert arr["dtype"] == "f4"
-    return np.frombuffer(base64.b64decode(arr["bdata"]), dtype="<f4")
 
 
 # ----------------------------------------------------------------------------- pure parts
 
 
-@pytest.mark.parametrize(("n", "max_epochs", "expected"), [
-    (5, 50, [0, 1, 2, 3, 4]),
-    (10, 4, [0, 3, 6, 9]),
-    (120, 50, None),
-])
-def test_thin_epochs_keeps_first_last_evenly(n: int, max_epochs: int, expected: Any) -> None:
-    kept = thin_epochs(range(n), max_epochs)
-    assert len(kept) == min(n, max_epochs)
-    assert kept[0] == 0 and kept[-1] == n - 1 and kept == sorted(set(kept))
+@pytest.mark.parametrize(("n", "max_runs", "expected"), [
+    (5, 50, [0, 1, 2, 3, 4]), (10, 4, [0, 3, 6, 9]), (120, 50, None)])
+def test_thin_runs_keeps_first_last_evenly(n: int, max_runs: int, expected: Any) -> None:
+    kept = thin_runs(range(n), max_runs)
+    assert len(kept) == min(n, max_runs) and kept[0] == 0 and kept[-1] == n - 1
     if expected is not None:
         assert kept == expected
     gaps = np.diff(kept)
     assert gaps.max() - gaps.min() <= 1
-
-
-def test_thin_epochs_rejects_small_max() -> None:
-    with pytest.raises(ValueError, match="max_epochs: expected an int >= 2, got 1"):
-        thin_epochs(range(5), 1)
+    with pytest.raises(ValueError, match="max_runs: expected an int >= 2, got 1"):
+        thin_runs(range(5), 1)
 
 
 def test_reducers_in_known_order_first() -> None:
@@ -115,121 +148,120 @@ def test_reducers_in_known_order_first() -> None:
     assert reducers_in(pd.DataFrame(columns=cols)) == {"pca": 2, "tsne": 3, "umap": 2}
 
 
-def test_figure_tracks_points_by_id_and_escapes(tmp_path: Path) -> None:
+def test_points_keyed_by_validation_run(tmp_path: Path) -> None:
     make_run(tmp_path)
-    fig = figure_dict(read_projections(tmp_path, "emb"), read_metrics(tmp_path, "emb"))
-    scatter = [t for t in fig["data"] if t.get("mode") == "markers"]
-    assert len(scatter) == 2 * 3  # (pca, tsne) x three labels
-    assert [t["visible"] for t in scatter] == [True] * 3 + [False] * 3
-    names = [t["name"] for t in scatter[:3]]
-    assert names[1:] == ["cat", "dog"] and names[0].startswith("&lt;img src=x onerror=")
-    assert [s["label"] for s in fig["layout"]["sliders"][0]["steps"]] == ["0", "1", "2", "3"]
-    assert [f["name"] for f in fig["frames"]] == ["0", "1", "2", "3"]
-    # Every frame has the same slots; sample 1 (label cat) is NaN after epoch 0.
-    cat = scatter[1]
-    slot = next(i for i, t in enumerate(cat["text"]) if t.startswith("sample_id: 1<br>"))
-    x0 = decode(fig["frames"][0]["data"][1]["x"])
-    x3 = decode(fig["frames"][3]["data"][1]["x"])
-    assert len(x0) == len(x3) == len(cat["ids"])
-    assert np.isfinite(x0[slot]) and np.isnan(x3[slot])
-    assert not np.allclose(np.nan_to_num(x0), np.nan_to_num(x3))
-    text = scatter[0]["text"][0]
-    assert "text: &lt;script&gt;window.__pwned = 1&lt;/script&gt;" in text
-    assert "label: &lt;img src=x onerror=" in text
-    dumped = json.dumps(fig)
-    assert SCRIPT_TEXT not in dumped and "<img" not in dumped
-    # Long texts are cut before escaping: no hover value is longer than the limit.
-    assert all(len(v) < 100 for t in scatter for line in t["text"]
-               for v in line.split("<br>"))
-    metric_names = {t["name"] for t in fig["data"] if t.get("mode") == "lines+markers"}
-    assert metric_names == {"silhouette", "knn_accuracy", "tsne/trustworthiness",
-                            "pca/displacement"}
-    assert [s["x0"] for s in fig["frames"][1]["layout"]["shapes"]] == [1, 1]
+    points = read_projections(tmp_path, "emb")
+    data = encode_points(points)
+    # Two runs share epoch 0: frames are validation runs, labelled by epoch and step.
+    assert [r["val_index"] for r in data["runs"]] == [0, 1, 2, 3, 4]
+    assert [r["label"] for r in data["runs"]][:3] == [
+        "epoch 0 \u00b7 step 25", "epoch 0 \u00b7 step 50", "epoch 1 \u00b7 step 75"]
+    assert data["n"] == 45 and data["ids"][0] == IMG_ID and data["keys"][1] == "s1"
+    # Coordinates: uint16 codes per run, within one quantisation step of the CSV values.
+    pca = data["reducers"]["pca"]
+    codes = decode(pca["data"], "<u2").reshape(5, 45, 2)
+    assert (codes[1:, 1] == MISSING).all() and codes[0, 1, 0] != MISSING  # s1: run 0 only
+    lo, hi = np.array(pca["lo"]), np.array(pca["hi"])
+    got = lo + codes[3] * (hi - lo) / LEVELS
+    want = points[points["val_index"] == 3].set_index("sample_id").loc[
+        [k for i, k in enumerate(data["keys"]) if i != 1], ["pca_x", "pca_y"]].to_numpy()
+    assert np.abs(np.delete(got, 1, axis=0) - want).max() <= (hi - lo).max() / LEVELS
+    # Metadata once when it never changes; the cluster column changes, so it is per run.
+    cols = {c["name"]: c for c in data["columns"]}
+    assert [c["name"] for c in data["columns"]][:2] == ["label", "cluster"]
+    assert not cols["text"]["per_run"] and not cols["label"]["per_run"]
+    assert cols["cluster"]["per_run"] and cols["cluster"]["values"] == ["0", "1", "2"]
+    cluster = decode(cols["cluster"]["data"], "<i1").reshape(5, 45)
+    assert cluster[0, 2] == 2 and cluster[4, 2] == 1 and cluster[4, 1] == -1
+    assert cols["weight"]["kind"] == "num" and cols["weight"]["colour"]
+    assert not cols["text"]["colour"] or len(cols["text"]["values"]) <= 50
+    assert cols["label"]["values"] == [IMG_LABEL, "cat", "dog"]  # raw: the page never parses
 
 
-def test_figure_is_strict_json_with_odd_metrics() -> None:
-    points = synthetic_points(10, 3)
-    points.loc[points["sample_id"] == 3, "tsne_x"] = np.nan  # a point with a missing layout
-    metrics = pd.DataFrame({"epoch": [0, 1, 2], "step": [0, 10, 20],
-                            "silhouette": [np.nan, 0.2, 0.3], "empty": [np.nan] * 3,
-                            "note": ["a", "b", "c"], "tsne/displacement": [np.nan, 4.0, 2.0]})
-    fig = figure_dict(points, metrics)
-    json.dumps(fig, allow_nan=False)  # NaN is not JSON: plotly.js would fail to parse it
-    curves = {t["name"]: t["y"] for t in fig["data"] if t.get("mode") == "lines+markers"}
-    assert curves == {"silhouette": [None, 0.2, 0.3], "tsne/displacement": [None, 4.0, 2.0]}
-    assert fig["layout"]["yaxis3"]["title"]["text"] == "drift"
+def test_metric_panels_by_kind_with_units(tmp_path: Path) -> None:
+    make_run(tmp_path, runs=3)
+    panels = encode_metrics(read_metrics(tmp_path, "emb"))["panels"]
+    by = {p["kind"]: {a["side"]: a for a in p["axes"]} for p in panels}
+    assert list(by) == ["scores", "drift", "clusters", "health", "other"]
+
+    def names(kind: str, side: str) -> list[str]:
+        return [s["name"] for s in by[kind][side]["series"]]
+
+    assert names("scores", "left") == ["silhouette", "knn_accuracy", "tsne/trustworthiness"]
+    assert names("drift", "left") == ["drift/knn_overlap"]
+    assert names("drift", "right") == ["pca/displacement"]
+    assert "RMS radius" in by["drift"]["right"]["title"]
+    assert names("clusters", "left") == ["clusters/ari_previous"]
+    assert names("clusters", "right") == ["clusters/count"]
+    assert names("health", "left") == ["rankme"] and names("health", "right") == ["uniformity"]
+    assert names("other", "left") == [IMG_METRIC]
+    assert by["drift"]["left"]["series"][0]["y"] == pytest.approx([0.5, 0.7, 0.9])
+
+
+def test_lineage_flows_are_shared_members(tmp_path: Path) -> None:
+    make_run(tmp_path)
+    points = read_projections(tmp_path, "emb")
+    runs = encode_points(points)["runs"]
+    lineage = encode_lineage(lineage_table(), points, runs)
+    assert lineage is not None
+    nodes, links = lineage["nodes"], lineage["links"]
+    assert len(nodes["label"]) == 5 * 3  # the vanish row names no node of its run
+    flows = {(nodes["label"][s], nodes["label"][t], nodes["x"][s] < nodes["x"][t]): v
+             for s, t, v in zip(links["source"], links["target"], links["value"], strict=True)
+             if nodes["x"][s] == 0.001 + 0.998 / 4}  # from run 1 to run 2
+    # Run 1 -> 2: sample 2 moves from cluster 2 to cluster 1; sample 1 is gone since run 1.
+    assert flows == {("0", "0", True): 15, ("1", "1", True): 14, ("2", "2", True): 14,
+                     ("2", "1", True): 1}
+    assert any("top labels:" in line for h in nodes["hover"] for line in h)
+    assert encode_lineage(None, points, runs) is None
+    assert encode_lineage(lineage_table().iloc[0:0], points, runs) is None
+
+
+def test_page_is_offline_and_json_cannot_close_its_block() -> None:
+    assert json_block({"t": "</script><b>&"}) == (
+        '{"t":"\\u003c/script\\u003e\\u003cb\\u003e\\u0026"}')
+    page = render_view(synthetic_points(20, 3), None, title=SCRIPT_TEXT)
+    assert SCRIPT_TEXT not in page and "<title>&lt;script&gt;window.__pwned" in page
+    assert "Content-Security-Policy" in page and "default-src 'none'" in page
+    assert "plotly.js v" in page  # inlined, not fetched
+    assert not re.search(r"<(script|link|img)[^>]+(src|href)=", page)
+    data = page.split('id="embproj-data">', 1)[1].split("</script>", 1)[0]
+    assert "<" not in data and json.loads(data)["title"] == SCRIPT_TEXT
 
 
 def test_long_run_is_thinned_and_says_so() -> None:
-    points = synthetic_points(30, 120)
-    page = render_view(points, None, title="long", max_epochs=50)
-    fig = figure_dict(points, None, max_epochs=50)
-    steps = [int(s["label"]) for s in fig["layout"]["sliders"][0]["steps"]]
-    assert len(fig["frames"]) == len(steps) == 50 and steps[0] == 0 and steps[-1] == 119
-    assert "showing 50 of 120 epochs" in page and "evenly spaced" in page
-
-
-def test_view_size_for_2000_points_50_epochs() -> None:
-    import time
-
-    points = synthetic_points(2000, 50)
-    start = time.perf_counter()
-    page = render_view(points, None, title="size")
-    seconds = time.perf_counter() - start
-    size_mb = len(page.encode()) / 1e6
-    print(f"2000 points x 50 epochs x 2 reducers: {size_mb:.2f} MB in {seconds:.2f} s")
-    assert size_mb < 10  # 4.8 MB is plotly.js itself
-
-
-def test_page_is_offline_and_escapes_title() -> None:
-    points = synthetic_points(20, 3)
-    page = render_view(points, None, title=SCRIPT_TEXT)
-    assert SCRIPT_TEXT not in page and "&lt;script&gt;window.__pwned" in page
-    assert "Content-Security-Policy" in page and "default-src 'none'" in page
-    assert "plotly.js v" in page  # inlined, not fetched
-    # No external script or stylesheet (plotly.js mentions its CDN only for geo maps).
-    assert not re.search(r"<(script|link)[^>]+(src|href)=", page)
-
-
-def test_no_label_single_colour_and_3d(tmp_path: Path) -> None:
-    make_run(tmp_path, dims=3, labels=False, epochs=2)
-    fig = figure_dict(read_projections(tmp_path, "emb"), None)
-    assert [t["name"] for t in fig["data"]] == ["points", "points"]
-    assert {t["type"] for t in fig["data"]} == {"scatter3d"}
-    assert fig["layout"]["scene"]["zaxis"]["range"][0] < fig["layout"]["scene"]["zaxis"]["range"][1]
-    assert "sliders" in fig["layout"] and "legend2" not in fig["layout"]
-
-
-def test_varying_metadata_goes_into_frames() -> None:
-    points = synthetic_points(6, 3)
-    points["text"] = [f"epoch {e}" for e in points["epoch"]]
-    fig = figure_dict(points, None)
-    assert all("text" in d for f in fig["frames"] for d in f["data"])
-    assert any("epoch 0" in t for d in fig["frames"][0]["data"] for t in d["text"])
-    static = figure_dict(synthetic_points(6, 3), None)
-    assert not any("text" in d for f in static["frames"] for d in f["data"])
+    payload = build_payload(synthetic_points(30, 120), None, title="long", max_runs=50)
+    runs = [r["val_index"] for r in payload["points"]["runs"]]
+    assert len(runs) == 50 and runs[0] == 0 and runs[-1] == 119
+    assert "showing 50 of 120 validation runs" in payload["note"]
 
 
 def test_bad_points_and_missing_plotly(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError, match="at least one reducer's R_x/R_y columns"):
         render_view(pd.DataFrame({"sample_id": [1], "epoch": [0]}), None, title="t")
     monkeypatch.setitem(sys.modules, "plotly", None)
-    monkeypatch.setitem(sys.modules, "plotly.io", None)
+    monkeypatch.setitem(sys.modules, "plotly.offline", None)
     with pytest.raises(ImportError, match=r'pip install "lightning-embproj\[view\]"'):
         render_view(synthetic_points(5, 2), None, title="t")
 
 
-def test_write_view_next_to_the_csv_files(tmp_path: Path) -> None:
-    make_run(tmp_path, epochs=2)
-    path = write_view(tmp_path, "emb", max_epochs=5)
-    assert path == tmp_path / "embproj" / "emb" / "view.html"
-    assert sorted(p.name for p in path.parent.iterdir()) == [
-        "epoch_0000.csv", "epoch_0001.csv", "metrics.jsonl", "view.html"]
+def test_write_view_next_to_the_csv_files_with_thumbnails(tmp_path: Path) -> None:
+    make_run(tmp_path, runs=2)
+    folder = tmp_path / "embproj" / "emb"
+    assert {p.name for p in folder.iterdir()} >= {"view.html", IMAGES_FILE, "metrics.jsonl"}
+    images = read_images(folder)
+    assert len(images) == 45 and IMG_ID in images and "s1" in images
+    assert all(v.startswith("data:image/png;base64,") for v in images.values())
+    # Unreadable thumbnails never stop the view.
+    (folder / IMAGES_FILE).write_text("{not json", encoding="utf-8")
+    with pytest.warns(UserWarning, match="ignoring unreadable"):
+        assert write_view(tmp_path, "emb") == folder / "view.html"
 
 
 # ----------------------------------------------------------------------------- browser
 
-GD = "document.getElementById('embproj-view')"
+VIEW = "#embproj-view[data-ready='1']"
+GD = "document.getElementById('plot-0')"
 
 
 @pytest.fixture(scope="module")
@@ -238,15 +270,13 @@ def browser() -> Any:
         yield b
 
 
-def open_view(browser: Any, path: Path) -> tuple[Any, list[str]]:
+def open_view(browser: Any, path: Path, width: int = 1400) -> tuple[Any, list[str]]:
     """Load the page offline; returns it and the problems seen (errors, any network use)."""
-    page = browser.new_page(viewport={"width": 1400, "height": 800})
+    page = browser.new_page(viewport={"width": width, "height": 900})
     problems: list[str] = []
     page.on("console", lambda m: problems.append(f"console {m.text}") if m.type == "error"
             else None)
     page.on("pageerror", lambda e: problems.append(f"page error {e}"))
-    page.on("requestfailed", lambda r: problems.append(f"request failed {r.url}")
-            if not r.url.startswith("file://") else None)
 
     def route(r: Any) -> None:
         if r.request.url.startswith("file://"):
@@ -257,87 +287,140 @@ def open_view(browser: Any, path: Path) -> tuple[Any, list[str]]:
 
     page.route("**/*", route)
     page.goto(path.as_uri())
-    page.wait_for_selector("#embproj-view[data-ready='1']", timeout=60_000)
+    page.wait_for_selector(VIEW, timeout=60_000)
     return page, problems
 
 
-def point_positions(page: Any) -> list[str]:
-    return page.eval_on_selector_all(
-        "#embproj-view .scatterlayer .point", "els => els.map(e => e.getAttribute('transform'))")
+def overlaps(page: Any) -> list[str]:
+    """Pairs of visible controls and panels whose boxes intersect."""
+    return list(page.evaluate("""() => {
+        const els = [...document.querySelectorAll(
+            '[data-control], .panel, .metric-panel, #lineage-panel, #table-panel')]
+            .filter(e => e.offsetParent !== null && !e.closest('[hidden]'));
+        const out = [];
+        for (let a = 0; a < els.length; a++) for (let b = a + 1; b < els.length; b++) {
+            const p = els[a].getBoundingClientRect(), q = els[b].getBoundingClientRect();
+            if (els[a].contains(els[b]) || els[b].contains(els[a])) continue;
+            const w = Math.min(p.right, q.right) - Math.max(p.left, q.left);
+            const h = Math.min(p.bottom, q.bottom) - Math.max(p.top, q.top);
+            if (w > 0.5 && h > 0.5) out.push((els[a].id || els[a].className) + ' / '
+                                             + (els[b].id || els[b].className));
+        }
+        return out; }"""))
 
 
-def hover_sample(page: Any, needle: str) -> str:
-    """Show the hover label of the visible point whose text contains ``needle``; its text."""
-    page.evaluate(f"""needle => {{
-        const gd = {GD};
-        for (const t of gd._fullData) {{
-            if (t.visible !== true || t.mode !== 'markers') continue;
-            const k = t.text.findIndex(s => s.includes(needle));
-            if (k >= 0) return Plotly.Fx.hover(gd, [{{curveNumber: t.index, pointNumber: k}}]);
-        }}
-        throw new Error('no point with ' + needle);
-    }}""", needle)
-    page.wait_for_selector("#embproj-view .hoverlayer .hovertext", timeout=10_000)
-    return str(page.text_content("#embproj-view .hoverlayer .hovertext"))
+def screen_xy(page: Any, index: int, plot: int = 0) -> tuple[float, float]:
+    """Screen position of point ``index`` in scatter panel ``plot`` (2-D)."""
+    x, y = page.evaluate("""([i, k]) => {
+        const gd = document.getElementById('plot-' + k), L = gd._fullLayout;
+        const r = gd.getBoundingClientRect(), t = gd._fullData[0];
+        return [r.left + L.xaxis._offset + L.xaxis.l2p(t.x[i]),
+                r.top + L.yaxis._offset + L.yaxis.l2p(t.y[i])]; }""", [index, plot])
+    return float(x), float(y)
 
 
-def test_view_in_browser(tmp_path: Path, browser: Any) -> None:
-    make_run(tmp_path, epochs=4)
-    page, problems = open_view(browser, write_view(tmp_path, "emb"))
+def side_ids(page: Any) -> list[str]:
+    return list(page.eval_on_selector_all("#selected li strong",
+                                          "els => els.map(e => e.textContent)"))
+
+
+def test_view_in_browser(tmp_path: Path, browser: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / IMG_DIR
+    monkeypatch.setattr(local, "read_lineage", lambda path, name: lineage_table(), raising=False)
+    make_run(root)
+    page, problems = open_view(browser, root / "embproj" / "emb" / "view.html")
     try:
-        # One slider step per epoch, drawn.
-        assert page.eval_on_selector_all("#embproj-view .slider-label-group .slider-label",
-                                         "els => els.map(e => e.textContent)") == ["0", "1", "2",
-                                                                                    "3"]
-        assert len(page.query_selector_all("#embproj-view .slider-tick-rect")) == 4
-        # Data shown as text, never run: hover and legend carry the raw strings literally.
-        hover = hover_sample(page, "__pwned = 1")
-        assert SCRIPT_TEXT in hover and IMG_LABEL in hover and "sample_id: 0" in hover
-        legend = page.text_content("#embproj-view .legend")
-        assert '<img src=x onerror="win' in str(legend)
-        assert page.evaluate("[window.__pwned, window.__pwned2]") == [None, None]
-        assert page.query_selector_all("img") == []
-        tools = page.eval_on_selector_all("#embproj-view .modebar-btn",
-                                          "els => els.map(e => e.getAttribute('data-title'))")
-        assert "Zoom" in tools and not any("Share" in t or "Cloud" in t for t in tools)
-        # Dragging to epoch 0 moves the points and the epoch marker on the metric panels.
-        before = point_positions(page)
-        rail = page.query_selector("#embproj-view .slider-rail-rect").bounding_box()
-        first = page.query_selector(
-            "#embproj-view .slider-label-group .slider-label").bounding_box()
-        page.mouse.click(first["x"] + first["width"] / 2, rail["y"] + rail["height"] / 2)
-        page.wait_for_function(f"{GD}.layout.shapes[0].x0 === 0", timeout=10_000)
-        page.wait_for_timeout(500)  # let the transition finish
-        after = point_positions(page)
-        assert len(after) == len(before) + 1  # sample 1 exists only in epoch 0
-        assert len(set(after) - set(before)) > len(after) // 2
-        assert page.evaluate(f"{GD}._fullLayout.sliders[0].active") == 0
-        # Play runs through the epochs to the last one.
-        page.click("#embproj-view .updatemenu-button >> nth=0")
-        page.wait_for_function(f"{GD}._fullLayout.sliders[0].active === 3", timeout=30_000)
-        # Reducer buttons switch the layout.
-        buttons = page.eval_on_selector_all("#embproj-view .updatemenu-button",
-                                            "els => els.map(e => e.textContent)")
-        assert {"pca", "tsne"} <= set(buttons)
-        page.click("#embproj-view .updatemenu-button:has-text('tsne')")
-        page.wait_for_function(f"{GD}._fullLayout.xaxis.title.text === 'tsne_x'")
-        visible = page.evaluate(f"{GD}._fullData.filter(t => t.visible === true && "
-                                "t.mode === 'markers').map(t => t.index)")
-        assert visible == [3, 4, 5]
-        assert SCRIPT_TEXT in hover_sample(page, "__pwned = 1")
-        assert "silhouette" in str(page.text_content("#embproj-view .legend2"))
+        assert page.evaluate("window.embproj.webgl") is True
+        assert page.evaluate(f"{GD}._fullData[0].type") == "scattergl"
+        assert page.text_content("h1") == f"emb \u2014 {IMG_DIR}"
+        assert page.text_content("#run-label").startswith("epoch 2 \u00b7 step 125")
+        assert overlaps(page) == []
+        # Colour by label (legend shows the raw label text), then by a number, then by movement.
+        colours = page.evaluate(f"{GD}._fullData[0].marker.color")
+        assert len(set(colours)) == 3
+        assert IMG_LABEL in str(page.text_content("#legend"))
+        page.select_option("#colour", "weight")
+        page.wait_for_function(
+            f"{GD}._fullData[0].marker.color.join() !== {json.dumps(','.join(colours))}")
+        assert len(set(page.evaluate(f"{GD}._fullData[0].marker.color"))) > 10
+        assert page.query_selector("#legend .grad") is not None
+        page.select_option("#colour", "__moved__")
+        page.wait_for_function("document.getElementById('legend').textContent.includes('moved')")
+        page.select_option("#colour", "cluster")
+        # Hover: the card shows the raw texts as text, and the point's thumbnail.
+        assert page.query_selector("#tooltip img") is None
+        page.mouse.move(*screen_xy(page, 0))
+        page.wait_for_selector("#tooltip:not([hidden]) img", timeout=10_000)
+        tip = str(page.text_content("#tooltip"))
+        assert IMG_ID in tip and SCRIPT_TEXT in tip and IMG_LABEL in tip
+        assert page.get_attribute("#tooltip img", "src").startswith("data:image/png;base64,")
+        # Click follows the point: listed with its texts and thumbnail, and its trail is drawn.
+        page.mouse.click(*screen_xy(page, 0))
+        page.wait_for_function("window.embproj.state.sel.length === 1")
+        assert side_ids(page) == [IMG_ID]
+        assert SCRIPT_TEXT in str(page.text_content("#selected"))
+        assert page.query_selector("#selected li img.thumb") is not None
+        trail = page.evaluate(f"{GD}._fullData[1].x.filter(v => v !== null).length")
+        assert trail == 5  # runs 0..4, the default trail of 6 runs covers them all
+        before = page.locator("#plot-0").screenshot()
+        # The selection stays across runs: run 0 shows a one-point trail, still listed.
+        page.fill("#slider", "0")
+        page.wait_for_function("document.getElementById('run-label').textContent"
+                               ".startsWith('epoch 0 \u00b7 step 25')")
+        assert page.evaluate(f"{GD}._fullData[2].x.length") == 1 and side_ids(page) == [IMG_ID]
+        assert page.locator("#plot-0").screenshot() != before
+        page.fill("#slider", "4")
+        # Search by exact id, then by text.
+        page.fill("#search", "s7")
+        page.press("#search", "Enter")
+        page.wait_for_function("window.embproj.state.sel.length === 2")
+        assert side_ids(page) == [IMG_ID, "s7"] and page.text_content("#search-msg") == "1 found"
+        page.fill("#search", "CAPTION 12:")
+        page.click("#find")
+        page.wait_for_function("window.embproj.state.sel.length === 3")
+        assert side_ids(page)[-1] == "s12"
+        # Lasso from the plot's toolbar adds every point inside it.
+        page.click("#clear")
+        page.hover("#plot-0")
+        page.click("#plot-0 .modebar-btn[data-title='Lasso Select']")
+        box = page.locator("#plot-0 .nsewdrag").bounding_box()
+        page.mouse.move(box["x"] + 2, box["y"] + 2)
+        page.mouse.down()
+        for fx, fy in ((0.98, 0.02), (0.98, 0.98), (0.02, 0.98), (0.02, 0.03)):
+            page.mouse.move(box["x"] + fx * box["width"], box["y"] + fy * box["height"], steps=4)
+        page.mouse.up()
+        page.wait_for_function("window.embproj.state.sel.length === 44")  # all but s1
+        # Lineage under the slider, escaped metric names in the legends, nothing ran.
+        assert page.is_visible("#lineage-panel") and page.evaluate(
+            "document.getElementById('lineage')._fullData[0].type") == "sankey"
+        lineage_box = page.locator("#lineage-panel").bounding_box()
+        assert lineage_box["y"] > page.locator("#player").bounding_box()["y"]
+        titles = page.eval_on_selector_all(".metric-panel h3", "els => els.map(e => e.textContent)")
+        assert titles[:2] == ["Scores (0..1, higher is better)",
+                              "Drift & displacement since the previous run"]
+        assert IMG_METRIC in str(page.text_content("#metrics"))
+        assert page.evaluate(PWNED) == [None] * 6
+        assert page.eval_on_selector_all(
+            "img", "els => els.every(e => e.src.startsWith('data:image/png;base64,'))")
+        # Narrow window: the side panel goes under the plot, still no overlap.
+        page.set_viewport_size({"width": 760, "height": 900})
+        page.wait_for_timeout(300)
+        assert overlaps(page) == []
         assert problems == []
     finally:
         page.close()
 
 
-def test_view_3d_in_browser(tmp_path: Path, browser: Any) -> None:
-    make_run(tmp_path, dims=3, epochs=2, n=30)
+def test_view_3d_and_no_labels_in_browser(tmp_path: Path, browser: Any) -> None:
+    make_run(tmp_path, dims=3, runs=2, n=30, labels=False, images=False)
     page, problems = open_view(browser, write_view(tmp_path, "emb"))
     try:
         assert page.evaluate(f"{GD}._fullData[0].type") == "scatter3d"
-        assert len(page.query_selector_all("#embproj-view .slider-tick-rect")) == 2
-        assert page.evaluate("[window.__pwned, window.__pwned2]") == [None, None]
+        assert page.input_value("#colour") == "cluster"  # no label: colour by cluster
+        assert page.is_hidden("#lineage-panel")  # no lineage reader output: no panel
+        page.evaluate("window.embproj.select([0])")
+        page.wait_for_function(f"{GD}._fullData[1].z.filter(v => v !== null).length === 2")
+        assert page.evaluate(PWNED) == [None] * 6
         assert problems == []
     finally:
         page.close()
@@ -346,79 +429,32 @@ def test_view_3d_in_browser(tmp_path: Path, browser: Any) -> None:
 # ----------------------------------------------------------------------------- screenshot
 
 
-def digits_run(root: Path, epochs: int = 6) -> None:
-    """Hidden-layer features of a small MLP learning the digits, one snapshot per epoch."""
-    import warnings
-
-    from openTSNE import TSNE
-    from scipy.linalg import orthogonal_procrustes
-    from sklearn.datasets import load_digits
-    from sklearn.decomposition import PCA
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.manifold import trustworthiness
-    from sklearn.metrics import silhouette_score
-    from sklearn.model_selection import cross_val_score
-    from sklearn.neighbors import KNeighborsClassifier
-    from sklearn.neural_network import MLPClassifier
-
-    x, y = load_digits(return_X_y=True)
-    x = x / 16.0
-    ids = np.arange(0, len(x), 3)  # "validation" third; the MLP trains on the rest
-    train = np.setdiff1d(np.arange(len(x)), ids)
-    clf = MLPClassifier(hidden_layer_sizes=(32,), learning_rate_init=3e-3, random_state=0)
-    prev: dict[str, np.ndarray] = {}
-    for e in range(epochs):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            part = train[:64] if e == 0 else train  # epoch 0: barely trained features
-            clf.partial_fit(x[part], y[part], classes=np.arange(10))
-        z = np.maximum(x[ids] @ clf.coefs_[0] + clf.intercepts_[0], 0.0)
-        pca = PCA(2, random_state=0).fit_transform(z)
-        # Warm start from the previous layout without exaggeration, as the pipeline does.
-        tsne = np.asarray(TSNE(
-            initialization=prev["tsne"] if prev else "pca", random_state=0, n_jobs=2,
-            n_iter=250 if prev else 500, early_exaggeration_iter=0 if prev else 250,
-        ).fit(z))
-        layouts = {"pca": pca, "tsne": tsne}
-        for r, lay in layouts.items():
-            if r in prev:  # rotate onto the previous epoch so the slider shows real change
-                rot, _ = orthogonal_procrustes(lay - lay.mean(0), prev[r] - prev[r].mean(0))
-                layouts[r] = (lay - lay.mean(0)) @ rot + prev[r].mean(0)
-        metrics = {
-            "silhouette": float(silhouette_score(z, y[ids])),
-            "knn_accuracy": float(cross_val_score(KNeighborsClassifier(10), z, y[ids],
-                                                  cv=3).mean()),
-            "tsne/trustworthiness": float(trustworthiness(z, layouts["tsne"], n_neighbors=10)),
-        }
-        if prev:
-            metrics["tsne/displacement"] = float(
-                np.linalg.norm(layouts["tsne"] - prev["tsne"], axis=1).mean())
-        prev = layouts
-        sample = EpochSample(
-            name="digits", keys=ids.astype(np.int64), sample_ids=[int(i) for i in ids],
-            embeddings=z.astype(np.float32), labels=y[ids],
-            metadata={"ink": x[ids].mean(1).round(3), "caption": [
-                f"handwritten {d}, image #{i}" for d, i in zip(y[ids], ids, strict=True)]},
-        )
-        write_projection(root, Projection(sample=sample, epoch=e, step=450 * (e + 1),
-                                          layouts=layouts, metrics=metrics))
+def load_example() -> Any:
+    spec = importlib.util.spec_from_file_location("digits_example", REPO / "examples" / "digits.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.mark.slow
-def test_screenshot(tmp_path: Path, browser: Any) -> None:
-    target = os.environ.get("EMBPROJ_SCREENSHOT")
+def test_readme_screenshot_of_a_real_run(tmp_path: Path, browser: Any) -> None:
+    target = os.environ.get("EMBPROJ_RENDER_SCREENSHOT")
     if not target:
-        pytest.skip("set EMBPROJ_SCREENSHOT=1 (or a .png path) to render docs/images/view.png")
+        pytest.skip("set EMBPROJ_RENDER_SCREENSHOT=1 (or a .png path) to re-render "
+                    "docs/images/view.png from a real examples/digits.py run")
     out = Path(target) if target.endswith(".png") else SCREENSHOT
-    root = tmp_path / "lightning_logs" / "version_0"
-    digits_run(root)
-    page, problems = open_view(browser, write_view(root, "digits"))
+    root = load_example().run(tmp_path / "digits", epochs=8, max_samples=600, use_wandb=False)
+    page, problems = open_view(browser, root / "embproj" / "embeddings" / "view.html")
     try:
-        page.click("#embproj-view .updatemenu-button:has-text('tsne')")
-        page.wait_for_function(f"{GD}._fullLayout.xaxis.title.text === 'tsne_x'")
-        assert "caption: handwritten" in hover_sample(page, "image #201")
+        page.select_option("#reducer", "tsne")
+        ids = page.evaluate("window.embproj.keys")
+        follow = [ids.index(k) for k in ids[:3]]
+        page.evaluate(f"window.embproj.select({json.dumps(follow)})")
+        page.mouse.move(*screen_xy(page, follow[0]))
+        page.wait_for_selector("#tooltip:not([hidden]) img", timeout=10_000)
         out.parent.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(out))
+        page.screenshot(path=str(out), full_page=True)
         assert problems == []
     finally:
         page.close()

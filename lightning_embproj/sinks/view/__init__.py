@@ -1,0 +1,147 @@
+"""The HTML view of one embedding set: a self-contained page with a validation-run slider.
+
+Modules: :mod:`.encode` (pure: tables -> compact JSON-ready data), :mod:`.page` (the HTML with
+plotly.js and the script inlined, strict CSP), :mod:`.assets` (stylesheet and script),
+:mod:`.images` (the optional ``images.json`` thumbnails).
+
+Example:
+    >>> from lightning_embproj.sinks.view import write_view
+    >>> write_view("lightning_logs/version_0", "embeddings")     # doctest: +SKIP
+    PosixPath('lightning_logs/version_0/embproj/embeddings/view.html')
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+from lightning_embproj.sinks.view.encode import (
+    PALETTE,
+    encode_images,
+    encode_lineage,
+    encode_metrics,
+    encode_points,
+    reducers_in,
+    run_column,
+    sorted_labels,
+    thin_runs,
+)
+from lightning_embproj.sinks.view.images import read_images, write_thumbnails
+from lightning_embproj.sinks.view.page import CSP, render_page
+
+VIEW_FILE = "view.html"
+
+__all__ = ["CSP", "PALETTE", "VIEW_FILE", "build_payload", "reducers_in", "render_view",
+           "sorted_labels", "thin_runs", "write_view"]
+
+
+def default_colour(columns: list[dict[str, Any]]) -> str:
+    """Colour by label, else by cluster, else by the first colourable column, else nothing."""
+    names = [c["name"] for c in columns if c.get("colour")]
+    return next((c for c in ("label", "cluster") if c in names), names[0] if names else "")
+
+
+def build_payload(points: Any, metrics: Any | None, *, title: str, max_runs: int = 50,
+                  n_runs: int | None = None, lineage: Any | None = None,
+                  images: dict[str, str] | None = None) -> dict[str, Any]:
+    """Everything the page draws, as plain JSON-ready data (see :func:`render_view`)."""
+    data = encode_points(points, max_runs=max_runs)
+    shown = len(data["runs"])
+    total = max(n_runs or 0, points[run_column(points)].nunique())
+    what = (f"showing {shown} of {total} validation runs (max_runs={max_runs}: the first, the "
+            "last and evenly spaced runs between)" if shown < total
+            else f"{total} validation run{'s' * (total != 1)}")
+    note = (f"{what}; {data['n']} tracked points; reducers: {', '.join(data['reducers'])}. "
+            "Drag the slider or press play to watch the layout change run by run; hover a "
+            "point for its data; click, lasso or search to follow points.")
+    thumbs = encode_images(images, data["keys"])
+    return {
+        "title": title, "note": note, "palette": list(PALETTE),
+        "colour": default_colour(data["columns"]),
+        "points": {k: v for k, v in data.items() if k != "reducers"},
+        "panels": [{"title": "", "reducers": data["reducers"]}],
+        "metrics": encode_metrics(metrics),
+        "lineage": encode_lineage(lineage, points, data["runs"]),
+        "images": thumbs, "tables": None,
+    }
+
+
+def render_view(points: Any, metrics: Any | None, *, title: str, max_runs: int = 50,
+                n_runs: int | None = None, lineage: Any | None = None,
+                images: dict[str, str] | None = None) -> str:
+    """The HTML page (a string) of one embedding set.
+
+    Args:
+        points: ``read_projections``'s table: one row per point per validation run.
+        metrics: ``read_metrics``'s table (one row per validation run) or ``None``.
+        title: the page's heading.
+        max_runs: most runs on the slider: the first, the last and evenly spaced ones between.
+        n_runs: runs in the whole set when ``points`` holds only the shown ones (for the note).
+        lineage: ``read_lineage``'s table, or ``None`` (no lineage panel).
+        images: point key -> thumbnail data URI (see :mod:`.images`), or ``None``.
+
+    >>> page = render_view(read_projections("logs"), None, title="run 1")   # doctest: +SKIP
+    """
+    payload = build_payload(points, metrics, title=title, max_runs=max_runs, n_runs=n_runs,
+                            lineage=lineage, images=images)
+    return render_page(payload, panels=1)
+
+
+def _runs(root: str | os.PathLike[str], name: str) -> list[int]:
+    from lightning_embproj.sinks import local
+
+    if hasattr(local, "list_validations"):
+        return [int(v[0]) for v in local.list_validations(root, name)]
+    return [int(e) for e in local.list_epochs(root, name)]  # before the val_index files
+
+
+def _read(root: str | os.PathLike[str], name: str, runs: list[int]) -> Any:
+    from lightning_embproj.sinks import local
+
+    if hasattr(local, "list_validations"):
+        return local.read_projections(root, name, validations=runs)
+    return local.read_projections(root, name, epochs=runs)
+
+
+def read_lineage_or_none(root: str | os.PathLike[str], name: str | None) -> Any | None:
+    """The set's cluster lineage table, or ``None`` when there is none (or no reader yet)."""
+    from lightning_embproj.sinks import local
+
+    reader = getattr(local, "read_lineage", None)
+    if reader is None:
+        return None
+    try:
+        table = reader(root, name)
+    except (FileNotFoundError, ValueError, KeyError):
+        return None
+    return table if table is not None and len(table) else None
+
+
+def write_view(root: str | os.PathLike[str], name: str, *, max_runs: int = 50,
+               projection: Any | None = None) -> Path:
+    """Render set ``name``'s local files to ``<root>/embproj/<name>/view.html``; returns it.
+
+    Only the runs the slider shows are read (at most ``max_runs`` files), so rewriting the
+    view after every run costs the same at run 1,000 as at run 50. With ``projection`` (the
+    run just written) holding an image column, its thumbnails are added to ``images.json``.
+
+    >>> write_view("lightning_logs/version_0", "embeddings")     # doctest: +SKIP
+    """
+    from lightning_embproj.sinks.local import atomic_write_text, read_metrics, set_dir
+
+    folder = set_dir(root, name)
+    if projection is not None:
+        try:
+            write_thumbnails(folder, projection)
+        except Exception as err:  # noqa: BLE001 - thumbnails are optional, the view is not
+            warnings.warn(f"lightning-embproj: no thumbnails for {name!r}: {err}", stacklevel=2)
+    runs = _runs(root, name)
+    points = _read(root, name, thin_runs(runs, max_runs))
+    page = render_view(points, read_metrics(root, name), title=f"{name} \u2014 {Path(root).name}",
+                       max_runs=max_runs, n_runs=len(runs),
+                       lineage=read_lineage_or_none(root, name), images=read_images(folder))
+    path = folder / VIEW_FILE
+    atomic_write_text(path, page)
+    return path
