@@ -1,10 +1,11 @@
 """Train a small classifier on scikit-learn's bundled digits and watch its embeddings form.
 
     python examples/digits.py            # ~1 minute on 2 CPU cores, W&B offline without an API key
+    python examples/digits.py --seed 1 --out embproj_runs/digits_seed1 --no-wandb
 
-Logs one aligned PCA + t-SNE table per epoch to W&B (offline when no API key is set), writes the
-same projections as CSV files plus an epoch-slider HTML view under the run's folder, and prints
-where everything is.
+Logs one aligned PCA + t-SNE table per validation run to W&B (offline when no API key is set),
+writes the same projections as CSV files plus the HTML view (with image thumbnails of the digits)
+under the run's folder, and prints where everything is.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -70,19 +72,17 @@ class Classifier(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--max-samples", type=int, default=1000)
-    parser.add_argument("--out", default="embproj_runs/digits")
-    args = parser.parse_args()
+def run(out: str | Path, *, epochs: int = 8, max_samples: int = 1000, seed: int = 0,
+        reducers: tuple[str, ...] = ("pca", "tsne"), use_wandb: bool = True) -> Path:
+    """Train for ``epochs`` with the projector attached; returns the log dir holding ``embproj/``.
 
-    if not os.environ.get("WANDB_API_KEY"):
-        os.environ.setdefault("WANDB_MODE", "offline")
-    out = Path(args.out)
+    The validation split is the same for every ``seed`` (the seed changes the model's
+    initialisation and the training order), so two runs track the same ids and can be
+    compared with ``python -m lightning_embproj compare RUN_A RUN_B``.
+    """
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    pl.seed_everything(0)
-
+    pl.seed_everything(seed)
     order = torch.randperm(1797, generator=torch.Generator().manual_seed(0)).tolist()
     train = DataLoader(Digits(order[:1200]), batch_size=32, shuffle=True)
     val = DataLoader(Digits(order[1200:]), batch_size=128)
@@ -92,32 +92,52 @@ def main() -> None:
         label_key="label",
         id_key="id",
         metadata_keys=["text", "image"],
-        max_samples=args.max_samples,
-        reducers=["pca", "tsne"],
+        max_samples=max_samples,
+        reducers=list(reducers),
     )
-    logger = WandbLogger(project="lightning-embproj-demo", save_dir=str(out))
+    logger: Any = False
+    if use_wandb:
+        logger = WandbLogger(project="lightning-embproj-demo", save_dir=str(out))
     trainer = pl.Trainer(
-        max_epochs=args.epochs, logger=logger, callbacks=[projector], accelerator="cpu",
+        max_epochs=epochs, logger=logger, callbacks=[projector], accelerator="cpu",
         default_root_dir=str(out), enable_checkpointing=False, log_every_n_steps=10,
+        enable_progress_bar=use_wandb, enable_model_summary=use_wandb,
     )
     trainer.fit(Classifier(), train, val)
-    run_dir = logger.experiment.dir
-    import wandb
+    if use_wandb:
+        import wandb
 
-    wandb.finish()
+        print(f"W&B run files:   {logger.experiment.dir}")
+        wandb.finish()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--max-samples", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0, help="model initialisation and order")
+    parser.add_argument("--out", default="embproj_runs/digits")
+    parser.add_argument("--no-wandb", action="store_true", help="local files and view only")
+    args = parser.parse_args()
+
+    if not os.environ.get("WANDB_API_KEY"):
+        os.environ.setdefault("WANDB_MODE", "offline")
+    out = run(args.out, epochs=args.epochs, max_samples=args.max_samples, seed=args.seed,
+              use_wandb=not args.no_wandb)
 
     metrics = read_metrics(out)
     points = read_projections(out)
     cols = [c for c in ("silhouette", "knn_accuracy", "drift/knn_overlap") if c in metrics]
     print("\n" + metrics[["epoch", *cols]].to_string(index=False, float_format="%.3f"))
-    print(f"\n{len(points)} rows in {points['epoch'].nunique()} epochs")
-    print(f"W&B run files:   {run_dir}")
+    print(f"\n{len(points)} rows in {points['val_index'].nunique()} validation runs")
     print(f"local CSV files: {out / 'embproj' / 'embeddings'}")
     view = out / "embproj" / "embeddings" / "view.html"
     if view.exists():
-        print(f"slider view:     {view}")
-    if os.environ.get("WANDB_MODE") == "offline":
-        print(f"upload later with: wandb sync {Path(run_dir).parent}")
+        print(f"view:            {view}")
+    if not args.no_wandb and os.environ.get("WANDB_MODE") == "offline":
+        print(f"upload later with: wandb sync {out / 'wandb'}")
+    print("compare two runs: python -m lightning_embproj compare RUN_A RUN_B --output report")
 
 
 if __name__ == "__main__":

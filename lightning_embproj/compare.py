@@ -1,10 +1,15 @@
-"""After the run: the slider view and a side-by-side PNG of chosen epochs, from the local files.
+"""After the run: the view and a PNG of chosen epochs of one run, or two runs side by side.
 
-Writes, for each embedding set (or the one named), into ``<output>/<NAME>/``:
+One run (``compare LOG_DIR``), for each embedding set (or the one named), into
+``<output>/<NAME>/``:
 
-- ``view.html``: the epoch-slider page (see :mod:`lightning_embproj.sinks.html_view`);
-- ``compare_<reducer>.png``: the chosen epochs side by side (default: first, middle, last),
-  coloured by label, on shared axes; 400 x 460 pixels per epoch.
+- ``view.html``: the view (see :mod:`lightning_embproj.sinks.view`);
+- ``compare_<reducer>.png``: the chosen epochs side by side (default: first, middle, last; the
+  last validation run of each), coloured by label, on shared axes; 400 x 460 pixels per epoch.
+
+Two runs (``compare RUN_A RUN_B``, see :func:`compare_runs`): one validation run of each, B's
+layouts rotated onto A's on their shared ids, side by side with linked selection, and how much
+each shared point's layout neighbourhood differs between them.
 
 Example:
     >>> compare("lightning_logs/version_0", "report", epochs=[0, 5, 9], reducer="tsne")
@@ -15,24 +20,27 @@ Example:
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from lightning_embproj.sinks.html_view import (
-    PALETTE,
-    VIEW_FILE,
-    reducers_in,
-    render_view,
-    sorted_labels,
-)
 from lightning_embproj.sinks.local import (
     atomic_write_text,
     list_sets,
+    list_validations,
     read_metrics,
     read_projections,
+)
+from lightning_embproj.sinks.view import (
+    PALETTE,
+    VIEW_FILE,
+    read_lineage_or_none,
+    reducers_in,
+    render_view,
+    sorted_labels,
 )
 
 PANEL_INCHES = 4.0  # each epoch's panel; with DPI 100 the PNG is 400 px wide per epoch
@@ -71,14 +79,17 @@ def plot_epochs(points: Any, metrics: Any | None, path: Path, *, epochs: Sequenc
         ) from err
     dims = reducers_in(points)[reducer]
     cols = [f"{reducer}_{a}" for a in "xyz"[:dims]]
-    shown = points[points["epoch"].isin(list(epochs))]
+    # Several validation runs can share an epoch: each epoch's panel shows its last run.
+    last_run = points.groupby("epoch")["val_index"].max()
+    shown = points[points["val_index"].isin([last_run[e] for e in epochs if e in last_run])]
     lims = [(float(np.nanmin(shown[c])), float(np.nanmax(shown[c]))) for c in cols]
     lims = [(lo - 0.05 * (hi - lo or 1), hi + 0.05 * (hi - lo or 1)) for lo, hi in lims]
     has_label = "label" in points.columns
     labels = (sorted_labels(points["label"].astype(object).where(points["label"].notna(),
                                                                   "(missing)"))
               if has_label else [None])
-    by_epoch = metrics.set_index("epoch") if metrics is not None and len(metrics) else None
+    by_epoch = (metrics.sort_values("val_index").drop_duplicates("epoch", keep="last")
+                .set_index("epoch") if metrics is not None and len(metrics) else None)
 
     fig = Figure(figsize=(PANEL_INCHES * len(epochs), HEIGHT_INCHES), dpi=DPI)
     fig.subplots_adjust(left=0.02, right=0.98, top=0.80, bottom=0.16, wspace=0.06)
@@ -122,54 +133,312 @@ def plot_epochs(points: Any, metrics: Any | None, path: Path, *, epochs: Sequenc
     return path
 
 
+def _warn(message: str) -> None:
+    warnings.warn(message, stacklevel=3)
+
+
 def compare(log_dir: str | os.PathLike[str], output: str | os.PathLike[str],
             name: str | None = None, epochs: Sequence[int] | None = None,
-            reducer: str | None = None, *, max_epochs: int = 50) -> list[Path]:
+            reducer: str | None = None, *, max_runs: int = 50,
+            on_skip: Callable[[str], None] = _warn) -> list[Path]:
     """Write ``view.html`` and ``compare_<reducer>.png`` per embedding set; returns the paths.
 
+    A set that lacks the asked reducer or epochs gets its view but no PNG (``on_skip`` says
+    why); only when no set has them is it an error.
+
     Args:
-        log_dir: the finished run's log dir (holding ``embproj/<NAME>/epoch_*.csv``).
+        log_dir: the finished run's log dir (holding ``embproj/<NAME>/``), or one set's folder.
         output: folder for the results, one sub-folder per set.
         name: only this embedding set (default: every set found).
         epochs: epochs of the PNG (default: first, middle, last).
         reducer: layout of the PNG, e.g. ``"tsne"`` (default: the first of pca, tsne, umap
-            present).
-        max_epochs: most frames of the slider view.
+            present in each set).
+        max_runs: most validation runs on the view's slider.
+        on_skip: called with a message for each set whose PNG is skipped.
     """
     root = Path(log_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"compare: log dir {str(root)!r} does not exist")
-    # A set's own folder (holding epoch_*.csv) works too.
-    sets = [root.name] if any(root.glob("epoch_*.csv")) else list_sets(root)
-    if not sets:
+    found = find_sets(root)
+    if not found:
         raise ValueError(f"compare: no embedding sets under {str(root)!r} "
-                         "(expected embproj/<NAME>/epoch_*.csv)")
-    if name is not None and name not in sets:
+                         "(expected embproj/<NAME>/val_*.csv)")
+    if name is not None and name not in found:
         raise ValueError(f"compare: no embedding set {name!r} under {str(root)!r}; "
-                         f"available: {', '.join(sets)}")
-    plans = []
-    for set_name in [name] if name is not None else sets:  # check every set before writing
-        points = read_projections(root, set_name)
+                         f"available: {', '.join(found)}")
+    plans, problems = [], []
+    for set_name in [name] if name is not None else list(found):  # check every set first
+        path, arg = found[set_name]
+        points = read_projections(path, arg)
         available = sorted({int(e) for e in points["epoch"]})
         chosen = default_epochs(available) if not epochs else [int(e) for e in epochs]
         unknown = [e for e in chosen if e not in available]
-        if unknown:
-            raise ValueError(f"compare: epochs {unknown} not in set {set_name!r}; "
-                             f"available epochs: {available}")
         reducers = list(reducers_in(points))
         r = reducer if reducer is not None else next(iter(reducers), None)
-        if r not in reducers:
-            raise ValueError(f"compare: reducer {reducer!r} not in set {set_name!r}; "
-                             f"available: {', '.join(reducers)}")
-        plans.append((set_name, points, chosen, r))
+        problem = None
+        if unknown:
+            problem = (f"epochs {unknown} not in set {set_name!r}; available epochs: "
+                       f"{available}")
+        elif r not in reducers:
+            problem = (f"reducer {reducer!r} not in set {set_name!r}; available: "
+                       f"{', '.join(reducers)}")
+        if problem:
+            problems.append(problem)
+        plans.append((set_name, path, arg, points, chosen, None if problem else r, problem))
+    if len(problems) == len(plans):
+        raise ValueError("compare: " + "; ".join(problems))
     written: list[Path] = []
-    for set_name, points, chosen, r in plans:
-        metrics = read_metrics(root, set_name)
+    for set_name, path, arg, points, chosen, r, problem in plans:
+        metrics = read_metrics(path, arg)
         folder = Path(output) / set_name
         title = f"{set_name} \u2014 {root.name}"
         view = folder / VIEW_FILE
-        atomic_write_text(view, render_view(points, metrics, title=title, max_epochs=max_epochs))
-        png = plot_epochs(points, metrics, folder / f"compare_{r}.png", epochs=chosen,
-                          reducer=str(r), title=title)
-        written += [view, png]
+        atomic_write_text(view, render_view(points, metrics, title=title, max_runs=max_runs,
+                                            lineage=read_lineage_or_none(path, arg)))
+        written.append(view)
+        if problem:
+            on_skip(f"compare: no PNG for set {set_name!r}: {problem}")
+            continue
+        written.append(plot_epochs(points, metrics, folder / f"compare_{r}.png", epochs=chosen,
+                                   reducer=str(r), title=title))
+    return written
+
+
+def find_sets(path: str | os.PathLike[str]) -> dict[str, tuple[Path, str | None]]:
+    """Set name -> (path, name argument for the readers), for a log dir or one set's folder."""
+    p = Path(path)
+    names = list_sets(p)
+    if names:
+        return {n: (p, n) for n in names}
+    try:
+        runs = list_validations(p)
+    except (ValueError, FileNotFoundError, OSError):
+        return {}
+    return {p.name: (p, None)} if runs else {}
+
+
+MIN_SHARED = 10  # ids two runs must share to align them and compare neighbourhoods
+COMPARE_FILE = "compare.html"
+
+
+def pick_run(path: Path, name: str | None, epoch: int | None, which: str) -> tuple[int, int, int]:
+    """``(val_index, epoch, step)`` of the last validation run (of ``epoch`` when given)."""
+    runs = list_validations(path, name)
+    if epoch is None:
+        return runs[-1]
+    match = [r for r in runs if r[1] == epoch]
+    if not match:
+        raise ValueError(f"compare: epoch {epoch} not in run {which} ({str(path)!r}); "
+                         f"available epochs: {sorted({r[1] for r in runs})}")
+    return match[-1]
+
+
+def layout_neighbours(xy: np.ndarray, k: int) -> np.ndarray:
+    """``(N, k)`` indices of each row's ``k`` nearest other rows (Euclidean), nearest first.
+
+    >>> layout_neighbours(np.array([[0.0], [1.0], [3.0], [7.0]]), 1).ravel().tolist()
+    [1, 0, 1, 2]
+    """
+    from sklearn.neighbors import NearestNeighbors
+
+    index = NearestNeighbors(n_neighbors=k + 1).fit(xy).kneighbors(xy, return_distance=False)
+    # Drop each row itself (ties can put it second: remove it wherever it is).
+    rows = np.arange(len(xy))[:, None]
+    keep = index != rows
+    return np.array([r[m][:k] for r, m in zip(index, keep, strict=True)])
+
+
+def neighbourhood_overlap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per row, the fraction of its neighbours in ``a`` that are also its neighbours in ``b``.
+
+    >>> neighbourhood_overlap(np.array([[1, 2], [0, 2]]), np.array([[2, 3], [0, 2]])).tolist()
+    [0.5, 1.0]
+    """
+    k = a.shape[1]
+    return np.array([len(set(x) & set(y)) / k for x, y in zip(a.tolist(), b.tolist(),
+                                                              strict=True)])
+
+
+def _label(df: Any, keys: Any) -> Any:
+    return df.assign(_key=keys.to_numpy()).drop_duplicates("_key").set_index("_key")
+
+
+def compare_runs(run_a: str | os.PathLike[str], run_b: str | os.PathLike[str],
+                 output: str | os.PathLike[str], *, name: str | None = None,
+                 epoch: int | None = None, reducer: str | None = None, k: int = 10,
+                 top: int = 30) -> list[Path]:
+    """Compare one validation run of two training runs, per embedding set both have.
+
+    For each set: B's layouts are rotated/reflected onto A's on their shared ids (orthogonal
+    Procrustes, :func:`lightning_embproj.align.procrustes_align`); each shared point's
+    neighbourhood overlap is the fraction of its ``k`` nearest shared points in A's layout
+    that are also among its ``k`` nearest in B's layout (1 = same neighbours). The original
+    embeddings are not kept in the local files, so neighbourhoods are those of the layouts.
+
+    Writes ``<output>/<NAME>/compare.html`` (both layouts side by side, linked selection,
+    colour by overlap, the ``top`` most changed points in a table) and
+    ``<output>/<NAME>/neighbours_<reducer>.csv`` (every shared point, most changed first).
+
+    Args:
+        run_a, run_b: two log dirs (holding ``embproj/<NAME>/``) or two set folders.
+        output: folder for the results.
+        name: only this set (default: every set both runs have).
+        epoch: compare the last validation run of this epoch in both (default: each run's
+            last validation run).
+        reducer: only this layout (default: every reducer both have).
+        k: neighbours per point.
+        top: rows of the table in the page.
+    """
+    import pandas as pd
+
+    from lightning_embproj.align import procrustes_align
+    from lightning_embproj.sinks.view import render_page
+    from lightning_embproj.sinks.view.encode import encode_points, point_keys
+
+    paths = {"A": Path(run_a), "B": Path(run_b)}
+    found = {}
+    for which, p in paths.items():
+        if not p.is_dir():
+            raise FileNotFoundError(f"compare: run {which} {str(p)!r} does not exist")
+        found[which] = find_sets(p)
+        if not found[which]:
+            raise ValueError(f"compare: no embedding sets in run {which} {str(p)!r} "
+                             "(expected a log dir with embproj/<NAME>/val_*.csv, or a set folder)")
+    single = all(len(f) == 1 and next(iter(f.values()))[1] is None for f in found.values())
+    if single:  # two set folders: compare them whatever their names
+        pairs = [(next(iter(found["A"])), next(iter(found["A"].values())),
+                  next(iter(found["B"].values())))]
+    else:
+        names = [n for n in found["A"] if n in found["B"]]
+        if name is not None:
+            names = [name] if name in names else []
+        if not names:
+            raise ValueError(
+                f"compare: no embedding set {'named ' + repr(name) + ' ' if name else ''}in both "
+                f"runs; run A has {', '.join(found['A'])}; run B has {', '.join(found['B'])}")
+        pairs = [(n, found["A"][n], found["B"][n]) for n in names]
+    plans = []
+    for set_name, (pa, na), (pb, nb) in pairs:  # check every set before writing
+        ra, rb = pick_run(pa, na, epoch, "A"), pick_run(pb, nb, epoch, "B")
+        a = read_projections(pa, na, validations=[ra[0]]).reset_index(drop=True)
+        b = read_projections(pb, nb, validations=[rb[0]]).reset_index(drop=True)
+        ka, kb = point_keys(a), point_keys(b)
+        shared = sorted(set(ka) & set(kb))
+        if len(shared) < MIN_SHARED:
+            raise ValueError(
+                f"compare: runs A and B share {len(shared)} ids in set {set_name!r} ({len(a)} "
+                f"and {len(b)} tracked points); at least {MIN_SHARED} are needed to align the "
+                "layouts and compare neighbourhoods. Do both runs track the same dataset with "
+                "the same id_key?")
+        both = [r for r in reducers_in(a) if r in reducers_in(b)
+                and reducers_in(a)[r] == reducers_in(b)[r]]
+        if reducer is not None:
+            if reducer not in both:
+                raise ValueError(f"compare: reducer {reducer!r} not in both runs of set "
+                                 f"{set_name!r}; in both: {', '.join(both) or 'none'}")
+            both = [reducer]
+        if not both:
+            raise ValueError(f"compare: runs A and B of set {set_name!r} have no layout in "
+                             f"common (A: {', '.join(reducers_in(a))}; B: "
+                             f"{', '.join(reducers_in(b))})")
+        plans.append((set_name, a, b, ka, kb, ra, rb, both))
+    written: list[Path] = []
+    for set_name, a, b, ka, kb, ra, rb, both in plans:
+        folder = Path(output) / set_name
+        universe = list(dict.fromkeys(list(ka) + list(kb)))
+        b = b.copy()
+        extra: dict[str, np.ndarray] = {}
+        tables, summary = {}, []
+        for r in both:
+            cols = [f"{r}_{ax}" for ax in "xyz"[: reducers_in(a)[r]]]
+            fa = np.isfinite(a[cols].to_numpy(dtype=float)).all(axis=1)
+            fb = np.isfinite(b[cols].to_numpy(dtype=float)).all(axis=1)
+            aligned = procrustes_align(b.loc[fb, cols].to_numpy(dtype=float),
+                                       kb[fb].to_numpy(dtype=str),
+                                       a.loc[fa, cols].to_numpy(dtype=float),
+                                       ka[fa].to_numpy(dtype=str))
+            b.loc[fb, cols] = aligned
+            common = sorted(set(ka[fa]) & set(kb[fb]))
+            if len(common) < MIN_SHARED:
+                raise ValueError(f"compare: only {len(common)} shared ids have a {r} layout "
+                                 f"in both runs of set {set_name!r}; at least {MIN_SHARED} "
+                                 "are needed")
+            kk = min(k, len(common) - 1)
+            xa = _label(a[cols], ka).loc[common].to_numpy(dtype=float)
+            xb = _label(b[cols], kb).loc[common].to_numpy(dtype=float)
+            near_a, near_b = layout_neighbours(xa, kk), layout_neighbours(xb, kk)
+            overlap = neighbourhood_overlap(near_a, near_b)
+            column = f"neighbourhood overlap ({r})"
+            full = np.full(len(universe), np.nan)
+            index = {key: i for i, key in enumerate(universe)}
+            full[[index[c] for c in common]] = overlap
+            extra[column] = full
+            info = _label(a, ka)
+            ids = info.loc[common, "sample_id"].astype(str).to_numpy()
+            only_a = [" ".join(ids[j] for j in sorted(set(x) - set(y)))
+                      for x, y in zip(near_a.tolist(), near_b.tolist(), strict=True)]
+            only_b = [" ".join(ids[j] for j in sorted(set(y) - set(x)))
+                      for x, y in zip(near_a.tolist(), near_b.tolist(), strict=True)]
+            table = pd.DataFrame({"sample_id": ids})
+            if "dataloader_idx" in info.columns:
+                table["dataloader_idx"] = info.loc[common, "dataloader_idx"].to_numpy()
+            if "label" in info.columns:
+                table["label"] = info.loc[common, "label"].to_numpy()
+            table["overlap"] = overlap.round(4)
+            table["only_in_a"], table["only_in_b"] = only_a, only_b
+            for j, ax in enumerate(cols):
+                table[f"{ax}_a"], table[f"{ax}_b"] = xa[:, j], xb[:, j]
+            table["_index"] = [index[c] for c in common]
+            table = table.sort_values(["overlap", "sample_id"], kind="stable")
+            csv_path = folder / f"neighbours_{r}.csv"
+            atomic_write_text(csv_path, table.drop(columns="_index").to_csv(index=False))
+            written.append(csv_path)
+            shown = table.head(top)
+            head = [c for c in ("sample_id", "dataloader_idx", "label", "overlap", "only_in_a",
+                                "only_in_b") if c in shown.columns]
+            tables[r] = {
+                "title": f"The {len(shown)} points whose {r} neighbourhoods differ most "
+                         f"(k={kk} nearest shared points in each run's layout; 1 = same "
+                         "neighbours)",
+                "columns": ["id" if c == "sample_id" else c.replace("_", " ") for c in head],
+                "rows": [[str(v) for v in row] for row in shown[head].itertuples(index=False)],
+                "index": [int(i) for i in shown["_index"]],
+            }
+            summary.append(f"{r} {overlap.mean():.2f}")
+        # One point table for both panels: A's metadata, B's for points only B has.
+        meta = pd.concat([a, b[~kb.isin(set(ka))]], ignore_index=True)
+        meta["val_index"], meta["epoch"], meta["step"] = 0, ra[1], ra[2]
+        for column, values in extra.items():
+            meta[column] = np.nan
+            pos = {key: i for i, key in enumerate(universe)}
+            meta[column] = [values[pos[key]] for key in point_keys(meta)]
+        if len(universe) > len(set(ka) & set(kb)):
+            in_a, in_b = set(ka), set(kb)
+            meta["in run"] = ["both" if key in in_a and key in in_b else
+                              "A only" if key in in_a else "B only" for key in point_keys(meta)]
+        points = encode_points(meta, keys=universe)
+        one = {"val_index": 0, "epoch": ra[1], "step": ra[2], "label": "A and B"}
+        panels = []
+        for which, df, run in (("A", a, ra), ("B", b, rb)):
+            enc = encode_points(df.assign(val_index=0), keys=universe)
+            panels.append({
+                "title": f"{which}: {paths[which]} \\u2014 epoch {run[1]} \\u00b7 step {run[2]}"
+                         + (" (aligned onto A)" if which == "B" else ""),
+                "reducers": {r: enc["reducers"][r] for r in both}})
+        points["runs"] = [one]
+        points.pop("reducers")
+        colour_by = f"neighbourhood overlap ({both[0]})"
+        payload = {
+            "title": f"{set_name}: A {paths['A'].name} vs B {paths['B'].name}",
+            "note": (f"{len(set(ka) & set(kb))} shared ids ({len(a)} tracked in A, {len(b)} "
+                     f"in B). B's layouts are rotated onto A's on the shared ids. Mean "
+                     f"neighbourhood overlap (k={k} nearest in each layout; the original "
+                     f"embeddings are not stored locally): {', '.join(summary)}. Select points "
+                     "in either panel: they are highlighted in both."),
+            "palette": list(PALETTE), "colour": colour_by, "points": points, "panels": panels,
+            "metrics": None, "lineage": None, "images": None, "tables": tables,
+        }
+        page = folder / COMPARE_FILE
+        atomic_write_text(page, render_page(payload, panels=2))
+        written.insert(len(written) - len(both), page)
     return written
