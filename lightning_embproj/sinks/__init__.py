@@ -28,15 +28,23 @@ class Sinks:
     finishers: list[tuple[str, Callable[[], None]]] = field(default_factory=list)
 
 
-def build(trainer: Any, root: str, warn: WarnOnce, max_text_length: int = 1000) -> Sinks:
-    """The sinks for this trainer, local files first (they must survive any other failure)."""
+def build(
+    trainer: Any, root: str, warn: WarnOnce, max_text_length: int = 1000,
+    settings: Any = None,
+) -> Sinks:
+    """The sinks for this trainer, local files first (they must survive any other failure).
+
+    ``settings`` (a :class:`~lightning_embproj.pipeline.ReduceSettings`) tells W&B the
+    configured reducers and ``n_components``, so its tables keep the same columns when a
+    reducer fails in one run.
+    """
     from lightning_embproj.sinks.local import write_projection
 
     sinks = Sinks([("local files", lambda p: _ignore(write_projection(root, p)))])
     has_view = importlib.util.find_spec("plotly") is not None
     makers: list[tuple[str, Callable[[], Any]]] = [
         ("html view", lambda: _html_view(root) if has_view else None),
-        ("W&B", lambda: _wandb(trainer, warn, root if has_view else None)),
+        ("W&B", lambda: _wandb(trainer, warn, root if has_view else None, settings)),
         ("TensorBoard", lambda: _tensorboard(trainer, max_text_length)),
     ]
     for name, make in makers:
@@ -59,7 +67,7 @@ def _html_view(root: str) -> Writer:
     return lambda p: _ignore(write_view(root, p.name))
 
 
-def _wandb(trainer: Any, warn: WarnOnce, view_root: str | None) -> Any:
+def _wandb(trainer: Any, warn: WarnOnce, view_root: str | None, settings: Any = None) -> Any:
     from lightning_embproj.compat import find_logger
 
     logger = find_logger(trainer, "WandbLogger")
@@ -67,7 +75,11 @@ def _wandb(trainer: Any, warn: WarnOnce, view_root: str | None) -> Any:
         return None
     from lightning_embproj.sinks.wandb_sink import WandbSink
 
-    return WandbSink(logger.experiment, warn, view_root=view_root)
+    return WandbSink(
+        logger.experiment, warn, view_root=view_root,
+        reducers=list(getattr(settings, "reducers", ())),
+        n_components=int(getattr(settings, "n_components", 2)),
+    )
 
 
 def _tensorboard(trainer: Any, max_text_length: int) -> Writer | None:
