@@ -249,3 +249,48 @@ def test_interrupt_while_the_worker_is_busy_stops_it(tmp_path, monkeypatch, rest
     assert _workers_alive() == []
     assert read_projections(str(tmp_path))["epoch"].unique().tolist() == [0]
     assert _leftovers(tmp_path) == []
+
+
+def test_interrupt_with_a_stuck_job_waits_one_deadline_then_drops_the_rest(
+    tmp_path, monkeypatch, restore_sigint
+):
+    import lightning_embproj.callback as callback_module
+
+    monkeypatch.setattr(callback_module, "EXCEPTION_DRAIN_S", 0.5)
+    real_tsne, running, release = reduce_module.tsne, threading.Event(), threading.Event()
+
+    def stuck_tsne(*args: Any, **kwargs: Any) -> np.ndarray:
+        running.set()
+        assert release.wait(timeout=60)
+        return real_tsne(*args, **kwargs)
+
+    monkeypatch.setattr(reduce_module, "tsne", stuck_tsne)
+    projector = EmbeddingProjector(reducers=["pca", "tsne"], max_samples=30)
+    raised_at: list[float] = []
+
+    class FailWhileStuck(DigitsModel):
+        def training_step(self, batch: Any, batch_idx: int) -> Any:
+            if self.current_epoch == 2:
+                assert running.wait(timeout=60)  # epoch 0's t-SNE holds the worker
+                assert projector.worker.pending() == 2  # epoch 1 waits behind it
+                raised_at.append(time.monotonic())
+                raise RuntimeError("bug in training_step")
+            return super().training_step(batch, batch_idx)
+
+    train, val = loaders(n_train=64, n_val=60, batch_size=20)
+    t = trainer(tmp_path, [projector], max_epochs=4, limit_train_batches=2)
+    try:
+        with pytest.raises(RuntimeError, match="bug in training_step"):
+            t.fit(FailWhileStuck(), train, val)
+        waited = time.monotonic() - raised_at[0]
+    finally:
+        release.set()
+    # one 0.5 s deadline for the whole drain (not 2 x 30 s), with room for a busy machine
+    assert waited < 15.0
+    workers = _workers_alive()
+    for thread in workers:
+        thread.join(timeout=60)
+    assert _workers_alive() == [] and len(workers) <= 1
+    # the stuck epoch finished on its own; the one waiting behind it was dropped
+    assert read_projections(str(tmp_path))["epoch"].unique().tolist() == [0]
+    assert _leftovers(tmp_path) == []
