@@ -4,6 +4,10 @@ Each rank keeps the ``max_samples`` points with the smallest keys, so the global
 ``max_samples`` smallest distinct keys of the union of the ranks' samples. A key seen on two ranks
 (``DistributedSampler`` padding) is the same point: one copy is kept.
 
+Collectives happen only when the Lightning strategy passed in reports more than one process:
+``torch.distributed`` state alone decides nothing (a single-device Trainer may run inside a
+process group initialised by a sweep, where no other process would join).
+
 Design: each rank pickles its numpy-based :class:`EpochSample` itself and sends the bytes to
 rank 0 in one pad-and-trim ``gather`` of a uint8 tensor (lengths all-gathered first; only rank 0
 reduces, so nothing else is all-gathered). Unlike ``gather_object``, a sample that fails to pickle
@@ -12,7 +16,7 @@ hanging; texts, images and uneven row counts need no special case. Speed on 2 gl
 ``gather_object`` (0.6-1.1x); a tensor gather of the embeddings plus an object gather of the rest
 was as fast at 2,000 x 768 rows per rank and ~2x faster at 10,000 x 768 (~0.2 s), not worth a
 second code path. Rank 0 then broadcasts a small status object, so a mismatch between ranks raises
-the same error on every rank instead of leaving the others waiting.
+the same error on every rank instead of leaving the others waiting (``strategy.broadcast``).
 
 Example:
     >>> import numpy as np
@@ -77,18 +81,23 @@ def merge_samples(samples: Sequence[EpochSample | None], max_samples: int) -> Ep
     return _take(combined, first[:max_samples])
 
 
-def gather_samples(sample: EpochSample | None, max_samples: int) -> EpochSample | None:
+def gather_samples(
+    sample: EpochSample | None, max_samples: int, strategy: Any = None
+) -> EpochSample | None:
     """Gather every rank's sample to rank 0 and merge them; call it on every rank.
 
-    Without an initialised ``torch.distributed`` process group (or with one process) this is
-    ``merge_samples([sample], max_samples)``. Otherwise every rank makes the same collective calls
-    (one ``gather_object`` to rank 0, one ``broadcast_object_list`` of the outcome), also when a
-    rank has no rows (``sample=None``). With nccl, object collectives use the current CUDA device,
-    which Lightning sets on each rank.
+    The Lightning ``strategy`` decides: with ``strategy=None`` or a strategy whose
+    ``world_size`` is 1 this is ``merge_samples([sample], max_samples)`` and nothing collective
+    happens, even inside an initialised ``torch.distributed`` process group (a single-device
+    Trainer in a torchrun or Ray sweep). Otherwise every rank makes the same collective calls
+    (a byte gather to rank 0 on the default process group, which Lightning's DDP strategies use,
+    then ``strategy.broadcast`` of the outcome), also when a rank has no rows (``sample=None``).
 
     Args:
         sample: this rank's bottom-k sample, or ``None`` when the rank saw no validation rows.
         max_samples: how many points to keep at most.
+        strategy: ``trainer.strategy`` (read: ``world_size``, ``global_rank``, ``broadcast``);
+            ``None`` for one process.
 
     Returns:
         The merged sample on rank 0 (``None`` if no rank had one); ``None`` on the other ranks.
@@ -96,33 +105,36 @@ def gather_samples(sample: EpochSample | None, max_samples: int) -> EpochSample 
     Raises:
         ValueError: on every rank, with the same message, when the ranks' samples do not match
             (see :func:`merge_samples`) or a rank could not serialise its sample.
+        RuntimeError: when the strategy reports several processes but ``torch.distributed``
+            has no process group of that size to carry the samples.
 
     Example:
         >>> s = EpochSample("z", np.array([3, 1]), [0, 1], np.zeros((2, 2), np.float32))
-        >>> gather_samples(s, max_samples=1).keys.tolist()  # no process group: local merge
+        >>> gather_samples(s, max_samples=1).keys.tolist()  # one process: local merge
         [1]
     """
     _check_max_samples(max_samples)  # same arguments on every rank: all raise, none waits
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    world_size = int(getattr(strategy, "world_size", 1) or 1) if strategy is not None else 1
+    if world_size == 1:
         return merge_samples([sample], max_samples)
+    rank = int(getattr(strategy, "global_rank", 0) or 0)
+    _check_process_group(world_size)
 
-    gathered = _gather_bytes_to_rank0(_pack(sample))
+    gathered = _gather_bytes_to_rank0(_pack(sample), rank, world_size)
 
     merged: EpochSample | None = None
     failure: BaseException | None = None
-    status: list[Any] = [None]
+    status: Any = None
     if gathered is not None:
         try:
             merged = merge_samples([_unpack(r, p) for r, p in enumerate(gathered)], max_samples)
         except Exception as err:  # any failure must reach the other ranks, or they would hang
             failure = err
-            status = [(isinstance(err, ValueError), f"{type(err).__name__}: {err}", str(err))]
-    dist.broadcast_object_list(status, src=0)
+            status = (isinstance(err, ValueError), f"{type(err).__name__}: {err}", str(err))
+    status = strategy.broadcast(status, src=0)
 
-    if status[0] is not None:
-        is_value_error, described, message = status[0]
+    if status is not None:
+        is_value_error, described, message = status
         if is_value_error:
             raise ValueError(message) from failure
         if failure is not None:
@@ -131,7 +143,26 @@ def gather_samples(sample: EpochSample | None, max_samples: int) -> EpochSample 
     return merged
 
 
-def _gather_bytes_to_rank0(payload: bytes) -> list[memoryview] | None:
+def _check_process_group(world_size: int) -> None:
+    """The default process group must be the strategy's, or the gather would wait forever."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError(
+            f"The trainer's strategy reports {world_size} processes but no torch.distributed "
+            "process group is initialised, so the embedding samples of the ranks cannot be "
+            "gathered. Use a DDP strategy (for example strategy='ddp')."
+        )
+    # The size is the same on every rank, so every rank raises here and none waits.
+    if dist.get_world_size() != world_size:
+        raise RuntimeError(
+            f"The trainer's strategy reports {world_size} processes but the default "
+            f"torch.distributed process group has {dist.get_world_size()}; the embedding "
+            "samples are gathered on the default group, as Lightning's DDP strategies use it."
+        )
+
+
+def _gather_bytes_to_rank0(payload: bytes, rank: int, world_size: int) -> list[memoryview] | None:
     """Pad-and-trim gather of one byte string per rank to rank 0 (``None`` on other ranks).
 
     ``gather`` needs the same shape on every rank, so the lengths are all-gathered first and every
@@ -140,7 +171,6 @@ def _gather_bytes_to_rank0(payload: bytes) -> list[memoryview] | None:
     import torch
     import torch.distributed as dist
 
-    rank, world_size = dist.get_rank(), dist.get_world_size()
     device = torch.device("cpu")
     if dist.get_backend() == "nccl":
         device = torch.device("cuda", torch.cuda.current_device())
