@@ -33,6 +33,7 @@ from lightning_embproj.sinks.local import (
     list_validations,
     read_metrics,
     read_projections,
+    set_dir,
 )
 from lightning_embproj.sinks.view import (
     PALETTE,
@@ -42,6 +43,7 @@ from lightning_embproj.sinks.view import (
     render_view,
     sorted_labels,
 )
+from lightning_embproj.sinks.view.images import read_images
 
 PANEL_INCHES = 4.0  # each epoch's panel; with DPI 100 the PNG is 400 px wide per epoch
 HEIGHT_INCHES = 4.6  # panel plus the label legend below it
@@ -194,7 +196,8 @@ def compare(log_dir: str | os.PathLike[str], output: str | os.PathLike[str],
         title = f"{set_name} \u2014 {root.name}"
         view = folder / VIEW_FILE
         atomic_write_text(view, render_view(points, metrics, title=title, max_runs=max_runs,
-                                            lineage=read_lineage_or_none(path, arg)))
+                                            lineage=read_lineage_or_none(path, arg),
+                                            images=read_images(_folder(path, arg))))
         written.append(view)
         if problem:
             on_skip(f"compare: no PNG for set {set_name!r}: {problem}")
@@ -202,6 +205,10 @@ def compare(log_dir: str | os.PathLike[str], output: str | os.PathLike[str],
         written.append(plot_epochs(points, metrics, folder / f"compare_{r}.png", epochs=chosen,
                                    reducer=str(r), title=title))
     return written
+
+
+def _folder(path: Path, name: str | None) -> Path:
+    return path if name is None else set_dir(path, name)
 
 
 def find_sets(path: str | os.PathLike[str]) -> dict[str, tuple[Path, str | None]]:
@@ -293,7 +300,7 @@ def compare_runs(run_a: str | os.PathLike[str], run_b: str | os.PathLike[str],
 
     from lightning_embproj.align import procrustes_align
     from lightning_embproj.sinks.view import render_page
-    from lightning_embproj.sinks.view.encode import encode_points, point_keys
+    from lightning_embproj.sinks.view.encode import encode_images, encode_points, point_keys
 
     paths = {"A": Path(run_a), "B": Path(run_b)}
     found = {}
@@ -341,9 +348,9 @@ def compare_runs(run_a: str | os.PathLike[str], run_b: str | os.PathLike[str],
             raise ValueError(f"compare: runs A and B of set {set_name!r} have no layout in "
                              f"common (A: {', '.join(reducers_in(a))}; B: "
                              f"{', '.join(reducers_in(b))})")
-        plans.append((set_name, a, b, ka, kb, ra, rb, both))
+        plans.append((set_name, a, b, ka, kb, ra, rb, both, (pa, na), (pb, nb)))
     written: list[Path] = []
-    for set_name, a, b, ka, kb, ra, rb, both in plans:
+    for set_name, a, b, ka, kb, ra, rb, both, (pa, na), (pb, nb) in plans:
         folder = Path(output) / set_name
         universe = list(dict.fromkeys(list(ka) + list(kb)))
         b = b.copy()
@@ -417,6 +424,7 @@ def compare_runs(run_a: str | os.PathLike[str], run_b: str | os.PathLike[str],
             meta["in run"] = ["both" if key in in_a and key in in_b else
                               "A only" if key in in_a else "B only" for key in point_keys(meta)]
         points = encode_points(meta, keys=universe)
+        thumbs = {**read_images(_folder(pb, nb)), **read_images(_folder(pa, na))}
         one = {"val_index": 0, "epoch": ra[1], "step": ra[2], "label": "A and B"}
         panels = []
         for which, df, run in (("A", a, ra), ("B", b, rb)):
@@ -436,7 +444,8 @@ def compare_runs(run_a: str | os.PathLike[str], run_b: str | os.PathLike[str],
                      f"embeddings are not stored locally): {', '.join(summary)}. Select points "
                      "in either panel: they are highlighted in both."),
             "palette": list(PALETTE), "colour": colour_by, "points": points, "panels": panels,
-            "metrics": None, "lineage": None, "images": None, "tables": tables,
+            "metrics": None, "lineage": None, "images": encode_images(thumbs, universe),
+            "tables": tables,
         }
         page = folder / COMPARE_FILE
         atomic_write_text(page, render_page(payload, panels=2))

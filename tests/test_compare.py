@@ -225,6 +225,8 @@ def test_compare_two_real_digits_runs(tmp_path: Path, capsys: pytest.CaptureFixt
                            np.linalg.norm(raw_b - raw_b.mean(0), axis=1), atol=1e-3)
     page = (folder / "compare.html").read_text(encoding="utf-8")
     assert "250 shared ids" in page and "plotly.js v" in page
+    # The digits' images (images.json, written beside the CSV files) are the thumbnails.
+    assert re.search(r'"images":\{"\d+":"data:image/png;base64,', page)
 
 
 def test_compare_page_in_browser(tmp_path: Path) -> None:

@@ -384,7 +384,8 @@ function drawMetrics() {
       const key = right ? 'yaxis2' : 'yaxis';
       layout[key] = {title: {text: wrapTitle(axis.title), font: {size: 11}}, zeroline: false};
       if (right) {
-        Object.assign(layout[key], {overlaying: 'y', side: 'right', showgrid: false});
+        Object.assign(layout[key], {overlaying: 'y', side: 'right', showgrid: false,
+          tickmode: 'auto', nticks: 6});
         layout.margin.r = 64;
       }
       for (const s of axis.series) {
