@@ -34,6 +34,7 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
 _STRING_DOMAIN = np.uint64(0x5EED_57A1_6B0D_1E5D)  # strings and ints hash in separate domains
+_CHUNK_CHARS = 16_384
 _POSITIONS: dict[int, np.ndarray] = {}  # per-word position salts, by word count
 
 
@@ -46,11 +47,12 @@ def splitmix64(x: np.ndarray) -> np.ndarray:
     """
     with np.errstate(over="ignore"):
         z = x + _GOLDEN  # a new array: the in-place steps below never touch the input
-        z ^= z >> np.uint64(30)
+        shifted = np.empty_like(z)  # one scratch array: fresh big arrays cost page faults
+        z ^= np.right_shift(z, np.uint64(30), out=shifted)
         z *= _MIX1
-        z ^= z >> np.uint64(27)
+        z ^= np.right_shift(z, np.uint64(27), out=shifted)
         z *= _MIX2
-        z ^= z >> np.uint64(31)
+        z ^= np.right_shift(z, np.uint64(31), out=shifted)
         return z
 
 
@@ -80,14 +82,18 @@ def string_hash(values: np.ndarray) -> np.ndarray:
     """
     values = np.ascontiguousarray(values, dtype=np.str_)
     n, width = values.shape[0], values.dtype.itemsize // 4
-    codes = np.zeros((n, width + width % 2), dtype=np.uint64)
+    if n * width > _CHUNK_CHARS:  # small blocks stay in cache and skip fresh-page faults
+        step = max(1, _CHUNK_CHARS // max(width, 1))
+        return np.concatenate([string_hash(values[i : i + step]) for i in range(0, n, step)])
+    # Character positions along the first axis: each step below is one pass over N values.
+    codes = np.zeros((width + width % 2, n), dtype=np.uint64)
     if width:
-        codes[:, :width] = values.view(np.uint32).reshape(n, width)
+        codes[:width] = values.view(np.uint32).reshape(n, width).T
     # Arithmetic pairing, not a byte view: the same words on any byte order.
-    words = codes[:, 0::2] | (codes[:, 1::2] << np.uint64(32))
-    mixed = splitmix64(words ^ _position_salts(words.shape[1]))
+    words = codes[0::2] | (codes[1::2] << np.uint64(32))
+    mixed = splitmix64(words ^ _position_salts(words.shape[0])[:, None])
     mixed[words == 0] = 0
-    return splitmix64(np.bitwise_xor.reduce(mixed, axis=1) ^ _STRING_DOMAIN)
+    return splitmix64(np.bitwise_xor.reduce(mixed, axis=0) ^ _STRING_DOMAIN)
 
 
 def hash_ids(ids: np.ndarray | Sequence[Any], dataloader_idx: int) -> np.ndarray:
