@@ -52,14 +52,22 @@ def _projector_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
 
 
 # -- a reducer failing once, on a real fit --------------------------------------------------------
-def test_tsne_failing_in_one_run_stays_local_in_wandb(tmp_path, wandb_offline, monkeypatch):
+@pytest.mark.parametrize("failed", [
+    1,
+    pytest.param(0, marks=pytest.mark.xfail(
+        strict=True, reason="until the callback passes settings=self.settings to sinks.build, "
+        "the W&B sink learns the reducers from the first run")),
+], ids=["second-run", "first-run"])
+def test_tsne_failing_in_one_run_stays_local_in_wandb(
+    tmp_path, wandb_offline, monkeypatch, failed
+):
     import matplotlib.pyplot as plt
 
     real_tsne, calls = reduce_module.tsne, []
 
     def tsne_failing_once(*args: Any, **kwargs: Any) -> np.ndarray:
         calls.append(1)
-        if len(calls) == 2:
+        if len(calls) == failed + 1:
             raise FloatingPointError("gradient of the KL divergence is NaN")
         return real_tsne(*args, **kwargs)
 
@@ -76,10 +84,9 @@ def test_tsne_failing_in_one_run_stays_local_in_wandb(tmp_path, wandb_offline, m
     _finish()
 
     assert len(calls) == 4
-    assert _projector_warnings(caught) == [
-        "lightning-embproj: reducer 'tsne' failed at epoch 1 for 'embeddings' and is left out "
-        "of that epoch (FloatingPointError: gradient of the KL divergence is NaN)"
-    ]
+    warned = _projector_warnings(caught)
+    assert len(warned) == 1 and "reducer 'tsne' failed" in warned[0]
+    assert "(FloatingPointError: gradient of the KL divergence is NaN)" in warned[0]
     # every run's table, with the same columns; the failed run's t-SNE cells are null
     tables = wandb_tables(wandb_offline, "embproj/embeddings")
     assert len(tables) == 4
@@ -90,7 +97,7 @@ def test_tsne_failing_in_one_run_stays_local_in_wandb(tmp_path, wandb_offline, m
     for run, table in enumerate(tables):
         cells = [row[j] for row in table["data"] for j in tsne]
         assert len(table["data"]) == 60
-        if run == 1:
+        if run == failed:
             assert cells == [None] * 120
         else:
             assert all(isinstance(v, float) for v in cells)
@@ -98,7 +105,7 @@ def test_tsne_failing_in_one_run_stays_local_in_wandb(tmp_path, wandb_offline, m
     steps = [step for step, _ in scalars(wandb_offline, "embproj/embeddings/silhouette")]
     assert len(steps) == 4 and steps == sorted(steps)
     trust = scalars(wandb_offline, "embproj/embeddings/tsne/trustworthiness")
-    assert [step for step, _ in trust] == [steps[0], steps[2], steps[3]]
+    assert [step for step, _ in trust] == [s for run, s in enumerate(steps) if run != failed]
     # the movers of every run, with the run's table columns after the movers' own
     movers = wandb_tables(wandb_offline, "embproj/embeddings/movers")
     assert len(movers) == 4
@@ -111,8 +118,8 @@ def test_tsne_failing_in_one_run_stays_local_in_wandb(tmp_path, wandb_offline, m
     assert last["columns"] == columns
     epoch_col = columns.index("epoch")
     for row in last["data"]:
-        failed = row[epoch_col] == 1
-        assert (row[tsne[0]] is None) == failed and (row[tsne[1]] is None) == failed
+        lost = row[epoch_col] == failed  # one validation run per epoch here
+        assert (row[tsne[0]] is None) == lost and (row[tsne[1]] is None) == lost
     # one picture per reducer and run that has its layout, each within the budget
     pca_images, tsne_images = (_images(wandb_offline, "embeddings", r) for r in ("pca", "tsne"))
     assert len(pca_images) == 4 and len(tsne_images) == 3
@@ -120,7 +127,7 @@ def test_tsne_failing_in_one_run_stays_local_in_wandb(tmp_path, wandb_offline, m
     logged = [row for row in history(wandb_offline) if "embproj/embeddings/silhouette" in row]
     assert [row.get("embproj/embeddings/pca_plot/_type") for row in logged] == ["image-file"] * 4
     assert [row.get("embproj/embeddings/tsne_plot/_type") for row in logged] == [
-        "image-file", None, "image-file", "image-file"
+        None if run == failed else "image-file" for run in range(4)
     ]
     assert plt.get_fignums() == []  # rendered without pyplot's global figures
 
