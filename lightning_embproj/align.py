@@ -1,4 +1,5 @@
-"""Align stage: make epoch t's layout comparable to epoch t-1's (orthogonal Procrustes).
+"""Align stage: make epoch t's layout comparable to epoch t-1's (orthogonal Procrustes,
+``scipy.linalg.orthogonal_procrustes`` plus a translation, no scaling).
 
 Example:
     >>> import numpy as np
@@ -12,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import numpy as np
+from scipy.linalg import orthogonal_procrustes
 
 
 def _as_layout(name: str, layout: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -54,8 +56,8 @@ def procrustes_align(
         return layout.copy()
     a, b = layout[ia], ref_layout[ib]
     mu_a, mu_b = a.mean(axis=0), b.mean(axis=0)
-    u, _, vt = np.linalg.svd((a - mu_a).T @ (b - mu_b))
-    rot = u @ vt  # minimises ||(a - mu_a) @ rot - (b - mu_b)||, rotations and reflections
+    # minimises ||(a - mu_a) @ rot - (b - mu_b)|| over rotations and reflections (no scaling)
+    rot, _ = orthogonal_procrustes(a - mu_a, b - mu_b)
     scale = max(float(np.abs(b).max()), 1.0)
     if np.allclose(rot, np.eye(k), rtol=0.0, atol=1e-12) and np.allclose(
         mu_a, mu_b, rtol=0.0, atol=1e-12 * scale

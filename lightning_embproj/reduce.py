@@ -2,24 +2,33 @@
 
 Pure functions over numpy arrays; openTSNE, scikit-learn and umap-learn are imported lazily.
 Every reducer returns a float64 ``(N, n_components)`` array and is deterministic for a given
-input and ``random_state``.
+input and ``random_state``. :func:`prepare` wraps one epoch's embeddings so that the principal
+components are computed once and shared by the PCA reducer and t-SNE's PCA-to-50 step.
 
 Example:
     >>> import numpy as np
     >>> X = np.random.default_rng(0).normal(size=(100, 8))
     >>> reduce("pca", X, 2).shape
     (100, 2)
+    >>> prepared = prepare(X, ["pca", "tsne"])
+    >>> bool(np.allclose(reduce("pca", prepared, 2), reduce("pca", X, 2)))
+    True
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal
 
 import numpy as np
-import numpy.typing as npt
 
+from lightning_embproj.sample import _splitmix64 as splitmix64
+
+#: The reducer names, in the order the docs list them (the single source for options/view).
 REDUCERS: tuple[str, ...] = ("pca", "tsne", "umap")
+PCASolver = Literal["auto", "gram", "covariance", "randomized"]
+PCA_SOLVERS: tuple[str, ...] = ("auto", "gram", "covariance", "randomized")
 
 # Below this many rows t-SNE / UMAP are meaningless (and the libraries raise): use PCA.
 _MIN_ROWS = 5
@@ -29,8 +38,22 @@ _TSNE_PCA_DIMS = 50
 # ~2x faster, layout moves far less).
 _TSNE_COLD_ITERS = 500
 _TSNE_WARM_ITERS = 250
-# Exact eigh of the D x D covariance up to this D, randomized SVD above (measured at N=10,000).
-_EXACT_PCA_MAX_DIM = 1024
+# With a change hint (kNN overlap with the previous epoch), fewer warm iterations: 250 at
+# overlap <= 0.5, linearly down to 50 at overlap 1 (bench_reduce.py: kNN preservation within
+# 0.01 of 250 iterations).
+_TSNE_WARM_MIN_ITERS = 50
+_TSNE_CHANGE_FLOOR = 0.5
+# openTSNE's FFT gradient from this many rows (2-D only); Barnes-Hut below (bench_reduce.py).
+_TSNE_FFT_MIN_ROWS = 10_000
+# Exact PCA (eigh of the N x N Gram or the D x D covariance, float64) when the smaller side is
+# at most this; randomized SVD when both sides are larger (bench_reduce.py: 300 x 4096: eigh of
+# the Gram ~0.03 s vs ~0.4-1.5 s randomized; 20,000 x 2,000: covariance 2x faster).
+_EXACT_PCA_MAX_SIDE = 2000
+# Randomized SVD: oversampling and power iterations (as scikit-learn's randomized_svd).
+_RSVD_OVERSAMPLE = 20
+_RSVD_ITERS = 6
+# Row/column blocks cast to float64 are at most this large: memory stays O(block), not O(N*D).
+_BLOCK_BYTES = 16 * 2**20
 # UMAP warm start: 100 epochs from a tenth of umap's learning rate. umap's SGD restarted at
 # its full rate (1.0) moves a converged layout even when nothing changed (digits, 300 rows:
 # Procrustes disparity to the previous layout 0.165 for identical input, 0.20 after a mixed +
@@ -39,19 +62,239 @@ _UMAP_WARM_EPOCHS = 100
 _UMAP_WARM_LEARNING_RATE = 0.1
 
 
+def _check_components(n_components: int) -> None:
+    if not isinstance(n_components, (int, np.integer)) or n_components < 1:
+        raise ValueError(f"n_components must be a positive int, got {n_components!r}")
+
+
+def _blocks(n: int, width: int) -> Iterator[slice]:
+    """Consecutive slices of ``range(n)`` whose float64 blocks of ``width`` columns are small."""
+    step = max(1, _BLOCK_BYTES // (8 * max(width, 1)))
+    for start in range(0, n, step):
+        yield slice(start, min(start + step, n))
+
+
+def _as_matrix(X: np.ndarray) -> np.ndarray:
+    """``X`` as a 2-D finite float32/float64 array, without a copy when it already is one."""
+    X = np.asarray(X)
+    if X.ndim != 2:
+        raise ValueError(f"X must be a 2-D (N, D) array, got shape {X.shape}")
+    X = np.ascontiguousarray(X, dtype=np.float32 if X.dtype == np.float32 else np.float64)
+    if not all(np.isfinite(X[rows]).all() for rows in _blocks(X.shape[0], X.shape[1])):
+        raise ValueError("X contains NaN or infinite values")
+    return X
+
+
+def _top_eigh(M: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` largest eigenvalues (descending, >= 0) and eigenvectors of symmetric ``M``."""
+    import scipy.linalg
+
+    m = M.shape[0]
+    if k >= m:
+        evals, evecs = np.linalg.eigh(M)
+    else:
+        evals, evecs = scipy.linalg.eigh(M, subset_by_index=[m - k, m - 1])
+    return np.maximum(evals[::-1], 0.0), evecs[:, ::-1]
+
+
+def _qr(A: np.ndarray) -> np.ndarray:
+    return np.linalg.qr(A)[0]
+
+
+class _Basis:
+    """Leading principal axes of one matrix: mean, sign-fixed axes, their variances, scores."""
+
+    def __init__(self, X: np.ndarray, k: int, solver: str) -> None:
+        n, d = X.shape
+        self.mean = X.mean(axis=0, dtype=np.float64)
+        if solver == "gram":
+            self._gram(X, k)
+        else:
+            if solver == "covariance":
+                self._covariance(X, k)
+            else:
+                self._randomized(X, k)
+            self.scores = np.empty((n, self.comps.shape[0]))
+            for rows in _blocks(n, d):
+                self.scores[rows] = self._centred(X, rows) @ self.comps.T
+        # Directions with no variance are numerical noise: zero them rather than show noise.
+        self.scores[:, self.var <= 1e-12 * self.total] = 0.0
+
+    def _centred(self, X: np.ndarray, rows: slice, cols: slice = slice(None)) -> np.ndarray:
+        block = X[rows, cols].astype(np.float64)
+        block -= self.mean[cols]
+        return block
+
+    def _fix_signs(self, comps: np.ndarray) -> np.ndarray:
+        # eigh/SVD may return either sign for the same input or a tiny change of it: make each
+        # axis' largest-|loading| positive.
+        rows = np.arange(comps.shape[0])
+        signs = np.sign(comps[rows, np.argmax(np.abs(comps), axis=1)])
+        self.signs = np.where(signs == 0, 1.0, signs)
+        return comps * self.signs[:, None]
+
+    def _covariance(self, X: np.ndarray, k: int) -> None:
+        n, d = X.shape
+        cov = np.zeros((d, d))
+        for rows in _blocks(n, d):
+            block = self._centred(X, rows)
+            cov += block.T @ block
+            del block  # before the next block is cast: one block alive at a time
+        self.total = float(np.trace(cov))
+        self.var, evecs = _top_eigh(cov, k)
+        self.comps = self._fix_signs(evecs.T)
+
+    def _gram(self, X: np.ndarray, k: int) -> None:
+        # N < D: the N x N Gram has the same nonzero eigenvalues as the D x D covariance, and
+        # its eigenvectors u give the axes Xc^T u / s and the scores u * s.
+        n, d = X.shape
+        gram = np.zeros((n, n))
+        for cols in _blocks(d, n):
+            block = self._centred(X, slice(None), cols)
+            gram += block @ block.T
+            del block
+        self.total = float(np.trace(gram))
+        self.var, u = _top_eigh(gram, min(k, n))
+        s = np.sqrt(self.var)
+        inv = np.divide(1.0, s, out=np.zeros_like(s), where=s > 0)
+        comps = np.empty((len(s), d))
+        for cols in _blocks(d, n):
+            comps[:, cols] = (u.T @ self._centred(X, slice(None), cols)) * inv[:, None]
+        self.comps = self._fix_signs(comps)
+        self.scores = u * (s * self.signs)
+
+    def _randomized(self, X: np.ndarray, k: int) -> None:
+        # Halko et al.'s range finder with implicit centring: the power iterations run in X's
+        # own dtype on X itself (no centred copy), the projection and the small SVD in float64.
+        n, d = X.shape
+        width = min(k + _RSVD_OVERSAMPLE, n, d)
+        mean = self.mean.astype(X.dtype)
+        rng = np.random.default_rng(0)
+        q = rng.standard_normal((d, width)).astype(X.dtype)
+        y = X @ q - mean @ q
+        for _ in range(_RSVD_ITERS):
+            y = _qr(y)
+            z = _qr(X.T @ y - np.outer(mean, y.sum(axis=0)))
+            y = X @ z - mean @ z
+        q64 = _qr(y.astype(np.float64))
+        small = np.zeros((width, d))
+        total = 0.0
+        for rows in _blocks(n, d):
+            block = self._centred(X, rows)
+            small += q64[rows].T @ block
+            total += float(np.einsum("ij,ij->", block, block))
+            del block
+        self.total = total
+        _, s, vt = np.linalg.svd(small, full_matrices=False)
+        self.var = s[:k] ** 2
+        self.comps = self._fix_signs(vt[:k])
+
+
+def _pca_solver(n: int, d: int, solver: str) -> str:
+    if solver not in PCA_SOLVERS:
+        raise ValueError(f"solver must be one of {list(PCA_SOLVERS)}, got {solver!r}")
+    if solver != "auto":
+        return solver
+    if min(n, d) > _EXACT_PCA_MAX_SIDE:
+        return "randomized"
+    return "gram" if n < d else "covariance"
+
+
+class Prepared:
+    """One epoch's embeddings, with the principal components computed at most once.
+
+    Pass it wherever a reducer takes ``X`` (:func:`reduce`, :func:`pca`, :func:`tsne`,
+    :func:`umap`, :func:`warm_init`). The PCA reducer's columns and t-SNE's PCA-to-50 input
+    then come from one decomposition. Nothing is computed or checked until a reducer asks, so
+    building one never raises on bad embeddings; the reducer does, as with a plain array.
+
+    Example:
+        >>> X = np.random.default_rng(0).normal(size=(80, 64))
+        >>> p = prepare(X, ["pca", "tsne"])
+        >>> p.pca(2).shape, p.pca(50).shape  # one eigendecomposition serves both
+        ((80, 2), (80, 50))
+    """
+
+    def __init__(self, X: Any, reducers: Sequence[str] = (), solver: PCASolver = "auto") -> None:
+        self._raw = X
+        self._X: np.ndarray | None = None
+        # t-SNE will ask for 50 columns: compute them on the first request, whoever asks.
+        self._min_dims = _TSNE_PCA_DIMS if "tsne" in reducers else 0
+        self._solver = solver
+        self._basis: _Basis | None = None
+        self._total: float | None = None
+
+    @property
+    def X(self) -> np.ndarray:
+        """The checked float32/float64 ``(N, D)`` array (no copy of float32/float64 input)."""
+        if self._X is None:
+            self._X = _as_matrix(self._raw)
+        return self._X
+
+    @property
+    def total(self) -> float:
+        """Sum of squared distances of the rows to their mean (0: all rows identical)."""
+        if self._total is None:
+            if self._basis is not None:
+                self._total = self._basis.total
+            else:
+                X = self.X
+                mean = X.mean(axis=0, dtype=np.float64)
+                self._total = 0.0
+                for rows in _blocks(*X.shape):
+                    block = X[rows].astype(np.float64)
+                    block -= mean
+                    self._total += float(np.einsum("ij,ij->", block, block))
+                    del block
+        return self._total
+
+    def pca(self, n_components: int) -> np.ndarray:
+        """Centred PCA scores ``(N, n_components)``, see :func:`pca`."""
+        _check_components(n_components)
+        X = self.X
+        n, d = X.shape
+        out = np.zeros((n, n_components))
+        k = min(n_components, d, n)
+        if n < 2:
+            return out
+        if self._basis is None or self._basis.comps.shape[0] < k:
+            want = min(max(k, self._min_dims), d, n)
+            self._basis = _Basis(X, want, _pca_solver(n, d, self._solver))
+            self._total = self._basis.total
+        if self._basis.total <= 0.0:
+            return out
+        out[:, :k] = self._basis.scores[:, :k]
+        return out
+
+
+def prepare(X: Any, reducers: Sequence[str] = (), solver: PCASolver = "auto") -> Prepared:
+    """Wrap ``X`` for the reducers named in ``reducers`` (see :class:`Prepared`).
+
+    Example:
+        >>> X = np.random.default_rng(0).normal(size=(60, 100))
+        >>> p = prepare(X, ["pca", "tsne"])
+        >>> reduce("tsne", p, 2).shape
+        (60, 2)
+    """
+    return X if isinstance(X, Prepared) else Prepared(X, reducers, solver)
+
+
 def reduce(
     method: str,
-    X: np.ndarray,
+    X: np.ndarray | Prepared,
     n_components: int,
     *,
     init: np.ndarray | None = None,
     random_state: int = 0,
     perplexity: float = 30.0,
+    n_jobs: int = 1,
+    change: float | None = None,
 ) -> np.ndarray:
     """Project ``X`` with the reducer named ``method`` (one of :data:`REDUCERS`).
 
-    ``init`` (a previous layout, see :func:`warm_init`) is ignored by PCA; ``perplexity`` is
-    used by t-SNE only.
+    ``X`` is an array or a :class:`Prepared` (to share the PCA between reducers). ``init``
+    (a previous layout, see :func:`warm_init`) is ignored by PCA; ``perplexity``, ``n_jobs``
+    and ``change`` are used by t-SNE only (see :func:`tsne`).
 
     Example:
         >>> X = np.random.default_rng(0).normal(size=(50, 4))
@@ -62,22 +305,12 @@ def reduce(
         return pca(X, n_components)
     if method == "tsne":
         return tsne(
-            X, n_components, init=init, perplexity=perplexity, random_state=random_state
+            X, n_components, init=init, perplexity=perplexity, random_state=random_state,
+            n_jobs=n_jobs, change=change,
         )
     if method == "umap":
         return umap(X, n_components, init=init, random_state=random_state)
     raise ValueError(f"reducer must be one of {list(REDUCERS)}, got {method!r}")
-
-
-def _check(X: np.ndarray, n_components: int) -> np.ndarray:
-    X = np.asarray(X, dtype=np.float64)
-    if X.ndim != 2:
-        raise ValueError(f"X must be a 2-D (N, D) array, got shape {X.shape}")
-    if not isinstance(n_components, (int, np.integer)) or n_components < 1:
-        raise ValueError(f"n_components must be a positive int, got {n_components!r}")
-    if not np.isfinite(X).all():
-        raise ValueError("X contains NaN or infinite values")
-    return X
 
 
 def _check_init(init: np.ndarray, n: int, n_components: int) -> np.ndarray:
@@ -89,10 +322,14 @@ def _check_init(init: np.ndarray, n: int, n_components: int) -> np.ndarray:
     return init
 
 
-def pca(X: np.ndarray, n_components: int) -> np.ndarray:
+def pca(X: np.ndarray | Prepared, n_components: int, *, solver: PCASolver = "auto") -> np.ndarray:
     """Centred PCA scores with a fixed sign: each axis' largest-|loading| is positive.
 
-    Zero-variance directions (all rows identical, N=1, D < n_components) give zero columns.
+    ``solver="auto"``: exact (float64 eigh of the N x N Gram when N < D, of the D x D
+    covariance otherwise) when N or D is at most 2,000; randomized SVD (6 power iterations,
+    fixed seed) when both are larger. Memory stays within the input plus O(N * n_components)
+    and a few 16 MB blocks. Zero-variance directions (all rows identical, N=1,
+    D < n_components) give zero columns. With a :class:`Prepared`, its solver is used.
 
     Example:
         >>> pca(np.ones((3, 5)), 2)
@@ -100,32 +337,8 @@ def pca(X: np.ndarray, n_components: int) -> np.ndarray:
                [0., 0.],
                [0., 0.]])
     """
-    X = _check(X, n_components)
-    n, d = X.shape
-    out = np.zeros((n, n_components))
-    k = min(n_components, d)
-    Xc = X - X.mean(axis=0)
-    total = float(np.einsum("ij,ij->", Xc, Xc))
-    if n < 2 or k == 0 or total <= 0.0:
-        return out
-    if d <= _EXACT_PCA_MAX_DIM:
-        evals, evecs = np.linalg.eigh(Xc.T @ Xc)
-        var = evals[::-1][:k]
-        comps = evecs[:, ::-1][:, :k].T
-    else:
-        from sklearn.utils.extmath import randomized_svd
-
-        _, s, comps = randomized_svd(Xc, k, n_oversamples=20, n_iter=6, random_state=0)
-        var = s**2
-    # Fix the sign: eigh/SVD may return either sign for the same input or a tiny change of it.
-    rows = np.arange(comps.shape[0])
-    signs = np.sign(comps[rows, np.argmax(np.abs(comps), axis=1)])
-    comps = comps * np.where(signs == 0, 1.0, signs)[:, None]
-    scores = Xc @ comps.T
-    # Directions with no variance are numerical noise: zero them rather than show noise.
-    scores[:, var <= 1e-12 * total] = 0.0
-    out[:, : scores.shape[1]] = scores
-    return out
+    _check_components(n_components)
+    return prepare(X, solver=solver).pca(n_components)
 
 
 def _effective_perplexity(perplexity: float, n: int) -> float:
@@ -145,23 +358,55 @@ if not any(isinstance(f, _DropInitStdWarning) for f in _OT_LOG.filters):
     _OT_LOG.addFilter(_DropInitStdWarning())
 
 
+def tsne_gradient_method(n: int, n_components: int) -> str:
+    """openTSNE's ``negative_gradient_method`` for ``n`` rows: ``"fft"`` from 10,000 rows in
+    1-2 dims (FFT supports no more), ``"bh"`` (Barnes-Hut) otherwise.
+
+    Example:
+        >>> tsne_gradient_method(4000, 2), tsne_gradient_method(20000, 2)
+        ('bh', 'fft')
+    """
+    return "fft" if n >= _TSNE_FFT_MIN_ROWS and n_components <= 2 else "bh"
+
+
+def warm_iterations(change: float | None) -> int:
+    """Iterations of a warm-started t-SNE given ``change`` (the mean fraction of each point's
+    10 nearest neighbours kept since the previous epoch: 1 = unchanged, ``None`` = unknown).
+
+    250 when unknown or at most 0.5, then linearly fewer down to 50 at 1.
+
+    Example:
+        >>> warm_iterations(None), warm_iterations(0.4), warm_iterations(0.75), warm_iterations(1.0)
+        (250, 250, 150, 50)
+    """
+    if change is None:
+        return _TSNE_WARM_ITERS
+    change = float(change)
+    if not 0.0 <= change <= 1.0:
+        raise ValueError(f"change must be in [0, 1] (1 = unchanged), got {change!r}")
+    calm = max(0.0, (change - _TSNE_CHANGE_FLOOR) / (1.0 - _TSNE_CHANGE_FLOOR))
+    return round(_TSNE_WARM_ITERS - calm * (_TSNE_WARM_ITERS - _TSNE_WARM_MIN_ITERS))
+
+
 def tsne(
-    X: np.ndarray,
+    X: np.ndarray | Prepared,
     n_components: int,
     *,
     init: np.ndarray | None = None,
     perplexity: float = 30.0,
     random_state: int = 0,
     n_jobs: int = 1,
+    change: float | None = None,
 ) -> np.ndarray:
     """t-SNE layout with openTSNE; a warm start from ``init`` when given.
 
     Cold: PCA initialisation, 250 early-exaggeration iterations, then 500.
-    Warm (``init`` given, e.g. from :func:`warm_init`): 250 iterations from ``init`` without
-    early exaggeration, which keeps the previous layout's arrangement.
-    Inputs with more than 50 dims are first reduced to 50 by PCA. Fewer than 5 rows, or no
-    variance at all, return the PCA layout. Barnes-Hut below 10,000 rows or in 3-D (openTSNE's
-    FFT gradient supports 1-2 dims only and is slower below ~10,000 rows), FFT above.
+    Warm (``init`` given, e.g. from :func:`warm_init`): no early exaggeration, which keeps the
+    previous layout's arrangement, and :func:`warm_iterations` of ``change`` iterations (250
+    without a hint). Inputs with more than 50 dims are first reduced to 50 by PCA (shared with
+    the PCA reducer through a :class:`Prepared`). Fewer than 5 rows, or no variance at all,
+    return the PCA layout. Gradient: :func:`tsne_gradient_method`. ``n_jobs``: openTSNE's
+    threads (1 leaves the cores to training).
 
     Example:
         >>> from sklearn.datasets import load_digits
@@ -169,24 +414,27 @@ def tsne(
         >>> tsne(X, 2).shape
         (200, 2)
     """
-    X = _check(X, n_components)
-    n = X.shape[0]
+    _check_components(n_components)
+    prepared = prepare(X, ["tsne"])
+    n, d = prepared.X.shape
     if init is not None:
         init = _check_init(init, n, n_components)
     if perplexity <= 0:
         raise ValueError(f"perplexity must be > 0, got {perplexity!r}")
-    if n < _MIN_ROWS or not (X - X[0]).any():
-        return pca(X, n_components)
-    Xr = pca(X, _TSNE_PCA_DIMS) if X.shape[1] > _TSNE_PCA_DIMS else X
+    if not isinstance(n_jobs, (int, np.integer)) or n_jobs == 0 or n_jobs < -1:
+        raise ValueError(f"n_jobs must be a positive int or -1 (all cores), got {n_jobs!r}")
+    n_iter = warm_iterations(change)
+    if n < _MIN_ROWS or prepared.total <= 0.0:
+        return prepared.pca(n_components)
+    Xr = prepared.pca(_TSNE_PCA_DIMS) if d > _TSNE_PCA_DIMS else prepared.X.astype(np.float64)
 
     import openTSNE
 
-    method = "fft" if n >= 10_000 and n_components <= 2 else "bh"
     params: dict[str, Any] = dict(
         n_components=n_components,
         perplexity=_effective_perplexity(perplexity, n),
-        negative_gradient_method=method,
-        n_jobs=n_jobs,
+        negative_gradient_method=tsne_gradient_method(n, n_components),
+        n_jobs=int(n_jobs),
         random_state=random_state,
         # exact kNN below 1,000 rows, Annoy (seeded) above: openTSNE's own choice
         neighbors="auto",
@@ -200,13 +448,13 @@ def tsne(
         model = openTSNE.TSNE(initialization=start, n_iter=_TSNE_COLD_ITERS, **params)
     else:
         model = openTSNE.TSNE(
-            initialization=init, early_exaggeration_iter=0, n_iter=_TSNE_WARM_ITERS, **params
+            initialization=init, early_exaggeration_iter=0, n_iter=n_iter, **params
         )
     return np.asarray(model.fit(Xr), dtype=np.float64)
 
 
 def umap(
-    X: np.ndarray,
+    X: np.ndarray | Prepared,
     n_components: int,
     *,
     init: np.ndarray | None = None,
@@ -223,8 +471,9 @@ def umap(
         >>> umap(X, 2).shape  # doctest: +SKIP
         (300, 2)
     """
-    X = _check(X, n_components)
-    n = X.shape[0]
+    _check_components(n_components)
+    prepared = prepare(X)
+    n = prepared.X.shape[0]
     if init is not None:
         init = _check_init(init, n, n_components)
     try:
@@ -233,8 +482,8 @@ def umap(
         raise ImportError(
             'reducer "umap" needs umap-learn: pip install "lightning-embproj[umap]"'
         ) from err
-    if n < _MIN_ROWS or not (X - X[0]).any():
-        return pca(X, n_components)
+    if n < _MIN_ROWS or prepared.total <= 0.0:
+        return prepared.pca(n_components)
     model = umap_learn.UMAP(
         n_components=n_components,
         n_neighbors=min(15, n - 1),
@@ -244,25 +493,23 @@ def umap(
         random_state=random_state,
         n_jobs=1,  # a seed forces one thread anyway; say so to skip umap's warning
     )
-    return np.asarray(model.fit_transform(X), dtype=np.float64)
+    return np.asarray(model.fit_transform(prepared.X.astype(np.float64)), dtype=np.float64)
 
 
 def _key_jitter(keys: np.ndarray, n_components: int) -> np.ndarray:
-    """Deterministic pseudo-random values in [-1, 1) per key and axis (splitmix64 hash)."""
+    """Deterministic pseudo-random values in [-1, 1) per key and axis (SplitMix64 hash)."""
     u64 = np.uint64
     axis = np.arange(n_components, dtype=u64)
-    z = (keys.astype(u64)[:, None] * u64(n_components) + axis + u64(1)).astype(u64)
-    with np.errstate(over="ignore"):
-        z = z * u64(0x9E3779B97F4A7C15)
-        z = (z ^ (z >> u64(30))) * u64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> u64(27))) * u64(0x94D049BB133111EB)
-        z = z ^ (z >> u64(31))
-    top: npt.NDArray[np.uint64] = z >> u64(11)
+    z = keys.astype(u64)[:, None] * u64(n_components) + axis + u64(1)
+    top = splitmix64(z) >> u64(11)
     return top.astype(np.float64) / 2.0**52 - 1.0
 
 
 def warm_init(
-    prev_keys: np.ndarray, prev_layout: np.ndarray, keys: np.ndarray, X: np.ndarray
+    prev_keys: np.ndarray,
+    prev_layout: np.ndarray,
+    keys: np.ndarray,
+    X: np.ndarray | Prepared,
 ) -> np.ndarray | None:
     """Initial layout for rows ``keys`` (embeddings ``X``) from the previous epoch's layout.
 
@@ -280,7 +527,7 @@ def warm_init(
     prev_keys = np.asarray(prev_keys, dtype=np.int64)
     keys = np.asarray(keys, dtype=np.int64)
     prev_layout = np.asarray(prev_layout, dtype=np.float64)
-    X = np.asarray(X, dtype=np.float64).reshape(len(keys), -1)
+    X = (X.X if isinstance(X, Prepared) else np.asarray(X, dtype=np.float64)).reshape(len(keys), -1)
     if prev_layout.ndim != 2 or len(prev_layout) != len(prev_keys):
         raise ValueError(
             f"prev_layout must be (len(prev_keys), n_components) = ({len(prev_keys)}, k), "

@@ -87,3 +87,31 @@ def test_disparity_degenerate_and_bad_input() -> None:
     assert disparity(z, np.arange(10.0).reshape(5, 2)) == 1.0
     with pytest.raises(ValueError, match="matched"):
         disparity(np.zeros((5, 2)), np.zeros((4, 2)))
+
+
+def _hand_svd_align(layout: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """The previous hand-written fit (rows matched): numpy SVD of the cross-covariance."""
+    mu_a, mu_b = layout.mean(axis=0), ref.mean(axis=0)
+    u, _, vt = np.linalg.svd((layout - mu_a).T @ (ref - mu_b))
+    return (layout - mu_a) @ (u @ vt) + mu_b
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_same_result_as_the_hand_written_svd(k: int) -> None:
+    rng = np.random.default_rng(10 + k)
+    ref = rng.normal(size=(400, k)) * 5
+    noisy = ref @ _orthogonal(k, seed=k + 3, reflect=k == 3) + rng.normal(size=(400, k)) + 2.0
+    keys = np.arange(400)
+    out = procrustes_align(noisy, keys, ref, keys)
+    np.testing.assert_allclose(out, _hand_svd_align(noisy, ref), atol=1e-10)
+    # a rigid motion: distances between rows are kept (no scaling)
+    np.testing.assert_allclose(
+        np.linalg.norm(out[1:] - out[:-1], axis=1), np.linalg.norm(noisy[1:] - noisy[:-1], axis=1)
+    )
+
+
+def test_non_finite_layout_raises() -> None:
+    layout = np.random.default_rng(4).normal(size=(10, 2))
+    layout[3, 1] = np.nan
+    with pytest.raises(ValueError, match="infs or NaNs"):
+        procrustes_align(layout, np.arange(10), np.ones((10, 2)), np.arange(10))

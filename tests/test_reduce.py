@@ -77,13 +77,108 @@ def test_pca_sign_is_fixed_by_the_largest_loading() -> None:
         assert np.corrcoef(out[:, 1], data[:, 0])[0, 1] > 0.99
 
 
-def test_pca_large_dim_path_agrees_with_exact() -> None:
-    rng = np.random.default_rng(1)
-    latent = rng.normal(size=(200, 3)) * [10.0, 5.0, 2.0]
-    mix = np.linalg.qr(rng.normal(size=(1100, 3)))[0].T
-    X = latent @ mix + 0.01 * rng.normal(size=(200, 1100))
-    assert X.shape[1] > R._EXACT_PCA_MAX_DIM
-    np.testing.assert_allclose(np.abs(R.pca(X, 2)), np.abs(PCA(2).fit_transform(X)), atol=1e-6)
+def _old_exact_pca(X: np.ndarray, k: int) -> np.ndarray:
+    """The previous exact path: full float64 centred copy, eigh of the D x D covariance."""
+    Xc = np.asarray(X, dtype=np.float64) - np.asarray(X, dtype=np.float64).mean(axis=0)
+    evals, evecs = np.linalg.eigh(Xc.T @ Xc)
+    comps = evecs[:, ::-1][:, :k].T
+    signs = np.sign(comps[np.arange(k), np.argmax(np.abs(comps), axis=1)])
+    return Xc @ (comps * signs[:, None]).T
+
+
+def _low_rank(n: int, d: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    latent = rng.normal(size=(n, 4)) * [10.0, 6.0, 3.0, 2.0]
+    mix = np.linalg.qr(rng.normal(size=(d, 4)))[0].T
+    return latent @ mix + 0.01 * rng.normal(size=(n, d)) + 3.0
+
+
+@pytest.mark.parametrize(("n", "d", "solver"), [(120, 400, "gram"), (400, 120, "covariance")])
+def test_pca_solver_by_shape_gives_the_old_layout(n: int, d: int, solver: str) -> None:
+    X = np.random.default_rng(n).normal(size=(n, d)).astype(np.float32)
+    assert R._pca_solver(n, d, "auto") == solver
+    old = _old_exact_pca(X, 3)
+    np.testing.assert_allclose(R.pca(X, 3), old, atol=1e-9)
+    # the other exact solver gives the same signed layout
+    other: R.PCASolver = "covariance" if solver == "gram" else "gram"
+    np.testing.assert_allclose(R.pca(X, 3, solver=other), old, atol=1e-9)
+
+
+def test_pca_solver_choice_by_shape() -> None:
+    assert R._pca_solver(300, 4096, "auto") == "gram"
+    assert R._pca_solver(20_000, 256, "auto") == "covariance"
+    assert R._pca_solver(20_000, 2_000, "auto") == "covariance"
+    assert R._pca_solver(20_000, 4096, "auto") == "randomized"
+    with pytest.raises(ValueError, match=r"solver must be one of .*'randomized'\], got 'svd'"):
+        R.pca(np.zeros((5, 3)), 2, solver="svd")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("shape", [(300, 700), (700, 300)])
+def test_pca_randomized_agrees_with_exact(shape: tuple[int, int]) -> None:
+    X = _low_rank(*shape, seed=1)
+    exact = R.pca(X, 3)
+    for data in (X, X.astype(np.float32)):
+        fast = R.pca(data, 3, solver="randomized")
+        np.testing.assert_allclose(fast, exact, atol=1e-4 * np.abs(exact).max())
+    np.testing.assert_allclose(np.abs(exact), np.abs(PCA(3).fit_transform(X)), atol=1e-7)
+
+
+@pytest.mark.parametrize("solver", ["gram", "covariance", "randomized"])
+def test_pca_sign_fix_holds_for_every_solver(solver: R.PCASolver) -> None:
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 4)) * [2.0, 0.1, 5.0, 0.1]
+    for data in (X, -X, X[::-1]):
+        out = R.pca(data, 2, solver=solver)
+        assert np.corrcoef(out[:, 0], data[:, 2])[0, 1] > 0.99
+        assert np.corrcoef(out[:, 1], data[:, 0])[0, 1] > 0.99
+
+
+def test_pca_20000_rows_in_bounded_memory() -> None:
+    import tracemalloc
+
+    X = _low_rank(20_000, 64, seed=2).astype(np.float32)
+    out = R.pca(X, 2)
+    np.testing.assert_allclose(np.abs(out), np.abs(PCA(2).fit_transform(X)), rtol=1e-4, atol=1e-3)
+    wide = np.random.default_rng(3).normal(size=(20_000, 512)).astype(np.float32)
+    tracemalloc.start()
+    try:
+        R.pca(wide, 2)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # the previous code held two float64 copies of X (2 x 78 MB); now a few 16 MB blocks
+    assert peak < wide.size * 8 / 2
+
+
+def test_prepared_shares_one_decomposition(
+    digits: tuple[np.ndarray, np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = np.random.default_rng(6)
+    X = digits[0][:300] @ np.linalg.qr(rng.normal(size=(200, 64)))[0].T  # (300, 200)
+    X = (X + rng.normal(0.0, 0.5, X.shape)).astype(np.float32)
+    built: list[tuple[int, int]] = []
+    real = R._Basis.__init__
+
+    def counting(self: R._Basis, M: np.ndarray, k: int, solver: str) -> None:
+        built.append((M.shape[1], k))
+        real(self, M, k, solver)
+
+    monkeypatch.setattr(R._Basis, "__init__", counting)
+    p = R.prepare(X, ["pca", "tsne"])
+    assert built == []  # lazy: nothing is computed (or checked) before a reducer asks
+    layout_pca = R.reduce("pca", p, 2)
+    layout_tsne = R.reduce("tsne", p, 2)
+    assert [b for b in built if b[0] == 200] == [(200, 50)]  # one PCA of X serves both
+    np.testing.assert_allclose(layout_pca, R.pca(X, 2), atol=1e-8)
+    np.testing.assert_array_equal(layout_tsne, R.tsne(X, 2))
+    assert R.warm_init(np.arange(300), layout_tsne, np.arange(300), p) is not None
+    assert R.prepare(p) is p
+
+
+def test_prepared_reports_bad_input_when_used() -> None:
+    p = R.prepare(np.full((10, 3), np.nan), ["pca"])
+    with pytest.raises(ValueError, match="NaN"):
+        R.reduce("pca", p, 2)
 
 
 @pytest.mark.parametrize(
@@ -135,6 +230,55 @@ def test_tsne_warm_start_moves_little_and_keeps_quality(
     warm = R.reduce("tsne", X, 2, init=digits_tsne)
     assert disparity(digits_tsne, warm) < 0.02
     assert knn_accuracy(warm, y) > 0.9
+
+
+def test_tsne_warm_start_with_change_hint(
+    digits: tuple[np.ndarray, np.ndarray], digits_tsne: np.ndarray
+) -> None:
+    from lightning_embproj.score import neighbourhood_overlap
+
+    X, y = digits
+    X2 = X + np.random.default_rng(8).normal(0.0, 0.5, X.shape)  # the next epoch, moved a bit
+    change = float(np.mean(neighbourhood_overlap(X, X2, k=10)))
+    assert 0.5 < change < 1.0 and R.warm_iterations(change) < R.warm_iterations(None)
+    today = R.tsne(X2, 2, init=digits_tsne)
+    hinted = R.reduce("tsne", X2, 2, init=digits_tsne, change=change)
+    assert not np.array_equal(hinted, today)  # fewer iterations: another layout
+    ref = NearestNeighbors(n_neighbors=11).fit(X2).kneighbors(return_distance=False)[:, 1:]
+
+    def kept(Y: np.ndarray) -> float:
+        got = NearestNeighbors(n_neighbors=11).fit(Y).kneighbors(return_distance=False)[:, 1:]
+        return float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ref, got, strict=True)]))
+
+    assert kept(hinted) >= kept(today) - 0.01
+    assert disparity(digits_tsne, hinted) <= disparity(digits_tsne, today) + 0.005
+    assert knn_accuracy(hinted, y) > 0.9
+
+
+def test_warm_iterations_rule() -> None:
+    assert [R.warm_iterations(c) for c in (None, 0.0, 0.5, 0.75, 0.9, 1.0)] == [
+        250, 250, 250, 150, 90, 50,
+    ]
+    with pytest.raises(ValueError, match=r"change must be in \[0, 1\].*got 1.5"):
+        R.tsne(np.zeros((20, 3)), 2, change=1.5)
+
+
+def test_tsne_gradient_method_by_size() -> None:
+    assert R.tsne_gradient_method(4000, 2) == "bh"
+    assert R.tsne_gradient_method(20_000, 2) == "fft"
+    assert R.tsne_gradient_method(20_000, 3) == "bh"  # openTSNE's FFT is 1-2-D only
+
+
+def test_tsne_fft_path_and_n_jobs(
+    digits: tuple[np.ndarray, np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    X, y = digits[0][:300], digits[1][:300]
+    monkeypatch.setattr(R, "_TSNE_FFT_MIN_ROWS", 100)  # the 20,000-row path, on 300 rows
+    out = R.reduce("tsne", X, 2, n_jobs=2)
+    assert out.shape == (300, 2) and np.isfinite(out).all()
+    assert knn_accuracy(out, y) > 0.9
+    with pytest.raises(ValueError, match=r"n_jobs must be a positive int or -1 .*, got 0"):
+        R.reduce("tsne", X, 2, n_jobs=0)
 
 
 def test_tsne_3d(digits: tuple[np.ndarray, np.ndarray]) -> None:
