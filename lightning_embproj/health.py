@@ -40,7 +40,7 @@ HEALTH_DOCS: dict[str, str] = {
     "clusters/ari_previous": "Adjusted Rand index between this run's and the previous run's "
     "clusters on the tracked points of both (1 = the same partition; noise is one group).",
     "clusters/nmi_labels": "Normalized mutual information between clusters and labels (0..1).",
-    "temporal_stability": "Spearman correlation between each point's step length in the "
+    "<reducer>/temporal_stability": "Spearman correlation between each point's step length in the "
     "original space and in the aligned layout, pooled over points and consecutive runs "
     "(Vernier et al. 2020; 1 = the layout moves a point as much as the model does).",
 }
