@@ -6,7 +6,6 @@ ranks and hands the epoch to a background worker that reduces, aligns, scores an
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -15,12 +14,13 @@ from typing import Any, Literal
 
 from lightning_embproj import sinks as sink_factory
 from lightning_embproj.capture import LayerCapture
-from lightning_embproj.collect import Collector, Placement
+from lightning_embproj.collect import Collector
 from lightning_embproj.compat import CallbackBase
 from lightning_embproj.extract import lookup
 from lightning_embproj.gather import gather_samples
 from lightning_embproj.options import ProjectorOptions
 from lightning_embproj.pipeline import ReduceSettings, project_epoch
+from lightning_embproj.ranks import placement
 from lightning_embproj.runs import RunCounter, warn_if_never_projected
 from lightning_embproj.sample import HASH_VERSION
 from lightning_embproj.score import movers
@@ -28,6 +28,7 @@ from lightning_embproj.sinks.local import list_validations, set_dir
 from lightning_embproj.state import (
     projection_from_state,
     projection_to_state,
+    rehash,
     sample_from_state,
     sample_to_state,
 )
@@ -157,7 +158,8 @@ class EmbeddingProjector(CallbackBase):
             self._capture = LayerCapture(pl_module, list(self.options.layers))
         if self._is_zero:
             self._sinks = sink_factory.build(
-                trainer, self._root, self.warn, self.options.max_text_length
+                trainer, self._root, self.warn, self.options.max_text_length,
+                settings=self.settings,
             )
 
     def _start_chain(self) -> None:
@@ -197,11 +199,11 @@ class EmbeddingProjector(CallbackBase):
         # fails before the first training epoch instead of after it.
         self._run = None
         if trainer.sanity_checking:
-            self._collector = Collector(self.options)
+            self._collector = Collector(self.options, warn=self.warn)
             return
         run = self.runs.next(trainer.current_epoch, self.options)
         self._run = (run.val_index, trainer.current_epoch, trainer.global_step)
-        self._collector = Collector(self.options) if run.selected else None
+        self._collector = Collector(self.options, warn=self.warn) if run.selected else None
 
     def on_validation_batch_start(
         self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
@@ -228,7 +230,7 @@ class EmbeddingProjector(CallbackBase):
         else:
             key = self.options.embedding_key
             raw = {key: lookup(key, outputs, batch, "embedding_key")}
-        where = _placement(trainer, dataloader_idx)
+        where = placement(trainer, dataloader_idx, ids_derived=self.options.id_key is None)
         self._collector.add_batch(raw, outputs, batch, dataloader_idx, where)
 
     def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
@@ -244,7 +246,9 @@ class EmbeddingProjector(CallbackBase):
             )
         samples = collector.samples()
         for name in self.options.set_names:
-            sample = gather_samples(samples.get(name), self.options.max_samples)
+            sample = gather_samples(
+                samples.get(name), self.options.max_samples, strategy=trainer.strategy
+            )
             if sample is not None and len(sample) > 0:
                 if not self._checked_folders:
                     self._check_folders(val_index)
@@ -336,20 +340,25 @@ class EmbeddingProjector(CallbackBase):
             }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if state_dict.get("hash_version", HASH_VERSION) != HASH_VERSION:
+        version = int(state_dict.get("hash_version", 1))  # 0.1.0 checkpoints had no version
+        previous = {n: projection_from_state(p) for n, p in state_dict.get("previous", {}).items()}
+        pending = list(state_dict.get("pending", []))
+        if version != HASH_VERSION:
+            # Keys are a hash of the ids the samples carry: recompute them, so the resumed run
+            # aligns on the points both samples share (the tracked subset itself may change).
             self.warn(
                 "resume:hash",
-                f"the checkpoint's projector state was made with id hash version "
-                f"{state_dict.get('hash_version')} (this version uses {HASH_VERSION}): the "
-                f"tracked points differ, so the resumed run starts a new alignment chain",
+                f"the checkpoint's projector state used id hash version {version} (this "
+                f"version uses {HASH_VERSION}); its keys were recomputed, and the tracked points "
+                f"may differ from the ones before the checkpoint",
             )
-            self.runs.load_state_dict(state_dict.get("runs", {}))
-            return
+            for projection in previous.values():
+                rehash(projection.sample)
+            for entry in pending:
+                entry["sample"] = sample_to_state(rehash(sample_from_state(entry["sample"])))
         with self._lock:
-            self.previous = {
-                n: projection_from_state(p) for n, p in state_dict.get("previous", {}).items()
-            }
-            self._restored_pending = list(state_dict.get("pending", []))
+            self.previous = previous
+            self._restored_pending = pending
         self.runs.load_state_dict(state_dict.get("runs", {}))
 
     def _resume_pending(self) -> None:
@@ -381,16 +390,3 @@ def _run_root(trainer: Any, log_dir: str | None, is_zero: bool) -> str:
             return os.path.join(first.save_dir or ".", str(first.name or "lightning_logs"),
                                 str(version))
     return log_dir or trainer.default_root_dir
-
-
-def _placement(trainer: Any, dataloader_idx: int) -> Placement:
-    world = int(getattr(trainer, "world_size", 1) or 1)
-    if world == 1:
-        return Placement()
-    loaders = trainer.val_dataloaders
-    if loaders is not None and not isinstance(loaders, (list, tuple)):
-        loaders = [loaders]
-    dataset_len = None
-    with contextlib.suppress(TypeError, IndexError, AttributeError):
-        dataset_len = len(loaders[dataloader_idx].dataset)
-    return Placement(rank=trainer.global_rank, world_size=world, dataset_len=dataset_len)

@@ -98,6 +98,9 @@ def trainer(tmp_path: Any, callbacks: list, **kwargs: Any) -> L.Trainer:
 
 def wandb_tables(root: Any, key: str) -> list[dict[str, Any]]:
     """The table JSON files one offline run wrote for ``key`` (``embproj/NAME``), by step."""
+    from wandb_records import settle
+
+    settle()
     *folders, leaf = key.split("/")
     media = os.path.join(str(root), "**", "offline-run-*", "files", "media", "table")
     pattern = os.path.join(media, *folders, f"{leaf}_*.table.json")

@@ -279,8 +279,6 @@ def test_string_ids_of_mixed_widths_through_the_callback(tmp_path):
     assert "image" not in header.split("\t")
 
 
-@pytest.mark.xfail(strict=True, reason="callback.py must pass its WarnOnce hook: "
-                   "Collector(self.options, warn=self.warn); then drop this marker")
 def test_a_flattened_wide_layer_warns_once_per_set_across_epochs(tmp_path):
     projector = EmbeddingProjector(layers=["features"], pooling="flatten", reducers="pca",
                                    max_samples=200_000, background=False)

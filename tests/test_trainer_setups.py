@@ -248,3 +248,25 @@ def test_wandb_run_started_by_the_user(tmp_path, wandb_offline):
     assert got == numbered(rec.runs)
     logged = scalars(wandb_offline, "embproj/embeddings/knn_accuracy")
     assert [step for step, _ in logged] == [s for _, s in rec.runs]
+
+
+# -- resuming a checkpoint made with another id hash ----------------------------------------
+def test_checkpoint_of_an_older_hash_is_rekeyed_from_its_ids():
+    import numpy as np
+
+    from lightning_embproj.sample import HASH_VERSION, hash_ids
+    from lightning_embproj.state import projection_to_state, sample_to_state
+    from lightning_embproj.types import EpochSample, Projection
+
+    ids = ["img_7", "img_10000", "a" * 40]
+    old = EpochSample("embeddings", np.array([3, 1, 2]), ids, np.eye(3, dtype=np.float32))
+    state = {
+        "previous": {"embeddings": projection_to_state(Projection(old, epoch=4, step=40))},
+        "pending": [{"val_index": 5, "epoch": 5, "step": 50, "sample": sample_to_state(old)}],
+    }  # a 0.1.0 checkpoint: no hash_version, keys of the old string hash
+    proj = projector()
+    with pytest.warns(ProjectorWarning, match=f"hash version 1 .*uses {HASH_VERSION}"):
+        proj.load_state_dict(state)
+    expected = hash_ids(np.array(ids, dtype=object), 0).tolist()
+    assert proj.previous["embeddings"].sample.keys.tolist() == expected
+    assert proj._restored_pending[0]["sample"]["keys"].tolist() == expected

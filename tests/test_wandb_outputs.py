@@ -52,12 +52,7 @@ def _projector_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
 
 
 # -- a reducer failing once, on a real fit --------------------------------------------------------
-@pytest.mark.parametrize("failed", [
-    1,
-    pytest.param(0, marks=pytest.mark.xfail(
-        strict=True, reason="until the callback passes settings=self.settings to sinks.build, "
-        "the W&B sink learns the reducers from the first run")),
-], ids=["second-run", "first-run"])
+@pytest.mark.parametrize("failed", [1, 0], ids=["second-run", "first-run"])
 def test_tsne_failing_in_one_run_stays_local_in_wandb(
     tmp_path, wandb_offline, monkeypatch, failed
 ):

@@ -46,7 +46,17 @@ def _records(path: str) -> list[bytes]:
     return out
 
 
+def settle() -> None:
+    """``wandb.finish()`` returns before the offline run log is complete (seen: 32 KB, then
+    45 KB 1.5 s later); ``wandb.teardown()`` waits for the writer. Call before reading."""
+    import wandb
+
+    if wandb.run is None:
+        wandb.teardown()
+
+
 def run_log(root: Any) -> str:
+    settle()
     files = glob.glob(os.path.join(str(root), "**", "offline-run-*", "run-*.wandb"),
                       recursive=True)
     assert len(files) == 1, f"expected one offline run under {root}, found {files}"

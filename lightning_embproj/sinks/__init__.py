@@ -64,7 +64,7 @@ def build(
 def _html_view(root: str) -> Writer:
     from lightning_embproj.sinks.html_view import write_view
 
-    return lambda p: _ignore(write_view(root, p.name))
+    return lambda p: _ignore(write_view(root, p.name, projection=p))
 
 
 def _wandb(trainer: Any, warn: WarnOnce, view_root: str | None, settings: Any = None) -> Any:

@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import base64
+import json
 import math
 import re
 from typing import Any
@@ -178,6 +179,8 @@ def _column(name: str, values: Any, fi: np.ndarray, slot: np.ndarray, n_runs: in
         grid[fi, slot] = values.to_numpy(dtype=np.float32)
         fill: float = np.nan
     else:
+        # list cells ((B, K) metadata) are unhashable: show them as their JSON text
+        values = values.map(lambda v: json.dumps(v) if isinstance(v, (list, dict)) else v)
         codes, uniques = pd.factorize(values, use_na_sentinel=True)
         distinct = sorted_labels(list(uniques))
         where = {id(v): i for i, v in enumerate(distinct)}
