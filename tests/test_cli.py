@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import re
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -21,6 +22,7 @@ def load_example() -> ModuleType:
     spec = importlib.util.spec_from_file_location("embproj_cli_example", EXAMPLE / "train.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # as an import would: jsonargparse < 4.51 resolves hints there
     spec.loader.exec_module(module)
     return module
 

@@ -116,6 +116,7 @@ def load_example(monkeypatch, namespace: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(f"cli_example_{namespace}", EXAMPLE / "train.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # as an import would: jsonargparse < 4.51 resolves hints there
     spec.loader.exec_module(module)
     monkeypatch.undo()
     return module
