@@ -18,12 +18,21 @@ import math
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import NamedTuple, cast
+from typing import TYPE_CHECKING, NamedTuple, Union, cast
 
 import numpy as np
 
+if TYPE_CHECKING:
+    import torch
+
+Device = Union[str, "torch.device"]
+
 SILHOUETTE_MAX_POINTS = 10_000
+TRUST_MAX_POINTS = 5_000
 _CHUNK_BYTES = 16 * 2**20  # one (rows x N) block; peak memory is a few of these
+# On an accelerator bigger blocks: fewer launches, and its memory is not the training's host RAM.
+_DEVICE_CHUNK_BYTES = 256 * 2**20
+_DENSE_CLASSES = 64  # up to this many classes the silhouette sums are one dense matmul
 _CACHE_SIZE = 8
 _knn_cache: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
 _cache_lock = threading.Lock()
@@ -56,6 +65,16 @@ class Scan(NamedTuple):
     silhouette: float
 
 
+def _fixed_subset(n: int, max_points: int | None) -> np.ndarray | None:
+    """A boolean mask of ``max_points`` of ``n`` rows (seed 0: the same for the same ``n``), or
+    None when every row is kept."""
+    if max_points is None or n <= max_points:
+        return None
+    rows = np.zeros(n, dtype=bool)
+    rows[np.random.default_rng(0).choice(n, max_points, replace=False)] = True
+    return rows
+
+
 class _Silhouette:
     """Per-class distance sums from each chunk of the distance matrix (rows x all columns)."""
 
@@ -63,10 +82,8 @@ class _Silhouette:
         import scipy.sparse
 
         n = codes.size
-        self.rows = np.ones(n, dtype=bool)
-        if max_points is not None and n > max_points:  # fixed subsample: same every epoch
-            self.rows[:] = False
-            self.rows[np.random.default_rng(0).choice(n, max_points, replace=False)] = True
+        subset = _fixed_subset(n, max_points)  # fixed subsample: same every epoch
+        self.rows = np.ones(n, dtype=bool) if subset is None else subset
         sub = np.unique(codes[self.rows], return_inverse=True)[1].reshape(-1)
         self.n_cls = int(sub.max()) + 1 if sub.size else 0
         self.defined = n >= 3 and 2 <= self.n_cls <= sub.size - 1
@@ -76,14 +93,20 @@ class _Silhouette:
         idx = np.flatnonzero(self.rows)
         ones = np.ones(idx.size, dtype=dtype)
         W = scipy.sparse.csc_matrix((ones, (idx, sub)), shape=(n, self.n_cls))
-        self.W = W.toarray() if self.n_cls <= 64 else W  # dense BLAS is faster for few classes
+        self.W = W.toarray() if self.n_cls <= _DENSE_CLASSES else W  # dense BLAS: few classes
         self.values: list[np.ndarray] = []
 
     def add(self, D: np.ndarray, s: int) -> None:
         """``D``: Euclidean distances of rows ``s..s+len(D)`` to all points (self = 0)."""
         loc = np.flatnonzero(self.rows[s : s + D.shape[0]])
-        sums = np.asarray((D if loc.size == D.shape[0] else D[loc]) @ self.W, dtype=np.float64)
-        own, at = self.code[s + loc], np.arange(loc.size)
+        self.add_sums(
+            np.asarray((D if loc.size == D.shape[0] else D[loc]) @ self.W, dtype=np.float64),
+            s + loc,
+        )
+
+    def add_sums(self, sums: np.ndarray, rows: np.ndarray) -> None:
+        """``sums``: per-class distance sums (float64) of the subset rows ``rows``."""
+        own, at = self.code[rows], np.arange(rows.size)
         a = sums[at, own] / np.maximum(self.sizes[own] - 1, 1)
         mean = sums / self.sizes
         mean[at, own] = np.inf
@@ -112,6 +135,17 @@ def _chunk_knn(C: np.ndarray, k: int, S: np.ndarray | None) -> np.ndarray:
     return np.take_along_axis(part, np.argsort(d, axis=1, kind="stable"), axis=1)
 
 
+class _Pass(NamedTuple):
+    """What one pass needs besides ``X``: the work to do and where its results go."""
+
+    k: int
+    kt: int
+    need_rank: np.ndarray | None  # (N, layouts * kt) layout neighbours whose rank is needed
+    trust_rows: np.ndarray | None  # bool mask of the rows trustworthiness is estimated on
+    sil: _Silhouette | None
+    n_layouts: int
+
+
 def scan(
     X: np.ndarray,
     k: int = 0,
@@ -119,13 +153,20 @@ def scan(
     trust_k: int = 10,
     labels: np.ndarray | None = None,
     max_points: int | None = SILHOUETTE_MAX_POINTS,
+    trust_max_points: int | None = TRUST_MAX_POINTS,
+    device: Device | None = None,
 ) -> Scan:
     """One chunked pass over the distances of ``X`` for every metric that needs them.
 
     ``k``: neighbours to return (0: none). ``layouts``: trustworthiness of each with
-    ``trust_k`` neighbours (shrunk by :func:`trustworthiness_k`). ``labels``: int codes for the
-    silhouette (None: skip). Ranks and neighbours only need the order of distances, so
-    squared distances serve unless the silhouette needs the true ones.
+    ``trust_k`` neighbours (shrunk by :func:`trustworthiness_k`); above ``trust_max_points``
+    rows it is estimated on a fixed subset of that many rows (each ranked against all N
+    points, the penalty scaled by N / subset: unbiased). ``labels``: int codes for the
+    silhouette (None: skip), on a fixed subset above ``max_points``. Ranks and neighbours
+    only need the order of distances, so squared distances serve unless the silhouette needs
+    the true ones. ``device``: None runs numpy (measured faster than torch on CPU,
+    benchmarks/bench_metrics.py); a torch device (``"cuda"``, ``"cpu"``) runs the pass in torch
+    there, chunked matmul + top-k, with the same results within floating-point tolerance.
     """
     from sklearn.neighbors import NearestNeighbors
 
@@ -135,13 +176,28 @@ def scan(
         NearestNeighbors(n_neighbors=kt).fit(L).kneighbors(return_distance=False)
         for L in layouts
     ] if kt >= 1 else []
-    need_rank = np.concatenate(lay_nbrs, axis=1) if lay_nbrs else None
-    knn = np.empty((n, k), dtype=np.int64) if k else None
-    penalty = np.zeros(len(lay_nbrs))
     sil = _Silhouette(labels, max_points, X.dtype) if labels is not None else None
-    if sil is not None and not sil.defined:
-        sil = None
+    work = _Pass(
+        k, kt, np.concatenate(lay_nbrs, axis=1) if lay_nbrs else None,
+        _fixed_subset(n, trust_max_points) if lay_nbrs else None,
+        sil if sil is not None and sil.defined else None, len(lay_nbrs),
+    )
+    if device is None:
+        knn, penalty = _pass_numpy(X, work)
+    else:
+        knn, penalty = _pass_torch(X, work, device)
+    m = n if work.trust_rows is None else int(work.trust_rows.sum())
+    scale = 2.0 / (m * kt * (2.0 * n - 3.0 * kt - 1.0)) if kt >= 1 else math.nan
+    trust = [float(1.0 - p * scale) for p in penalty] if kt >= 1 else [math.nan] * len(layouts)
+    if knn is not None:
+        _cache_put(_digest(X, k), knn)
+    return Scan(knn, trust, work.sil.result() if work.sil is not None else math.nan)
 
+
+def _pass_numpy(X: np.ndarray, work: _Pass) -> tuple[np.ndarray | None, np.ndarray]:
+    n, k, kt, need_rank, sil = X.shape[0], work.k, work.kt, work.need_rank, work.sil
+    knn = np.empty((n, k), dtype=np.int64) if k else None
+    penalty = np.zeros(work.n_layouts)
     sq = np.einsum("ij,ij->i", X, X)
     XT = -2 * X.T
     step = max(16, _CHUNK_BYTES // (X.itemsize * max(n, 1)))
@@ -157,21 +213,84 @@ def scan(
             np.sqrt(C, out=C)
             sil.add(C, s)
         C[diag] = np.inf  # a point is not its own neighbour
-        S = np.sort(C, axis=1) if need_rank is not None else None
+        S = sel = None
+        if need_rank is not None:
+            sel = None if work.trust_rows is None else np.flatnonzero(work.trust_rows[s:e])
+            S = np.sort(C if sel is None else C[sel], axis=1)
         if knn is not None:
-            knn[s:e] = _chunk_knn(C, k, S)
-        if need_rank is not None and S is not None:
-            thr = np.take_along_axis(C, need_rank[s:e], axis=1)
+            knn[s:e] = _chunk_knn(C, k, S if sel is None else None)
+        if need_rank is not None and S is not None and S.shape[0]:
+            Cs = C if sel is None else C[sel]
+            thr = np.take_along_axis(Cs, need_rank[s:e] if sel is None else need_rank[s + sel],
+                                     axis=1)
             todo = np.flatnonzero((thr > S[:, kt - 1 : kt]).any(axis=1))  # rank can exceed kt
             if todo.size:
                 ranks = np.stack([np.searchsorted(S[r], thr[r]) for r in todo])  # strictly less
-                over = np.maximum(ranks + 1 - kt, 0).reshape(todo.size, len(lay_nbrs), kt)
+                over = np.maximum(ranks + 1 - kt, 0).reshape(todo.size, work.n_layouts, kt)
                 penalty += over.sum(axis=(0, 2))
-    scale = 2.0 / (n * kt * (2.0 * n - 3.0 * kt - 1.0)) if kt >= 1 else math.nan
-    trust = [float(1.0 - p * scale) for p in penalty] if kt >= 1 else [math.nan] * len(layouts)
-    if knn is not None:
-        _cache_put(_digest(X, k), knn)
-    return Scan(knn, trust, sil.result() if sil is not None else math.nan)
+    return knn, penalty
+
+
+def _pass_torch(
+    X: np.ndarray, work: _Pass, device: Device
+) -> tuple[np.ndarray | None, np.ndarray]:
+    """:func:`_pass_numpy` in torch on ``device``: the chunk's distances, top-k, sort and
+    class sums stay there; only each chunk's kNN rows, silhouette sums and the penalty come
+    back."""
+    import torch
+
+    dev = torch.device(device)
+    n, k, kt, sil = X.shape[0], work.k, work.kt, work.sil
+    Xt = torch.from_numpy(X).to(dev)
+    sq = (Xt * Xt).sum(dim=1)
+    need = None if work.need_rank is None else torch.from_numpy(work.need_rank).to(dev)
+    trust_rows = None if work.trust_rows is None else torch.from_numpy(work.trust_rows).to(dev)
+    knn = np.empty((n, k), dtype=np.int64) if k else None
+    penalty = torch.zeros(work.n_layouts, dtype=torch.float64, device=dev)
+    W = code = sil_rows = None
+    if sil is not None:
+        sil_rows = torch.from_numpy(sil.rows).to(dev)
+        if sil.n_cls <= _DENSE_CLASSES:
+            W = torch.zeros(n, sil.n_cls, dtype=Xt.dtype, device=dev)
+            at = np.flatnonzero(sil.rows)
+            W[torch.from_numpy(at).to(dev), torch.from_numpy(sil.code[at]).to(dev)] = 1
+        else:  # rows outside the subset go to a spare class, dropped after the sums
+            code = torch.from_numpy(np.where(sil.code < 0, sil.n_cls, sil.code)).to(dev)
+    chunk = _CHUNK_BYTES if dev.type == "cpu" else _DEVICE_CHUNK_BYTES
+    step = max(16, chunk // (X.itemsize * max(n, 1)))
+    for s in range(0, n, step):
+        e = min(n, s + step)
+        rows = torch.arange(e - s, device=dev)
+        C = torch.addmm(sq[s:e, None], Xt[s:e], Xt.T, alpha=-2.0)
+        C += sq[None, :]
+        C.clamp_(min=0)
+        C[rows, rows + s] = 0
+        if sil is not None and sil_rows is not None:
+            C.sqrt_()
+            loc = torch.nonzero(sil_rows[s:e]).flatten()
+            D = C if loc.numel() == e - s else C[loc]
+            if W is not None:
+                sums = D @ W
+            else:
+                assert code is not None
+                sums = torch.zeros(D.shape[0], sil.n_cls + 1, dtype=D.dtype, device=dev)
+                sums.index_add_(1, code, D)
+                sums = sums[:, : sil.n_cls]
+            sil.add_sums(sums.double().cpu().numpy(), s + loc.cpu().numpy())
+        C[rows, rows + s] = math.inf  # a point is not its own neighbour
+        if knn is not None:
+            knn[s:e] = torch.topk(C, k, dim=1, largest=False, sorted=True).indices.cpu().numpy()
+        if need is not None:
+            Cs, nr = C, need[s:e]
+            if trust_rows is not None:
+                sel = torch.nonzero(trust_rows[s:e]).flatten()
+                Cs, nr = C[sel], nr[sel]
+            if Cs.shape[0]:
+                thr = Cs.gather(1, nr)
+                ranks = torch.searchsorted(torch.sort(Cs, dim=1).values, thr)  # strictly less
+                over = (ranks + 1 - kt).clamp_(min=0).reshape(-1, work.n_layouts, kt)
+                penalty += over.sum(dim=(0, 2)).double()
+    return knn, penalty.cpu().numpy()
 
 
 def _digest(X: np.ndarray, k: int) -> tuple[str, int]:
@@ -188,8 +307,8 @@ def _cache_put(key: tuple[str, int], knn: np.ndarray) -> None:
             _knn_cache.popitem(last=False)
 
 
-def knn(X: np.ndarray, k: int) -> np.ndarray:
+def knn(X: np.ndarray, k: int, device: Device | None = None) -> np.ndarray:
     """``(N, k)`` nearest neighbours of each row (itself excluded), memoised by content."""
     with _cache_lock:
         hit = _knn_cache.get(_digest(X, k))
-    return hit if hit is not None else cast(np.ndarray, scan(X, k).knn)
+    return hit if hit is not None else cast(np.ndarray, scan(X, k, device=device).knn)

@@ -3,7 +3,8 @@
 Pure numpy functions (scikit-learn only for the kNN of the 2-D/3-D layouts). Everything that
 needs the original space's distances is computed in one chunked pass over the rows
 (:func:`lightning_embproj.neighbours.scan`): memory is ``O(chunk * N)``, never ``N x N``,
-and the pass is shared by the metrics of an epoch. kNN indices are memoised by the content
+and the pass is shared by the metrics of an epoch; with ``device="cuda"`` the pass runs in
+torch on the GPU. kNN indices are memoised by the content
 of the array, so the previous epoch's neighbours (and :func:`movers` after
 :func:`epoch_metrics`) cost a hash, not a pass.
 
@@ -30,6 +31,7 @@ import numpy as np
 
 from lightning_embproj.neighbours import (
     SILHOUETTE_MAX_POINTS,
+    Device,
     as_matrix,
     knn,
     knn_k,
@@ -44,7 +46,8 @@ METRIC_DOCS: dict[str, str] = {
     "knn_accuracy": "Leave-one-out accuracy of a majority vote among the k=10 nearest "
     "neighbours in the original space (0..1; ties go to the class of the nearest tied neighbour).",
     "<reducer>/trustworthiness": "Trustworthiness (k=10, scikit-learn's definition) of the "
-    "reducer's layout: 1 = neighbours in the layout are also neighbours in the original space.",
+    "reducer's layout: 1 = neighbours in the layout are also neighbours in the original space "
+    "(above 5,000 points estimated on a fixed subset of 5,000 points, each ranked against all).",
     "drift/knn_overlap": "Mean fraction of each tracked point's k=10 nearest neighbours in the "
     "original space that it kept since the previous epoch (1 = unchanged).",
     "<reducer>/displacement": "Mean distance tracked points moved in the aligned layout since "
@@ -100,10 +103,15 @@ def knn_accuracy(X: np.ndarray, labels: Sequence[object] | np.ndarray, k: int = 
     return float((_vote(knn(X, knn_k(X.shape[0], k)), codes) == codes).mean())
 
 
-def trustworthiness(X: np.ndarray, layout: np.ndarray, k: int = 10) -> float:
+def trustworthiness(
+    X: np.ndarray, layout: np.ndarray, k: int = 10, max_points: int | None = None,
+    device: Device | None = None,
+) -> float:
     """``sklearn.manifold.trustworthiness(X, layout, n_neighbors=k)`` in ``O(chunk * N)`` memory.
 
-    ``k`` shrinks below ``N / 2``; NaN with fewer than 3 points.
+    ``k`` shrinks below ``N / 2``; NaN with fewer than 3 points. ``max_points``: above that many
+    rows, an unbiased estimate from a fixed subset of rows, each ranked against all points
+    (``epoch_metrics`` uses 5,000); None: exact.
 
     Example:
         >>> X = np.random.default_rng(0).normal(size=(50, 8))
@@ -114,7 +122,7 @@ def trustworthiness(X: np.ndarray, layout: np.ndarray, k: int = 10) -> float:
     if layout.shape[0] != X.shape[0]:
         raise ValueError(f"layout has {layout.shape[0]} rows, X has {X.shape[0]}: rows must match")
     knn_k(X.shape[0], k)
-    return scan(X, layouts=[layout], trust_k=k).trust[0]
+    return scan(X, layouts=[layout], trust_k=k, trust_max_points=max_points, device=device).trust[0]
 
 
 def _overlap(knn_a: np.ndarray, knn_b: np.ndarray) -> np.ndarray:
@@ -178,7 +186,7 @@ def _shared_rows(current: Projection, previous: Projection) -> tuple[np.ndarray,
 
 
 def _drift_overlap(
-    current: Projection, previous: Projection, k: int
+    current: Projection, previous: Projection, k: int, device: Device | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(current rows, previous rows, per-row overlap) on the tracked points of both epochs."""
     ic, ip = _shared_rows(current, previous)
@@ -189,17 +197,20 @@ def _drift_overlap(
     kk = knn_k(ic.size, k)
     subc = Xc if ic.size == Xc.shape[0] else Xc[ic]
     subp = Xp if np.array_equal(ip, np.arange(Xp.shape[0])) else Xp[ip]
-    return ic, ip, _overlap(knn(subp, kk), knn(subc, kk))
+    return ic, ip, _overlap(knn(subp, kk, device), knn(subc, kk, device))
 
 
 def epoch_metrics(
-    current: Projection, previous: Projection | None = None, k: int = 10
+    current: Projection, previous: Projection | None = None, k: int = 10,
+    device: Device | None = None,
 ) -> dict[str, float]:
     """All scalar metrics of one epoch, named as in :data:`METRIC_DOCS`.
 
     ``silhouette`` and ``knn_accuracy`` with labels; ``R/trustworthiness`` per layout; with
     ``previous``: ``drift/knn_overlap`` and ``R/displacement`` per reducer present in both,
     on the rows whose ``sample.keys`` appear in both epochs (any order, partial overlap).
+    ``device``: where the distance pass runs (None: numpy on the CPU; ``"cuda"``: torch on
+    the GPU; see :func:`lightning_embproj.neighbours.scan`).
 
     Example:
         >>> from lightning_embproj.types import EpochSample
@@ -219,7 +230,7 @@ def epoch_metrics(
         if L.shape[0] != n:
             raise ValueError(f"layouts[{r!r}] has {L.shape[0]} rows, the sample has {n}")
     kk = knn_k(n, k) if n >= 2 else 0
-    first = scan(X, kk, layouts, k, codes)  # its kNN is memoised for drift and movers
+    first = scan(X, kk, layouts, k, codes, device=device)  # kNN memoised for drift and movers
     out: dict[str, float] = {}
     if codes is not None:
         out["silhouette"] = first.silhouette
@@ -229,7 +240,7 @@ def epoch_metrics(
     for r, t in zip(names, first.trust, strict=True):
         out[f"{r}/trustworthiness"] = t
     if previous is not None:
-        ic, ip, ov = _drift_overlap(current, previous, k)
+        ic, ip, ov = _drift_overlap(current, previous, k, device)
         out["drift/knn_overlap"] = float(ov.mean()) if ic.size >= 2 else math.nan
         for r in names:
             if r in previous.layouts:
@@ -241,7 +252,8 @@ def epoch_metrics(
 
 
 def movers(
-    current: Projection, previous: Projection | None = None, k: int = 10, top: int = 20
+    current: Projection, previous: Projection | None = None, k: int = 10, top: int = 20,
+    device: Device | None = None,
 ) -> dict[str, np.ndarray]:
     """The points worth a look after an epoch, as parallel arrays of length ``M <= 2 * top``.
 
@@ -265,12 +277,12 @@ def movers(
     n = X.shape[0]
     overlap = np.full(n, np.nan)
     if previous is not None:
-        ic, _, ov = _drift_overlap(current, previous, k)
+        ic, _, ov = _drift_overlap(current, previous, k, device)
         overlap[ic] = ov
     foreign = np.full(n, np.nan)
     if current.sample.labels is not None and n >= 2:
         codes = _codes(current.sample.labels, n)
-        foreign = (codes[knn(X, knn_k(n, k))] != codes[:, None]).mean(axis=1)
+        foreign = (codes[knn(X, knn_k(n, k), device)] != codes[:, None]).mean(axis=1)
     changed = np.flatnonzero(overlap < 1.0)  # NaN compares False: untracked rows drop out
     changed = changed[np.argsort(overlap[changed], kind="stable")][:top]
     odd = np.flatnonzero(foreign > 0.5)

@@ -11,6 +11,12 @@ epochs matter most, and memory stays bounded. A job that raises becomes one warn
 The thread runs at a lower CPU priority (``nice``, Linux per-thread): on 2 cores a t-SNE in a
 plain thread cost the training loop ~1/3 of its steps, at nice +10 about none, as much as a
 separate process would (benchmarks/bench_worker.py), without pickling the epoch to a process.
+Once training is over (:meth:`Worker.end_training`) nothing needs protecting any more: the thread
+gets its original priority back where the OS permits it (root or ``RLIMIT_NICE``; otherwise it
+stays niced, which costs nothing on a machine the trainer no longer uses), and
+:meth:`Worker.job_threads` tells a job it may use every core. Jobs carry a label and the worker
+counts finished ones, so a caller can show what it is waiting for
+(:func:`lightning_embproj.progress.finish_with_progress`).
 
 Example:
     >>> out = []
@@ -29,10 +35,24 @@ import os
 import sys
 import threading
 from collections.abc import Callable
+from typing import NamedTuple
 
 from lightning_embproj.warn import WarnOnce
 
 Job = Callable[[], None]
+
+
+class Progress(NamedTuple):
+    """A snapshot of the queue: ``completed`` counts every job finished (or failed) so far."""
+
+    completed: int
+    running: str | None  # label of the job being run, None when idle
+    waiting: tuple[str, ...]  # labels of the queued jobs, next first
+
+    @property
+    def pending(self) -> int:
+        """Jobs waiting or running."""
+        return len(self.waiting) + int(self.running is not None)
 
 
 class Worker:
@@ -49,9 +69,14 @@ class Worker:
         self.max_pending = max_pending
         self.nice = nice
         self.warn = warn or WarnOnce()
-        self._queue: collections.deque[tuple[str, Job]] = collections.deque()
+        self._queue: collections.deque[tuple[str, Job, str]] = collections.deque()
         self._cond = threading.Condition()
         self._busy = False
+        self._label: str | None = None
+        self._completed = 0
+        self._training = True
+        self._tid: int | None = None  # native id of the thread that lowered its priority
+        self._base_nice: int | None = None  # its nice value before that
         self._closed = False
         # True from a thread's start until it leaves its loop (set under the lock): the one
         # thread that may take jobs. A thread object can still be alive for an instant after.
@@ -59,13 +84,53 @@ class Worker:
         self._thread: threading.Thread | None = None
         self.dropped = 0
 
-    def submit(self, key: str, job: Job) -> None:
-        """Queue ``job`` for set ``key`` (or run it now when not in background mode)."""
+    @property
+    def training_over(self) -> bool:
+        """True after :meth:`end_training` (until :meth:`start_training`); read it at run time."""
+        with self._cond:
+            return not self._training
+
+    def job_threads(self) -> int:
+        """CPU threads a job may use now: 1 while training runs, every core once it is over.
+
+        Example:
+            >>> w = Worker(background=False)
+            >>> w.job_threads()
+            1
+            >>> w.end_training()
+            >>> w.job_threads() == (os.cpu_count() or 1)
+            True
+        """
+        return 1 if self._training else (os.cpu_count() or 1)
+
+    def start_training(self) -> None:
+        """Training (or a validation loop) runs: jobs stay niced and on one thread."""
+        with self._cond:
+            self._training = True
+            if self._tid is not None and self._base_nice is not None:
+                _set_nice(self._tid, self._base_nice + self.nice)
+
+    def end_training(self) -> None:
+        """Training is over: queued jobs may use every core; the thread's priority is restored
+        (where the OS allows raising it again)."""
+        with self._cond:
+            self._training = False
+            if self._tid is not None and self._base_nice is not None:
+                _set_nice(self._tid, self._base_nice)
+
+    def submit(self, key: str, job: Job, label: str | None = None) -> None:
+        """Queue ``job`` for set ``key`` (or run it now when not in background mode).
+
+        ``label`` describes the job in progress reports (default: ``key``).
+        """
+        label = key if label is None else label
         if not self.background:
             self._run(key, job)
+            with self._cond:
+                self._completed += 1
             return
         with self._cond:
-            waiting = [i for i, (k, _) in enumerate(self._queue) if k == key]
+            waiting = [i for i, (k, _, _) in enumerate(self._queue) if k == key]
             if len(waiting) >= self.max_pending:
                 del self._queue[waiting[0]]
                 self.dropped += 1
@@ -75,7 +140,7 @@ class Worker:
                     f"oldest waiting epoch was skipped (more may be, without further warnings). "
                     f"Raise every_n_epochs or lower max_samples to avoid this.",
                 )
-            self._queue.append((key, job))
+            self._queue.append((key, job, label))
             self._closed = False  # a closed worker is reopened (fit after fit)
             if not self._running:
                 # The previous thread (if any) has left its loop; the new one joins it first.
@@ -99,28 +164,62 @@ class Worker:
     def _loop(self, previous: threading.Thread | None) -> None:
         if previous is not None:
             previous.join()  # it has no job left, only its last instructions
-        _lower_priority(self.nice)
+        with self._cond:
+            # Under the lock: start/end_training either see this thread's id or run first.
+            self._tid = threading.get_native_id()
+            self._base_nice = _nice_of(self._tid) if self.nice > 0 else None
+            if self._training and self._base_nice is not None:
+                _set_nice(self._tid, self._base_nice + self.nice)
         while True:
             with self._cond:
                 while not self._queue and not self._closed:
                     self._cond.wait()
                 if not self._queue:
                     self._running = False
+                    self._tid = self._base_nice = None
                     self._cond.notify_all()
                     return
-                key, job = self._queue.popleft()
+                key, job, self._label = self._queue.popleft()
                 self._busy = True
+                self._cond.notify_all()  # progress: a new job started
             try:
                 self._run(key, job)
             finally:
                 with self._cond:
                     self._busy = False
+                    self._label = None
+                    self._completed += 1
                     self._cond.notify_all()
 
     def pending(self) -> int:
         """Jobs waiting or running."""
         with self._cond:
             return len(self._queue) + int(self._busy)
+
+    def progress(self) -> Progress:
+        """What is running and waiting now, and how many jobs have finished so far."""
+        with self._cond:
+            return self._snapshot()
+
+    def _snapshot(self) -> Progress:
+        return Progress(
+            self._completed, self._label if self._busy else None,
+            tuple(label for _, _, label in self._queue),
+        )
+
+    def wait_progress(self, seen: Progress, timeout: float | None = None) -> Progress:
+        """Block until the queue differs from ``seen`` (a job started, ended or was queued or
+        dropped) or ``timeout`` passes; return the new snapshot.
+
+        Example:
+            >>> w = Worker()
+            >>> w.submit("emb", lambda: None, label="PCA")
+            >>> w.wait_progress(Progress(0, None, ("PCA",)), timeout=30).completed in (0, 1)
+            True
+        """
+        with self._cond:
+            self._cond.wait_for(lambda: self._snapshot() != seen, timeout)
+            return self._snapshot()
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every queued job is done; False if ``timeout`` ran out first."""
@@ -168,13 +267,22 @@ class Worker:
         return stopped
 
 
-def _lower_priority(nice: int) -> None:
-    """Raise this thread's nice value (Linux: per thread); a no-op where unsupported."""
+def _nice_of(tid: int) -> int | None:
+    """Thread ``tid``'s nice value; None where threads have no nice value of their own."""
     # Only Linux gives threads their own nice value; elsewhere the id could name a process.
-    if nice <= 0 or not sys.platform.startswith("linux"):
-        return
+    if not sys.platform.startswith("linux"):
+        return None
     try:
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
-    except OSError:  # not permitted or not per-thread on this platform: run at normal priority
-        pass
+        return os.getpriority(os.PRIO_PROCESS, tid)
+    except OSError:
+        return None
+
+
+def _set_nice(tid: int, value: int) -> bool:
+    """Set thread ``tid``'s nice value (clamped to -20..19); False where not permitted (an
+    unprivileged user may raise its nice value but not lower it back)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, max(-20, min(19, value)))
+    except OSError:  # not permitted, or the thread has just ended: leave it as it is
+        return False
+    return True
