@@ -7,13 +7,21 @@ Example:
 
 from typing import TYPE_CHECKING, Any
 
-from lightning_embproj.sinks.local import read_metrics, read_projections
+from lightning_embproj.sinks.local import (
+    list_validations,
+    read_lineage,
+    read_metrics,
+    read_projections,
+)
 from lightning_embproj.types import EpochSample, Projection
 
 if TYPE_CHECKING:
     from lightning_embproj.callback import EmbeddingProjector
 
-__all__ = ["EmbeddingProjector", "EpochSample", "Projection", "read_metrics", "read_projections"]
+__all__ = [
+    "EmbeddingProjector", "EpochSample", "Projection", "list_validations", "read_lineage",
+    "read_metrics", "read_projections",
+]
 __version__ = "0.1.0"
 
 

@@ -16,6 +16,7 @@ from lightning_embproj import sinks as sink_factory
 from lightning_embproj.capture import LayerCapture
 from lightning_embproj.collect import Collector
 from lightning_embproj.compat import CallbackBase
+from lightning_embproj.evolve import EvolveSettings, SetChain, evolve
 from lightning_embproj.extract import lookup
 from lightning_embproj.gather import gather_samples
 from lightning_embproj.options import ProjectorOptions
@@ -87,6 +88,10 @@ class EmbeddingProjector(CallbackBase):
         n_components: Literal[2, 3] = 2,
         every_n_epochs: int = 1,
         every_n_validations: int = 1,
+        clusters: Literal["kmeans", "hdbscan"] | None = "kmeans",
+        n_clusters: int | None = None,
+        survive_threshold: float = 0.7,
+        split_threshold: float = 0.3,
         pooling: Literal["auto", "flatten", "mean", "first", "last", "max"] = "auto",
         mask_key: Key | None = None,
         image_keys: Sequence[Key] | None = None,
@@ -103,6 +108,8 @@ class EmbeddingProjector(CallbackBase):
             label_key=label_key, id_key=id_key, metadata_keys=metadata_keys,
             max_samples=max_samples, reducers=reducers, n_components=n_components,
             every_n_epochs=every_n_epochs, every_n_validations=every_n_validations,
+            clusters=clusters, n_clusters=n_clusters, survive_threshold=survive_threshold,
+            split_threshold=split_threshold,
             pooling=pooling, mask_key=mask_key, image_keys=image_keys,
             perplexity=perplexity, storage_dtype=storage_dtype,
             background=background, max_queued_epochs=max_queued_epochs, output_dir=output_dir,
@@ -111,11 +118,16 @@ class EmbeddingProjector(CallbackBase):
         self.settings = ReduceSettings(
             list(self.options.reducers), n_components, float(perplexity), seed
         )
+        self.evolve_settings = EvolveSettings(
+            self.options.clusters, self.options.n_clusters, float(survive_threshold),
+            float(split_threshold), seed,
+        )
         self.warn = WarnOnce()
         self.worker = Worker(
             background, max_pending=self.options.max_queued_epochs, warn=self.warn
         )
         self.previous: dict[str, Projection] = {}
+        self.chains: dict[str, SetChain] = {}
         self.pending: dict[tuple[str, int], tuple[EpochSample, int, int]] = {}
         self.runs = RunCounter()
         self._run: tuple[int, int, int] | None = None
@@ -165,6 +177,7 @@ class EmbeddingProjector(CallbackBase):
     def _start_chain(self) -> None:
         with self._lock:
             self.previous = {}
+            self.chains = {}
             self.pending = {}
             self._restored_pending = []
         self.runs.start_chain()
@@ -291,6 +304,10 @@ class EmbeddingProjector(CallbackBase):
             projection.movers = self._guarded(
                 "movers", "the movers table", lambda: movers(projection, previous)
             )
+            chain = evolve(
+                projection, previous, self.chains.get(sample.name, SetChain()),
+                self.evolve_settings, self.warn,
+            )
         except BaseException:
             with self._lock:
                 self.pending.pop((sample.name, val_index), None)
@@ -299,6 +316,7 @@ class EmbeddingProjector(CallbackBase):
             # One critical section: a checkpoint taken in between would hold this run both
             # as `previous` and as pending, and a resume would align it to itself.
             self.previous[sample.name] = projection
+            self.chains[sample.name] = chain
             self.pending.pop((sample.name, val_index), None)
         for sink_name, write in self._sinks.writers:
             if log or sink_name in sink_factory.LOCAL_SINKS:
@@ -331,6 +349,7 @@ class EmbeddingProjector(CallbackBase):
         with self._lock:
             return {
                 "previous": {n: projection_to_state(p) for n, p in self.previous.items()},
+                "chains": {n: c.state_dict() for n, c in self.chains.items()},
                 "pending": [
                     {"val_index": v, "epoch": e, "step": step, "sample": sample_to_state(s)}
                     for (_, v), (s, e, step) in sorted(self.pending.items(), key=_by_run)
@@ -356,8 +375,12 @@ class EmbeddingProjector(CallbackBase):
                 rehash(projection.sample)
             for entry in pending:
                 entry["sample"] = sample_to_state(rehash(sample_from_state(entry["sample"])))
+        chains = {n: SetChain.from_state_dict(c) for n, c in state_dict.get("chains", {}).items()}
+        if version != HASH_VERSION:
+            chains = {}  # cluster ids were matched on the old keys: start the lineage afresh
         with self._lock:
             self.previous = previous
+            self.chains = chains
             self._restored_pending = pending
         self.runs.load_state_dict(state_dict.get("runs", {}))
 

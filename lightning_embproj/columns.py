@@ -34,7 +34,8 @@ def table_columns(projection: Projection, include_images: bool = True) -> dict[s
     """The contract's columns, in order, as plain lists of length N.
 
     ``sample_id``, ``epoch``, ``step``, ``val_index``, ``dataloader_idx`` (with several
-    validation dataloaders), each metadata key, ``label`` (when labels are set), then ``R_x``,
+    validation dataloaders), each metadata key, ``label`` (when labels are set), ``cluster``
+    (when clusters are computed), then ``R_x``,
     ``R_y`` (``R_z``) per reducer. Image columns hold uint8 ``(H, W, C)`` arrays;
     ``include_images=False`` drops them.
     """
@@ -57,6 +58,8 @@ def table_columns(projection: Projection, include_images: bool = True) -> dict[s
         cols[key] = [_cell(v) for v in values]
     if sample.labels is not None:
         cols["label"] = [_cell(v) for v in sample.labels]
+    if projection.clusters is not None:
+        cols["cluster"] = [_cell(v) for v in projection.clusters]
     for reducer, layout in projection.layouts.items():
         for j, col in enumerate(layout_columns(reducer, layout.shape[1])):
             cols[col] = [float(v) for v in layout[:, j]]

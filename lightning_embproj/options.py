@@ -71,6 +71,10 @@ class ProjectorOptions:
     n_components: int = 2
     every_n_epochs: int = 1
     every_n_validations: int = 1
+    clusters: str | None = "kmeans"
+    n_clusters: int | None = None
+    survive_threshold: float = 0.7
+    split_threshold: float = 0.3
     pooling: str = "auto"
     mask_key: Key | None = None
     image_keys: Any = None
@@ -111,6 +115,18 @@ class ProjectorOptions:
             raise ValueError(f"n_components must be 2 or 3, got {self.n_components!r}")
         self.every_n_epochs = _positive_int(self.every_n_epochs, "every_n_epochs")
         self.every_n_validations = _positive_int(self.every_n_validations, "every_n_validations")
+        if isinstance(self.clusters, str) and self.clusters.lower() == "none":
+            self.clusters = None
+        if self.clusters not in (None, "kmeans", "hdbscan"):
+            raise ValueError(
+                f"clusters must be 'kmeans', 'hdbscan' or None, got {self.clusters!r}"
+            )
+        if self.n_clusters is not None:
+            self.n_clusters = _positive_int(self.n_clusters, "n_clusters")
+        for option in ("survive_threshold", "split_threshold"):
+            value = getattr(self, option)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+                raise ValueError(f"{option} must be a fraction in (0, 1], got {value!r}")
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {list(POOLINGS)}, got {self.pooling!r}")
         _check_key(self.mask_key, "mask_key")

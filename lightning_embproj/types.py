@@ -63,6 +63,12 @@ class Projection:
         sample: the points.
         epoch: the trainer's ``current_epoch`` when they were collected.
         step: the trainer's ``global_step`` when they were collected.
+        clusters: ``(N,)`` stable cluster id per point (``-1`` = HDBSCAN noise, ``None`` cells
+            when clustering failed), or None with ``clusters=None``.
+        lineage: this run's cluster lineage rows (``cluster``, ``event``, ``from_clusters``,
+            ``size``, ``overlap``), or None.
+        per_label: one row per label (``label``, ``count``, ``silhouette``, ``knn_accuracy``,
+            ``centroid_shift``), or None without labels.
         val_index: which validation run of this callback it is (0, 1, 2, ...; the sanity check
             is not counted). With ``epoch`` and ``step`` it identifies the run: several
             validation runs can share an epoch (``val_check_interval``) or a step.
@@ -80,6 +86,9 @@ class Projection:
     metrics: dict[str, float] = field(default_factory=dict)
     movers: dict[str, np.ndarray] | None = None
     val_index: int = 0
+    clusters: np.ndarray | None = None
+    lineage: list[dict[str, Any]] | None = None
+    per_label: list[dict[str, Any]] | None = None
 
     @property
     def name(self) -> str:

@@ -40,6 +40,10 @@ SUBDIR = "embproj"
 RUN_FILE = "val_{val_index:04d}_epoch_{epoch:04d}_step_{step}.csv"
 METRICS_FILE = "metrics.jsonl"
 SCHEMA_FILE = "schema.json"
+LINEAGE_FILE = "lineage.csv"
+LINEAGE_COLUMNS = (
+    "val_index", "epoch", "step", "cluster", "event", "from_clusters", "size", "overlap",
+)
 _RUN_RE = re.compile(r"val_(\d+)_epoch_(\d+)_step_(\d+)\.csv")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
 
@@ -122,7 +126,46 @@ def write_projection(root: str | os.PathLike[str], projection: Projection) -> Pa
     path = folder / run_file_name(projection)
     atomic_write_text(path, buf.getvalue())
     _write_metrics(folder, projection)
+    if projection.lineage is not None:
+        _write_lineage(folder, projection)
     return path
+
+
+def _write_lineage(folder: Path, projection: Projection) -> None:
+    """``lineage.csv``: every run's lineage rows; a rerun (after a resume) replaces its rows."""
+    path = folder / LINEAGE_FILE
+    kept: list[list[str]] = []
+    if path.exists():
+        with open(path, encoding="utf-8", newline="") as fh:
+            kept = [row for row in list(csv.reader(fh))[1:]
+                    if row and row[0] != str(projection.val_index)]
+    run = [projection.val_index, projection.epoch, projection.step]
+    rows = [*kept, *([*run, *(r[c] for c in LINEAGE_COLUMNS[3:])]
+                     for r in projection.lineage or [])]
+    rows.sort(key=lambda row: int(row[0]))
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(LINEAGE_COLUMNS)
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def read_lineage(path: str | os.PathLike[str], name: str | None = None) -> Any:
+    """The cluster lineage of one set, one row per cluster event per validation run:
+    ``val_index``, ``epoch``, ``step``, ``cluster``, ``event`` (survive, split, merge, emerge,
+    vanish), ``from_clusters`` (previous ids joined by ``","``), ``size``, ``overlap``. Empty
+    (with those columns) when no lineage was written.
+
+    Example:
+        >>> read_lineage("lightning_logs/version_0").query("event == 'split'")  # doctest: +SKIP
+    """
+    import pandas as pd
+
+    file = _resolve(path, name) / LINEAGE_FILE
+    if not file.exists():
+        return pd.DataFrame({c: [] for c in LINEAGE_COLUMNS})
+    return pd.read_csv(file, dtype={"event": str, "from_clusters": str}, keep_default_na=False,
+                       na_values={"overlap": [""], "size": [""]})
 
 
 def _update_schema(folder: Path, kinds: dict[str, str]) -> None:

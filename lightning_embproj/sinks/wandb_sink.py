@@ -24,6 +24,7 @@ import numpy as np
 
 from lightning_embproj.columns import layout_columns, mover_columns, table_columns
 from lightning_embproj.evolution import EVOLUTION_MAX_ROWS, WANDB_MAX_ROWS, EvolutionHistory
+from lightning_embproj.sinks.local import LINEAGE_COLUMNS
 from lightning_embproj.sinks.plot import Limits, Palette, render, widen
 from lightning_embproj.types import Projection
 from lightning_embproj.warn import WarnOnce
@@ -151,6 +152,7 @@ class WandbSink:
         self.last_step: dict[str, int] = {}
         self.limits: dict[tuple[str, str], Limits] = {}
         self.palettes: dict[str, Palette] = {}
+        self.lineage: dict[str, list[list[Any]]] = {}
 
     def write(self, projection: Projection) -> None:
         """Log one validation run of one set (the ``run.log`` call itself may raise)."""
@@ -169,9 +171,30 @@ class WandbSink:
         if self.plots:
             self._part("plot", projection, lambda: self._plots(projection, columns, payload))
         self._part("evolution", projection, lambda: self._evolution(projection, payload))
+        self._part("lineage", projection, lambda: self._lineage(projection, payload))
+        self._part("per-label table", projection, lambda: self._per_label(projection, payload))
         payload[STEP_METRIC] = projection.step
         self.run.log(payload)
         self.last_step[name] = projection.step
+
+    def _lineage(self, p: Projection, out: dict[str, Any]) -> None:
+        """Every run's lineage rows so far, in one table (the newest ``max_rows`` rows)."""
+        if p.lineage is None:
+            return
+        rows = [r for r in self.lineage.get(p.name, []) if r[0] != p.val_index]
+        rows += [[p.val_index, p.epoch, p.step, *(r[c] for c in LINEAGE_COLUMNS[3:])]
+                 for r in p.lineage]
+        self.lineage[p.name] = rows[-self.max_rows:]
+        columns = dict(zip(LINEAGE_COLUMNS, map(list, zip(*self.lineage[p.name], strict=True)),
+                           strict=True)) if rows else {c: [] for c in LINEAGE_COLUMNS}
+        out[metric_key(p.name, "lineage")] = build_table(columns)
+
+    def _per_label(self, p: Projection, out: dict[str, Any]) -> None:
+        if not p.per_label:
+            return
+        names = list(p.per_label[0])
+        columns = {c: [_plain(row[c]) for row in p.per_label] for c in names}
+        out[metric_key(p.name, "per_label")] = build_table(columns)
 
     def _part(self, what: str, projection: Projection, build: Callable[[], None]) -> None:
         """Build one part of the payload; a failure leaves it out of this run, one warning."""
@@ -266,3 +289,8 @@ class WandbSink:
             if path.is_file():
                 html = wandb.Html(path.read_text(encoding="utf-8"), inject=False)
                 self.run.log({metric_key(name, "view"): html, STEP_METRIC: step})
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars become Python values (a table cell must be JSON-able)."""
+    return value.item() if isinstance(value, np.generic) else value
