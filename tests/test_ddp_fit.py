@@ -3,10 +3,12 @@
 One subprocess (tests/ddp_script.py) runs every scenario; Lightning re-executes it for rank 1.
 Each epoch's table must hold every validation sample exactly once (``DistributedSampler``
 padding deduplicated), with texts, and equal a single-process run of the same frozen model.
+A single-device fit inside an initialised process group of 2 must project without collectives.
 """
 
 from __future__ import annotations
 
+import datetime
 import os
 import subprocess
 import sys
@@ -23,12 +25,15 @@ SCRIPT = Path(__file__).with_name("ddp_script.py")
 ROOT = SCRIPT.parent.parent
 
 
+def script_env() -> dict[str, str]:
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), WANDB_MODE="disabled")
+
+
 @pytest.fixture(scope="module")
 def ddp_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("ddp")
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), WANDB_MODE="disabled")
     done = subprocess.run(
-        [sys.executable, str(SCRIPT), str(out)], cwd=ROOT, env=env, capture_output=True,
+        [sys.executable, str(SCRIPT), str(out)], cwd=ROOT, env=script_env(), capture_output=True,
         text=True, timeout=400,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
@@ -97,3 +102,48 @@ def test_ranks_disagreeing_on_a_column_fail_alike_without_hanging(ddp_out):
     errors = [(ddp_out / "disagree" / f"error_rank{r}.txt").read_text() for r in (0, 1)]
     assert errors[0] == errors[1]
     assert "metadata 'text' holds Python objects (texts) on rank 0 vs numbers" in errors[0]
+
+
+def test_dict_of_uneven_loaders_holds_every_sample_once_per_loader(ddp_out, tmp_path):
+    """{"short": 57, "long": 301} on 2 ranks: each loader is padded on rank 1 with its own
+    sample 0; ids are derived, so both dataset lengths must be found from the dict."""
+    ref = single_process(tmp_path, "dict")
+    for got, want in zip(epochs(ddp_out, "dict"), ref, strict=True):
+        assert sorted(got["dataloader_idx"].unique()) == [0, 1]
+        for idx, n in enumerate((57, 301)):
+            rows = got[got["dataloader_idx"] == idx]
+            assert rows["sample_id"].tolist() == list(range(n))
+            assert_texts(rows, offset=(idx + 1) * 10_000)
+        columns = ["dataloader_idx", "sample_id", "text", "label"]
+        got = got.sort_values(["dataloader_idx", "sample_id"]).reset_index(drop=True)
+        want = want.sort_values(["dataloader_idx", "sample_id"]).reset_index(drop=True)
+        pd.testing.assert_frame_equal(got[columns], want[columns])
+        np.testing.assert_allclose(got[["pca_x", "pca_y"]], want[["pca_x", "pca_y"]], atol=1e-4)
+
+
+def test_single_device_fit_inside_a_process_group_projects_alone(tmp_path):
+    """A sweep (torchrun, Ray) initialised a process group of 2; the script is rank 0 and fits
+    on one device, this test process is rank 1 and never joins a collective. A collective
+    started by the projector would time out after 30 s and fail the fit."""
+    import torch.distributed as dist
+
+    process = subprocess.Popen(
+        [sys.executable, str(SCRIPT), str(tmp_path), "alone"], cwd=ROOT, env=script_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        # Generous: the script imports Lightning before it joins; rank 1 runs no collective.
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'alone_init'}", rank=1,
+                                world_size=2, timeout=datetime.timedelta(seconds=240))
+        try:
+            stdout, stderr = process.communicate(timeout=240)
+        finally:
+            dist.destroy_process_group()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, stdout[-3000:] + stderr[-5000:]
+    for got in epochs(tmp_path, "alone"):
+        assert got["sample_id"].tolist() == list(range(120))
+        assert_texts(got, offset=10_000)
