@@ -61,7 +61,8 @@ def finish_with_progress(
     enabled: bool = True,
     file: IO[str] | None = None,
 ) -> bool:
-    """Mark training over, wait for the queued jobs (with a bar when ``enabled``), stop the worker.
+    """Mark training over (:meth:`Worker.end_training`), wait for the queued jobs (with a bar
+    when ``enabled``), stop the worker.
 
     The bar (``file``, default stderr) reads ``lightning-embproj: finishing N queued
     projections: done/N [elapsed] <label of the running job>``; jobs queued meanwhile raise
@@ -74,10 +75,10 @@ def finish_with_progress(
         True
     """
     deadline = None if timeout is None else time.monotonic() + timeout
-    worker.end_training()
     seen = worker.progress()
     if seen.pending and enabled:
-        _wait_with_bar(worker, seen, deadline, file)
+        _wait_with_bar(worker, seen, deadline, file)  # shows the bar, then ends training
+    worker.end_training()
     return worker.close(_left(deadline))
 
 
@@ -96,6 +97,8 @@ def _wait_with_bar(
         unit="run", dynamic_ncols=True, leave=True,
         bar_format="{desc}: {n_fmt}/{total_fmt} [{elapsed}]{postfix}",
     )
+    # After the bar is up: whatever the queue does from here on is reported.
+    worker.end_training()
     try:
         while True:
             bar.total = seen.completed - start + seen.pending  # jobs queued meanwhile count too

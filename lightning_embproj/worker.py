@@ -90,6 +90,11 @@ class Worker:
         with self._cond:
             return not self._training
 
+    def wait_training_over(self, timeout: float | None = None) -> bool:
+        """Block until :meth:`end_training` (True) or ``timeout`` passes (False)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._training, timeout)
+
     def job_threads(self) -> int:
         """CPU threads a job may use now: 1 while training runs, every core once it is over.
 
@@ -115,6 +120,7 @@ class Worker:
         (where the OS allows raising it again)."""
         with self._cond:
             self._training = False
+            self._cond.notify_all()
             if self._tid is not None and self._base_nice is not None:
                 _set_nice(self._tid, self._base_nice)
 

@@ -6,10 +6,14 @@ assertion is a generous upper bound on ``drain``'s deadline.
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 
-from lightning_embproj.warn import WarnOnce
+import pytest
+
+from lightning_embproj.warn import ProjectorWarning, WarnOnce
 from lightning_embproj.worker import Worker
 
 WAIT = 30.0  # an upper bound for gates: reached only if the worker is broken
@@ -133,3 +137,87 @@ def test_a_worker_reopens_after_drain():
     w.submit("emb", jobs.job("fit 2"))
     assert w.drain(timeout=WAIT)
     assert jobs.done == ["fit 1", "fit 2"] and jobs.others_alive == []
+
+
+# -- progress, labels and the end of training -------------------------------------------------
+def test_progress_names_the_running_and_waiting_jobs_and_counts_finished_ones():
+    gate, started = threading.Event(), threading.Event()
+    w = Worker(max_pending=10)
+    w.submit("emb", Jobs().job("a", gate, started), label="t-SNE run 0")
+    w.submit("emb", lambda: None, label="t-SNE run 1")
+    w.submit("other", lambda: None)  # no label: the set's name
+    assert started.wait(WAIT)
+    seen = w.progress()
+    assert seen.running == "t-SNE run 0"
+    assert seen.waiting == ("t-SNE run 1", "other") and seen.pending == 3
+    gate.set()
+    while seen.pending:  # every change wakes the waiter; it never misses the end
+        seen = w.wait_progress(seen, WAIT)
+    assert seen.completed == 3 and seen.running is None and seen.waiting == ()
+    assert w.close(WAIT)
+
+
+def test_a_failing_job_still_counts_as_finished():
+    w = Worker(max_pending=10, warn=WarnOnce())
+    with pytest.warns(ProjectorWarning, match="ZeroDivisionError"):
+        w.submit("emb", lambda: 1 / 0, label="broken")
+        assert w.flush(WAIT)
+    assert w.progress().completed == 1
+    assert w.close(WAIT)
+
+
+def _can_lower_nice_again() -> bool:
+    """Whether this process may lower a thread's nice value once raised (root, RLIMIT_NICE)."""
+    out: list[bool] = []
+
+    def probe() -> None:
+        tid = threading.get_native_id()
+        base = os.getpriority(os.PRIO_PROCESS, tid)
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, base + 1))
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, base)
+            out.append(True)
+        except OSError:
+            out.append(False)
+
+    t = threading.Thread(target=probe)
+    t.start()
+    t.join()
+    return out[0]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux-only")
+def test_end_training_gives_jobs_every_core_and_the_thread_its_priority_back():
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    w = Worker(max_pending=10)
+    seen: list[tuple[bool, int, int]] = []
+
+    def record() -> None:
+        tid = threading.get_native_id()
+        seen.append((w.training_over, w.job_threads(), os.getpriority(os.PRIO_PROCESS, tid)))
+
+    w.submit("emb", record)
+    assert w.flush(WAIT)
+    w.submit("emb", lambda: (w.wait_training_over(WAIT), record()))  # held until training ends
+    w.end_training()
+    assert w.flush(WAIT)
+    w.start_training()  # the next fit: niced and on one thread again, on the same thread
+    w.submit("emb", record)
+    assert w.close(WAIT)
+    restored = base if _can_lower_nice_again() else min(19, base + 10)
+    assert seen == [
+        (False, 1, min(19, base + 10)),
+        (True, os.cpu_count() or 1, restored),
+        (False, 1, min(19, base + 10)),
+    ]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux-only")
+def test_a_thread_started_after_training_is_not_niced():
+    w = Worker(max_pending=10)
+    w.end_training()
+    seen: list[tuple[int, int]] = []
+    w.submit("emb", lambda: seen.append(
+        (w.job_threads(), os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))))
+    assert w.close(WAIT)
+    assert seen == [(os.cpu_count() or 1, os.getpriority(os.PRIO_PROCESS, 0))]
