@@ -247,3 +247,73 @@ def test_memoised_neighbours_follow_the_content():
     Y[:25] = Y[25:]  # same shape, other content
     assert before.min() == 1.0
     assert neighbourhood_overlap(X, Y).mean() < 0.9
+
+
+# -- the torch pass (any device; CPU here) and the trustworthiness subset ---------------------
+@pytest.mark.parametrize("dtype,n_cls", [(np.float64, 5), (np.float32, 5), (np.float64, 90)])
+def test_torch_pass_gives_the_numpy_results(monkeypatch, dtype, n_cls):
+    rng = np.random.default_rng(n_cls)
+    X, y, _ = blobs(60, 5, 12, spread=4.0)  # overlapping classes: non-trivial scores
+    X = X.astype(dtype)
+    labels = np.arange(len(X)) % n_cls if n_cls != 5 else y  # 90 classes: the index_add path
+    prev = proj(X + rng.normal(size=X.shape) * 0.5, labels=labels,
+                layouts={"pca": PCA(2).fit_transform(X), "noise": rng.normal(size=(len(X), 2))})
+    cur = proj(X, labels=labels, layouts=prev.layouts)
+    monkeypatch.setattr(neighbours, "_CHUNK_BYTES", 37 * len(X) * 8)  # several ragged chunks
+    neighbours._knn_cache.clear()
+    by_numpy = epoch_metrics(cur, prev)
+    knn_numpy = neighbours.scan(as_float(X), 10).knn
+    neighbours._knn_cache.clear()
+    by_torch = epoch_metrics(cur, prev, device="cpu")
+    knn_torch = neighbours.scan(as_float(X), 10, device="cpu").knn
+    assert sorted(by_torch) == sorted(by_numpy)
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    for name, value in by_numpy.items():
+        assert by_torch[name] == pytest.approx(value, abs=tol), name
+    assert 0.2 < by_numpy["silhouette"] < 0.9 or n_cls == 90  # the scores say something
+    assert (knn_torch == knn_numpy).mean() > (0.999 if dtype == np.float64 else 0.99)
+    assert movers(cur, prev, device="cpu")["index"].tolist() == movers(cur, prev)["index"].tolist()
+
+
+def as_float(X):
+    return neighbours.as_matrix(X, "X")
+
+
+def test_torch_trustworthiness_equals_sklearn_with_and_without_a_subset():
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(300, 10))
+    layout = X[:, :2] + rng.normal(size=(300, 2)) * 0.5
+    exact = sk_trustworthiness(X, layout, n_neighbors=10)
+    assert trustworthiness(X, layout, 10, device="cpu") == pytest.approx(exact, abs=1e-12)
+    numpy_est = trustworthiness(X, layout, 10, max_points=120)
+    assert trustworthiness(X, layout, 10, max_points=120, device="cpu") == pytest.approx(
+        numpy_est, abs=1e-12
+    )
+
+
+def test_trustworthiness_subset_is_a_close_deterministic_estimate():
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(1500, 16))
+    good, bad = PCA(2).fit_transform(X), rng.normal(size=(1500, 2))
+    for layout in (good, bad):
+        exact = trustworthiness(X, layout, 10)
+        assert exact == pytest.approx(sk_trustworthiness(X, layout, n_neighbors=10), abs=1e-12)
+        est = trustworthiness(X, layout, 10, max_points=500)
+        assert est == trustworthiness(X, layout, 10, max_points=500)  # the same rows each time
+        assert est != exact and est == pytest.approx(exact, abs=0.01)
+    assert trustworthiness(X, good, 10, max_points=1500) == trustworthiness(X, good, 10)
+
+
+def test_epoch_metrics_estimates_trustworthiness_above_the_subset_size(monkeypatch):
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(900, 8))
+    layout = PCA(2).fit_transform(X)
+    exact = sk_trustworthiness(X, layout, n_neighbors=10)
+    assert epoch_metrics(proj(X, layouts={"pca": layout}))["pca/trustworthiness"] == (
+        pytest.approx(exact, abs=1e-12))  # 900 rows: below TRUST_MAX_POINTS, exact
+    scan = neighbours.scan
+    monkeypatch.setattr(neighbours, "scan", lambda *a, **kw: scan(*a, **{
+        **kw, "trust_max_points": 300}))
+    monkeypatch.setattr("lightning_embproj.score.scan", neighbours.scan)
+    est = epoch_metrics(proj(X, layouts={"pca": layout}))["pca/trustworthiness"]
+    assert est != exact and est == pytest.approx(exact, abs=0.02)
