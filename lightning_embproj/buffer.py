@@ -42,6 +42,7 @@ class SampleBuffer:
         self._sorted = np.empty(0, dtype=np.int64)
         self._store: dict[str, np.ndarray] = {}
         self._n = 0
+        self._stale = False  # rows written by `place`: `_sorted` is rebuilt before it is read
 
     def __len__(self) -> int:
         return self._n
@@ -50,6 +51,7 @@ class SampleBuffer:
         """Rows with a key at or above this cannot enter (None while the buffer is not full)."""
         if self._n < self.max_samples:
             return None
+        self._resync()
         return int(self._sorted[-1])
 
     def select(self, keys: np.ndarray) -> np.ndarray:
@@ -62,6 +64,7 @@ class SampleBuffer:
             [1]
         """
         keys = np.asarray(keys, dtype=np.int64)
+        self._resync()
         if self._n:
             pos = np.searchsorted(self._sorted, keys).clip(max=self._n - 1)
             mask = self._sorted[pos] != keys
@@ -84,18 +87,14 @@ class SampleBuffer:
         """Offer rows: keeps the bottom-k overall. ``preselected``: the rows are exactly what
         :meth:`select` returned for this batch, so the filter is not run twice."""
         keys = np.asarray(keys, dtype=np.int64)
-        pick = np.arange(keys.shape[0]) if preselected else self.select(keys)
-        if pick.size == 0:
+        pick = None if preselected else self.select(keys)
+        if pick is not None and pick.size == 0 or keys.size == 0:
             return
-        keys = keys[pick]
+        self._resync()
+        if pick is not None:
+            keys = keys[pick]
         rows = {name: self._rows(name, value, pick) for name, value in columns.items()}
-        if not self._store:
-            self._allocate(rows)
-        elif set(rows) != set(self._store):
-            raise ValueError(
-                f"columns changed between batches: first batch had {sorted(self._store)}, "
-                f"this batch has {sorted(rows)}"
-            )
+        self._check_columns(rows)
         n, k = self._n, self.max_samples
         # Merge two sorted runs (timsort: linear) instead of argsorting the union: the k-th
         # smallest key decides which rows come in and which slots they take.
@@ -105,6 +104,46 @@ class SampleBuffer:
         slots = np.concatenate([np.arange(n, min(k, n + incoming.size)), evicted])
         slots = slots[: incoming.size]
         self._keys[slots] = keys[incoming]
+        self._write(slots, rows, incoming)
+        self._n = min(k, n + incoming.size)
+        self._sorted = merged
+
+    def place(self, slots: np.ndarray, keys: np.ndarray, columns: dict[str, Any],
+              count: int) -> None:
+        """Write rows into the given slots, decided elsewhere (a precomputed schedule); the
+        buffer then holds ``count`` rows in slots ``0 .. count - 1``.
+
+        Example:
+            >>> buf = SampleBuffer(2)
+            >>> buf.place(np.array([1, 0]), np.array([8, 3]), {"e": np.eye(2)}, count=2)
+            >>> buf.columns()[0].tolist(), buf.threshold()
+            ([3, 8], 8)
+        """
+        keys = np.asarray(keys, dtype=np.int64)
+        if keys.size:
+            rows = {name: self._rows(name, value, None) for name, value in columns.items()}
+            self._check_columns(rows)
+            self._keys[slots] = keys
+            self._write(slots, rows, None)
+        self._n = count
+        self._stale = True
+
+    def _resync(self) -> None:
+        if self._stale:
+            self._sorted = np.sort(self._keys[: self._n])
+            self._stale = False
+
+    def _check_columns(self, rows: dict[str, np.ndarray]) -> None:
+        if not self._store:
+            self._allocate(rows)
+        elif set(rows) != set(self._store):
+            raise ValueError(
+                f"columns changed between batches: first batch had {sorted(self._store)}, "
+                f"this batch has {sorted(rows)}"
+            )
+
+    def _write(self, slots: np.ndarray, rows: dict[str, np.ndarray],
+               take: np.ndarray | None) -> None:
         for name, value in rows.items():
             target = self._store[name]
             if value.shape[1:] != target.shape[1:]:
@@ -116,21 +155,22 @@ class SampleBuffer:
                 wider = _promote(target.dtype, value.dtype)
                 if wider != target.dtype:
                     target = self._store[name] = target.astype(wider)
-            target[slots] = value[incoming]
-        self._n = min(k, n + incoming.size)
-        self._sorted = merged
+            target[slots] = value if take is None else value[take]
 
-    def _rows(self, name: str, value: Any, pick: np.ndarray) -> np.ndarray:
+    def _rows(self, name: str, value: Any, pick: np.ndarray | None) -> np.ndarray:
         if isinstance(value, np.ndarray):
-            rows = value[pick]
+            rows = value if pick is None else value[pick]
         elif hasattr(value, "detach"):  # torch tensor: copy only the selected rows to the host
             import torch
 
-            idx = torch.as_tensor(pick, device=value.device)
-            rows = host_numpy(value.detach().index_select(0, idx))
+            tensor = value.detach()
+            if pick is not None:
+                tensor = tensor.index_select(0, torch.as_tensor(pick, device=value.device))
+            rows = host_numpy(tensor)
         else:
-            rows = np.empty(pick.size, dtype=object)
-            rows[:] = [value[i] for i in pick.tolist()]
+            items = list(value) if pick is None else [value[i] for i in pick.tolist()]
+            rows = np.empty(len(items), dtype=object)
+            rows[:] = items
         if rows.dtype.kind in "US":
             # A fixed-width string column would cut later, longer strings to this width.
             text = np.empty(rows.shape, dtype=object)

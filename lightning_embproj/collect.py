@@ -1,8 +1,22 @@
 """Per-batch collection: ids, hashes, and the rows that enter each set's bounded buffer.
 
 Per batch and set: the embeddings are pooled to ``(B, D)`` on their device (``pooling``), ids
-are hashed, and only rows whose key may enter the bounded sample are copied to the host.
-Metadata shapes are checked on every batch, so an error never depends on which rows are kept.
+are hashed, and only rows whose key may enter the bounded sample are kept. Metadata shapes are
+checked on every batch, so an error never depends on which rows are kept. Three paths, one result
+(the same keys, rows and values):
+
+- **device** (embeddings on an accelerator, or forced with ``device_path=True`` /
+  ``EMBPROJ_DEVICE_PATH=1``): ids derived on the device (``torch.arange``) or given as an int
+  tensor there are hashed there (:func:`~lightning_embproj.sample.hash_ids_torch`) and the bottom-k
+  lives in a :class:`~lightning_embproj.device_buffer.DeviceBuffer`: no host sync per batch, one
+  copy to the host when the samples are read. Tensor labels and metadata on the same device ride
+  along; other metadata (lists of str, numpy arrays, tensors elsewhere) stay on the host, one
+  reference per batch until the end (memory grows with the number of batches for those columns
+  only), and are looked up for the kept rows. Ids that are not an int tensor on that device
+  (strings, lists, float tensors) make the collector use the host path from that batch on.
+- **scheduled** (host, ids derived from positions): the bottom-k of the positions is simulated
+  once per fit (:mod:`~lightning_embproj.schedule`), so a batch is a binary search and a row copy.
+- **streaming** (host, anything else): ids hashed vectorised, rows that beat the threshold copied.
 
 Example:
     >>> import torch
@@ -16,6 +30,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from lightning_embproj.buffer import EMBEDDINGS, SampleBuffer
+from lightning_embproj.device_buffer import DeviceBuffer
 from lightning_embproj.extract import (
     ImageLayout,
     Key,
@@ -38,11 +54,15 @@ from lightning_embproj.extract import (
     to_uint8_images,
 )
 from lightning_embproj.options import ProjectorOptions
-from lightning_embproj.sample import derived_ids, hash_ids
+from lightning_embproj.sample import derived_ids, hash_ids, hash_ids_torch
+from lightning_embproj.schedule import NEVER, Schedule, schedule_for
 from lightning_embproj.types import EpochSample
 from lightning_embproj.warn import ProjectorWarning
 
-_ID, _LABEL, _DL = "__id", "__label", "__dataloader_idx"
+_ID, _LABEL, _DL, _ROW = "__id", "__label", "__dataloader_idx", "__row"
+DEVICE_PATH_ENV = "EMBPROJ_DEVICE_PATH"
+"""``1``: collect through the device path even for CPU tensors (tests); ``0``: never."""
+_INT_DTYPES = ("torch.int8", "torch.int16", "torch.int32", "torch.int64", "torch.uint8")
 LARGE_BUFFER_BYTES = 256_000_000
 """A set whose buffer may grow past this (``max_samples`` x D x bytes) gets one warning."""
 
@@ -57,24 +77,41 @@ class Placement:
 
 
 class Collector:
-    """Holds one :class:`SampleBuffer` per embedding set for the current epoch.
+    """Holds one bottom-k buffer per embedding set for the current validation run.
 
     Args:
         options: the projector's options.
         warn: ``warn(topic, message)`` hook, called once per topic and run by the callback's
             :class:`~lightning_embproj.warn.WarnOnce`; without it, ``warnings.warn`` with a
             :class:`~lightning_embproj.warn.ProjectorWarning`, once per collector.
+        device_path: ``None`` (default): the device path when the first batch's embeddings
+            are tensors on an accelerator (or as ``EMBPROJ_DEVICE_PATH`` says); ``True``: for
+            any tensors, CPU included; ``False``: never.
     """
 
     def __init__(
-        self, options: ProjectorOptions, warn: Callable[[str, str], None] | None = None
+        self, options: ProjectorOptions, warn: Callable[[str, str], None] | None = None,
+        device_path: bool | None = None,
     ) -> None:
         self.options = options
         dtype = np.float16 if options.storage_dtype == "float16" else np.float32
         self.buffers = {n: SampleBuffer(options.max_samples, dtype) for n in options.set_names}
         self.positions: dict[int, int] = {}
-        self.nonfinite = 0
         self.seen = 0
+        if device_path is None:
+            env = os.environ.get(DEVICE_PATH_ENV, "").strip().lower()
+            device_path = {"1": True, "true": True, "0": False, "false": False}.get(env)
+        self.device_path = device_path
+        self._mode: str | None = None  # "device" or "host", fixed by the first batch
+        self._device: dict[str, DeviceBuffer] = {}
+        self._device_cols: set[str] | None = None
+        self._host_batches: list[tuple[int, dict[str, Any]]] = []  # (first row, host columns)
+        self._layouts: dict[str, ImageLayout | None] = {}
+        self._bad: Any = None  # non-finite count on the device
+        self._nonfinite = 0
+        self._schedule: Schedule | None = None
+        self._schedule_dl = -1
+        self._streaming = False  # the scheduled path was left (or never applied)
         self.batches = 0
         self.dims: dict[str, int] = {}
         self.shapes: dict[str, tuple[int, ...]] = {}
@@ -174,6 +211,16 @@ class Collector:
             f"sequences and feature maps), a smaller max_samples, or storage_dtype='float16'",
         )
 
+    @property
+    def nonfinite(self) -> int:
+        """Rows that could have entered a sample but had NaN / Inf embeddings (left out).
+
+        On the device path reading it copies one number to the host."""
+        if self._bad is not None:
+            self._nonfinite += int(self._bad)
+            self._bad = None
+        return self._nonfinite
+
     def add_batch(
         self,
         embeddings: dict[str, Any],
@@ -192,11 +239,31 @@ class Collector:
                     f"embeddings {name!r} has {value.shape[0]} rows but the batch has {n}"
                 )
         self.batches += 1
-        ids = self._ids(outputs, batch, n, dataloader_idx, where)
-        keys = hash_ids(ids, dataloader_idx)
-        metadata = self._metadata(outputs, batch, n)
+        if self._mode is None:
+            self._mode = "device" if self._device_ready(vectors) is not None else "host"
+        if self._mode == "device" and not self._add_on_device(
+            vectors, outputs, batch, n, dataloader_idx, where
+        ):
+            self._leave_device()
+        if self._mode == "host":
+            self._add_on_host(vectors, outputs, batch, n, dataloader_idx, where)
         self.positions[dataloader_idx] = self.positions.get(dataloader_idx, 0) + n
         self.seen += n
+
+    # -- host: scheduled (derived ids) or streaming ---------------------------------------------
+    def _add_on_host(
+        self, vectors: dict[str, Any], outputs: Any, batch: Any, n: int, dl: int, where: Placement
+    ) -> None:
+        if self.options.id_key is None and not self._streaming:
+            metadata = self._metadata(outputs, batch, n)
+            if self._add_scheduled(vectors, metadata, n, dl, where):
+                return
+            self._streaming = True
+            ids = self._ids(outputs, batch, n, dl, where)
+        else:
+            ids = self._ids(outputs, batch, n, dl, where)
+            metadata = self._metadata(outputs, batch, n)
+        keys = hash_ids(ids, dl)
         for name, vec in vectors.items():
             buffer = self.buffers[name]
             idx = buffer.select(keys)
@@ -205,19 +272,164 @@ class Collector:
             rows = {EMBEDDINGS: take(vec, idx, self.options.max_text_length)}
             finite = np.isfinite(rows[EMBEDDINGS]).all(axis=1)
             if not finite.all():
-                self.nonfinite += int((~finite).sum())
+                self._nonfinite += int((~finite).sum())
                 idx, rows[EMBEDDINGS] = idx[finite], rows[EMBEDDINGS][finite]
                 if idx.size == 0:
                     continue
             rows[_ID] = ids[idx]
-            rows[_DL] = np.full(idx.size, dataloader_idx, dtype=np.int64)
-            for column, (value, layout) in metadata.items():
-                taken = take(value, idx, self.options.max_text_length)
-                rows[column] = taken if layout is None else to_uint8_images(taken, layout)
+            rows[_DL] = np.full(idx.size, dl, dtype=np.int64)
+            rows.update(self._metadata_rows(metadata, idx))
             buffer.add(keys[idx], rows, preselected=True)
+
+    def _metadata_rows(
+        self, metadata: dict[str, tuple[Any, ImageLayout | None]], idx: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        rows = {}
+        for column, (value, layout) in metadata.items():
+            taken = take(value, idx, self.options.max_text_length)
+            rows[column] = taken if layout is None else to_uint8_images(taken, layout)
+        return rows
+
+    def _add_scheduled(
+        self, vectors: dict[str, Any], metadata: dict[str, tuple[Any, ImageLayout | None]],
+        n: int, dl: int, where: Placement,
+    ) -> bool:
+        """One batch through the precomputed schedule; False when it does not apply (then this
+        collector streams from this batch on: the buffers hold exactly the streaming state)."""
+        k, start = self.options.max_samples, self.positions.get(dl, 0)
+        if self._schedule is None:
+            if self.seen or start:  # the schedule starts from an empty buffer
+                return False
+            self._schedule_dl = dl
+            self._schedule = schedule_for(k, dl, where.rank, where.world_size, where.dataset_len)
+        schedule, end = self._schedule, start + n
+        if dl != self._schedule_dl or n > k or not schedule.ensure(end):
+            return False
+        threshold = schedule.threshold_before(start)
+        # The rows the streaming buffer would look at: NaN among them is counted and changes
+        # which rows stay, so that batch streams instead.
+        looked = (np.arange(n) if threshold == NEVER
+                  else np.flatnonzero(schedule.keys[start:end] < threshold))
+        candidates = {}
+        for name, vec in vectors.items():
+            candidates[name] = take(vec, looked, self.options.max_text_length)
+            if not np.isfinite(candidates[name]).all():
+                return False
+        local, slots, keys = schedule.kept(start, end)
+        inside = np.searchsorted(looked, local)
+        shared = {_ID: schedule.ids(local + start), _DL: np.full(local.size, dl, dtype=np.int64)}
+        if local.size:
+            shared.update(self._metadata_rows(metadata, local))
+        for name in vectors:
+            rows = {EMBEDDINGS: candidates[name][inside], **shared}
+            self.buffers[name].place(slots, keys, rows, count=min(k, end))
+        return True
+
+    # -- device: fixed shapes, no host sync -----------------------------------------------------
+    def _device_ready(self, vectors: dict[str, Any]) -> Any:
+        """The device of the embeddings when the device path applies to them, else None."""
+        if self.device_path is False:
+            return None
+        devices = {getattr(v, "device", None) for v in vectors.values()}
+        device = devices.pop() if len(devices) == 1 else None
+        if device is None or not hasattr(device, "type"):
+            return None
+        return device if self.device_path or device.type != "cpu" else None
+
+    def _device_ids(self, outputs: Any, batch: Any, n: int, dl: int, where: Placement,
+                    device: Any) -> Any:
+        import torch
+
+        if self.options.id_key is None:
+            start = self.positions.get(dl, 0)
+            ids = torch.arange(start, start + n, device=device)
+            if where.world_size > 1:
+                ids = ids * where.world_size + where.rank
+                if where.dataset_len:
+                    ids = ids % where.dataset_len
+            return ids
+        value = lookup(self.options.id_key, outputs, batch, "id_key")
+        check_length(value, self.options.id_key, "id_key", n)
+        tensor = hasattr(value, "detach") and hasattr(value, "device")
+        if not tensor or value.device != device or str(value.dtype) not in _INT_DTYPES:
+            return None  # strings, lists, floats: hashed (and checked) on the host
+        if value.numel() != n:
+            return None  # the host path names the expected shape
+        return value.detach().reshape(-1).to(torch.int64)
+
+    def _add_on_device(
+        self, vectors: dict[str, Any], outputs: Any, batch: Any, n: int, dl: int, where: Placement
+    ) -> bool:
+        """One batch on the device; False (nothing changed) when it needs the host path."""
+        import torch
+
+        device = self._device_ready(vectors)
+        if device is None:
+            return False
+        ids = self._device_ids(outputs, batch, n, dl, where, device)
+        if ids is None:
+            return False
+        keys = hash_ids_torch(ids, dl)
+        metadata = self._metadata(outputs, batch, n)
+        columns = {_ID: ids, _DL: torch.full((n,), dl, dtype=torch.int64, device=device),
+                   _ROW: torch.arange(self.seen, self.seen + n, device=device)}
+        host = {}
+        for column, (value, layout) in metadata.items():
+            if getattr(value, "device", None) == device and hasattr(value, "detach"):
+                columns[column] = value.detach()
+            else:
+                host[column] = value
+            self._layouts[column] = layout
+        if self._device_cols is None:
+            self._device_cols = set(columns)
+        elif set(columns) != self._device_cols:
+            return False  # a column moved between the device and the host
+        if host:
+            self._host_batches.append((self.seen, host))
+        for name, vec in vectors.items():
+            finite = torch.isfinite(vec).all(dim=1)
+            buffer = self._device.setdefault(name, DeviceBuffer(self.options.max_samples))
+            bad = buffer.offer(keys, {EMBEDDINGS: vec, **columns}, finite)
+            self._bad = bad if self._bad is None else self._bad + bad
+        return True
+
+    def _leave_device(self) -> None:
+        """Move the device buffers to the host buffers (one copy) and collect there from now."""
+        self._mode = "host"
+        self._streaming = True  # the host buffers are not empty: no schedule
+        device, self._device = self._device, {}
+        for name, buffer in device.items():
+            keys, cols = buffer.to_host()
+            if keys.size == 0:
+                continue
+            rows = cols.pop(_ROW)
+            for column, layout in self._layouts.items():
+                if column in cols:
+                    if layout is not None:
+                        cols[column] = to_uint8_images(cols[column], layout)
+                else:
+                    cols[column] = self._host_rows(column, rows)
+            cols[EMBEDDINGS] = cols[EMBEDDINGS].astype(np.float32, copy=False)
+            self.buffers[name].add(keys, cols)
+        self._host_batches = []
+
+    def _host_rows(self, column: str, rows: np.ndarray) -> np.ndarray:
+        """The kept rows of a column that stayed on the host, looked up by batch and row."""
+        starts = np.array([first for first, _ in self._host_batches], dtype=np.int64)
+        which = np.searchsorted(starts, rows, side="right") - 1
+        layout, pieces, order = self._layouts[column], [], []
+        for b in np.unique(which).tolist():
+            picked = np.flatnonzero(which == b)
+            taken = take(self._host_batches[b][1][column], rows[picked] - starts[b],
+                         self.options.max_text_length)
+            pieces.append(taken if layout is None else to_uint8_images(taken, layout))
+            order.append(picked)
+        return np.concatenate(pieces)[np.argsort(np.concatenate(order))]
 
     def samples(self) -> dict[str, EpochSample]:
         """The epoch's tracked points per set (empty sets left out)."""
+        if self._mode == "device":
+            self._leave_device()
         out = {}
         several_loaders = len(self.positions) > 1
         for name, buffer in self.buffers.items():

@@ -108,8 +108,69 @@ def hash_ids(ids: np.ndarray | Sequence[Any], dataloader_idx: int) -> np.ndarray
         raw = arr.reshape(-1).astype(np.int64).view(np.uint64)
     else:
         raw = string_hash(arr.reshape(-1).astype(np.str_))
-    salt = splitmix64(np.array([dataloader_idx], dtype=np.uint64))[0]  # one value per loader
+    salt = np.int64(loader_salt(dataloader_idx)).view(np.uint64)  # one value per loader
     return (splitmix64(raw ^ salt) & _MASK63).view(np.int64)
+
+
+def loader_salt(dataloader_idx: int) -> int:
+    """The per-loader salt XOR-ed into every raw id before mixing, as a signed int64 value.
+
+    Example:
+        >>> loader_salt(0) == int(np.uint64(splitmix64(np.zeros(1, np.uint64))[0]).view(np.int64))
+        True
+    """
+    salt = splitmix64(np.array([dataloader_idx], dtype=np.uint64))
+    return int(salt.view(np.int64)[0])
+
+
+def _signed(value: int) -> int:
+    """A 64-bit constant as the int64 with the same bits (torch scalars must fit in int64)."""
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+_T_GOLDEN, _T_MIX1, _T_MIX2 = (_signed(int(c)) for c in (_GOLDEN, _MIX1, _MIX2))
+
+
+def _shr(z: Any, bits: int) -> Any:
+    # Logical (unsigned) right shift of int64: the arithmetic shift copies the sign bit into
+    # the top `bits` bits; the mask clears them.
+    return (z >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def splitmix64_torch(x: Any) -> Any:
+    """:func:`splitmix64` on an int64 tensor, on its device: the same 64 bits, as int64.
+
+    Two's complement addition and multiplication wrap exactly as uint64 does, so only the right
+    shifts need care (:func:`_shr`). Fixed shapes, no host copy: safe between CUDA kernels.
+
+    Example:
+        >>> import torch
+        >>> a = splitmix64_torch(torch.tensor([0, 1, -5]))
+        >>> b = splitmix64(np.array([0, 1, -5]).astype(np.int64).view(np.uint64))
+        >>> a.tolist() == b.view(np.int64).tolist()
+        True
+    """
+    z = x + _T_GOLDEN
+    z = z ^ _shr(z, 30)
+    z = z * _T_MIX1
+    z = z ^ _shr(z, 27)
+    z = z * _T_MIX2
+    return z ^ _shr(z, 31)
+
+
+def hash_ids_torch(ids: Any, dataloader_idx: int) -> Any:
+    """:func:`hash_ids` of an integer tensor on its device: bit-identical int64 keys.
+
+    Example:
+        >>> import torch
+        >>> ids = torch.tensor([0, 1, 2, 123456789, -5], dtype=torch.int32)
+        >>> hash_ids_torch(ids, 1).tolist() == hash_ids(ids.numpy(), 1).tolist()
+        True
+    """
+    import torch
+
+    raw = ids.reshape(-1).to(torch.int64)
+    return splitmix64_torch(raw ^ loader_salt(dataloader_idx)) & ((1 << 63) - 1)
 
 
 def derived_ids(

@@ -1,0 +1,164 @@
+"""Bottom-k of position-derived ids, simulated once: a batch is one binary search and a row copy.
+
+Without ``id_key`` the ``p``-th row a process sees in a validation run of loader ``dl`` has a
+known id (:func:`~lightning_embproj.sample.derived_ids`), hence a known key, the same in every
+run. Feeding those keys in order into a bottom-k buffer that starts empty is deterministic, so
+:class:`Schedule` simulates it once, lazily and in growing chunks as far as the positions reached,
+and :func:`schedule_for` caches it across validation runs. It records, for every row that ever
+enters, the buffer slot it takes and the position whose smaller key evicts it, and for every
+position the k-th smallest key so far. A batch ``[start, end)`` then needs no hashing: the rows
+that beat the threshold at ``start`` (the ones the streaming buffer would look at) and the rows
+still kept at ``end`` are slices of these arrays. The state after any batch is exactly the
+streaming buffer's, so a run that stops early (``limit_val_batches``) keeps the same rows.
+
+Example:
+    >>> s = Schedule(k=2, dataloader_idx=0)
+    >>> rows, slots, keys = s.kept(0, 5)  # rows 0..4 of the first batch: which 2 stay, where
+    >>> len(rows), sorted(slots.tolist())
+    (2, [0, 1])
+    >>> bool((np.sort(keys) == np.sort(hash_ids(np.arange(5), 0))[:2]).all())
+    True
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import OrderedDict
+
+import numpy as np
+
+from lightning_embproj.sample import hash_ids
+
+NEVER = np.iinfo(np.int64).max
+"""Threshold while the buffer is not full, and the eviction position of a row never evicted."""
+MAX_POSITIONS = 1 << 22
+"""Positions simulated at most per loader (5 int64 arrays of this length at worst: ~170 MB);
+beyond it the collector streams as before."""
+_FIRST_CHUNK = 4096
+_BLOCK = 512
+_CACHE: OrderedDict[tuple[int, int, int, int, int], Schedule] = OrderedDict()
+_CACHE_SIZE = 8
+
+
+class Schedule:
+    """The streaming bottom-k of one loader's derived ids on one rank, simulated ahead.
+
+    Args:
+        k: ``max_samples``.
+        dataloader_idx: salts the keys.
+        rank, world_size, dataset_len: as in :func:`~lightning_embproj.sample.derived_ids`;
+            under DDP a rank sees ``ceil(dataset_len / world_size)`` positions at most.
+    """
+
+    def __init__(self, k: int, dataloader_idx: int, rank: int = 0, world_size: int = 1,
+                 dataset_len: int | None = None) -> None:
+        self.k, self.dl = k, dataloader_idx
+        self.rank, self.world_size, self.dataset_len = rank, world_size, dataset_len
+        self.limit = MAX_POSITIONS
+        if world_size > 1 and dataset_len:
+            self.limit = min(self.limit, -(-dataset_len // world_size))
+        self.covered = 0
+        self.keys = np.empty(0, dtype=np.int64)  # key of every position
+        self.threshold = np.empty(0, dtype=np.int64)  # k-th smallest key after each position
+        # Rows that ever enter, in position order: position, slot, key, evicting position.
+        self._cap = 0
+        self.pos = np.empty(0, dtype=np.int64)
+        self.slot = np.empty(0, dtype=np.int64)
+        self.entry_key = np.empty(0, dtype=np.int64)
+        self.leave = np.empty(0, dtype=np.int64)
+        self.entries = 0
+        self._heap: list[tuple[int, int]] = []  # (-key, entry index): the largest kept key first
+
+    def ids(self, positions: np.ndarray) -> np.ndarray:
+        """The derived ids of local positions (the sample's index in the dataset)."""
+        if self.world_size > 1:
+            positions = positions * self.world_size + self.rank
+            if self.dataset_len:
+                positions = positions % self.dataset_len
+        return positions
+
+    def ensure(self, end: int) -> bool:
+        """Simulate up to position ``end`` (exclusive); False when that is past :attr:`limit`."""
+        if end <= self.covered:
+            return True
+        if end > self.limit:
+            return False
+        target = min(self.limit, max(end, _FIRST_CHUNK, 2 * self.covered))
+        start = self.covered
+        keys = hash_ids(self.ids(np.arange(start, target, dtype=np.int64)), self.dl)
+        events = np.full(target - start, NEVER, dtype=np.int64)
+        for block in range(start, target, _BLOCK):
+            self._simulate(keys, start, block, min(target, block + _BLOCK), events)
+        before = self.threshold[-1] if self.covered else NEVER
+        # The threshold only falls: a running minimum fills the positions between entries.
+        threshold = np.minimum.accumulate(np.concatenate([[before], events]))[1:]
+        self.keys = np.concatenate([self.keys, keys])
+        self.threshold = np.concatenate([self.threshold, threshold])
+        self.covered = target
+        return True
+
+    def _simulate(self, keys: np.ndarray, base: int, lo: int, hi: int,
+                  events: np.ndarray) -> None:
+        heap, k = self._heap, self.k
+        bar = -heap[0][0] if len(heap) >= k else NEVER
+        # Only keys below the threshold at the block's start can enter (it falls within it).
+        for i in (np.flatnonzero(keys[lo - base : hi - base] < bar) + lo).tolist():
+            key = int(keys[i - base])
+            if len(heap) < k:
+                slot = len(heap)
+                heapq.heappush(heap, (-key, self._entry(i, slot, key)))
+            elif key < -heap[0][0]:
+                entry = self._entry(i, -1, key)
+                _, out = heapq.heapreplace(heap, (-key, entry))
+                self.leave[out] = i
+                self.slot[entry] = self.slot[out]
+            else:
+                continue
+            if len(heap) >= k:
+                events[i - base] = -heap[0][0]
+
+    def _entry(self, position: int, slot: int, key: int) -> int:
+        if self.entries == self._cap:
+            self._cap = max(1024, 2 * self._cap)
+            for name in ("pos", "slot", "entry_key", "leave"):
+                old = getattr(self, name)
+                new = np.full(self._cap, NEVER, dtype=np.int64)
+                new[: old.size] = old
+                setattr(self, name, new)
+        e = self.entries
+        self.pos[e], self.slot[e], self.entry_key[e] = position, slot, key
+        self.entries += 1
+        return e
+
+    def threshold_before(self, start: int) -> int:
+        """Keys at or above this cannot enter at position ``start`` (:data:`NEVER`: not full)."""
+        return NEVER if start == 0 else int(self.threshold[start - 1])
+
+    def kept(self, start: int, end: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Rows of batch ``[start, end)`` still kept after it: ``(rows in the batch, slots,
+        keys)``; every other slot keeps its row. Requires :meth:`ensure` ``(end)``."""
+        if not self.ensure(end):
+            raise ValueError(f"position {end} is past the schedule's {self.limit} positions")
+        lo, hi = np.searchsorted(self.pos[: self.entries], (start, end))
+        alive = np.flatnonzero(self.leave[lo:hi] >= end) + lo
+        return self.pos[alive] - start, self.slot[alive], self.entry_key[alive]
+
+
+def schedule_for(k: int, dataloader_idx: int, rank: int = 0, world_size: int = 1,
+                 dataset_len: int | None = None) -> Schedule:
+    """The cached :class:`Schedule` of a loader and rank (simulated once per fit, not per run).
+
+    Example:
+        >>> schedule_for(5, 0) is schedule_for(5, 0), schedule_for(5, 0) is schedule_for(5, 1)
+        (True, False)
+    """
+    # One process: the ids are the positions whatever the dataset's length.
+    length = dataset_len or 0 if world_size > 1 else 0
+    key = (k, dataloader_idx, rank, world_size, length)
+    found = _CACHE.get(key)
+    if found is None:
+        found = _CACHE[key] = Schedule(k, dataloader_idx, rank, world_size, dataset_len)
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    _CACHE.move_to_end(key)
+    return found
