@@ -63,6 +63,7 @@ _ID, _LABEL, _DL, _ROW = "__id", "__label", "__dataloader_idx", "__row"
 DEVICE_PATH_ENV = "EMBPROJ_DEVICE_PATH"
 """``1``: collect through the device path even for CPU tensors (tests); ``0``: never."""
 _INT_DTYPES = ("torch.int8", "torch.int16", "torch.int32", "torch.int64", "torch.uint8")
+_HALF = ("torch.bfloat16", "torch.float16")  # numpy has no bfloat16: `take` converts them
 LARGE_BUFFER_BYTES = 256_000_000
 """A set whose buffer may grow past this (``max_samples`` x D x bytes) gets one warning."""
 
@@ -269,7 +270,7 @@ class Collector:
             idx = buffer.select(keys)
             if idx.size == 0:
                 continue
-            rows = {EMBEDDINGS: take(vec, idx, self.options.max_text_length)}
+            rows = {EMBEDDINGS: self._take(vec, idx)}
             finite = np.isfinite(rows[EMBEDDINGS]).all(axis=1)
             if not finite.all():
                 self._nonfinite += int((~finite).sum())
@@ -286,9 +287,20 @@ class Collector:
     ) -> dict[str, np.ndarray]:
         rows = {}
         for column, (value, layout) in metadata.items():
-            taken = take(value, idx, self.options.max_text_length)
+            taken = self._take(value, idx)
             rows[column] = taken if layout is None else to_uint8_images(taken, layout)
         return rows
+
+    def _take(self, value: Any, idx: np.ndarray) -> np.ndarray:
+        """:func:`~lightning_embproj.extract.take` with a shortcut for the common host case
+        (a float / int CPU tensor or numeric array): one numpy gather, no checks."""
+        if isinstance(value, np.ndarray):
+            if value.dtype.kind in "biuf":
+                return value[idx]
+        elif (hasattr(value, "detach") and value.device.type == "cpu"
+              and str(value.dtype) not in _HALF):
+            return value.detach().numpy()[idx]
+        return take(value, idx, self.options.max_text_length)
 
     def _add_scheduled(
         self, vectors: dict[str, Any], metadata: dict[str, tuple[Any, ImageLayout | None]],
@@ -312,8 +324,10 @@ class Collector:
                   else np.flatnonzero(schedule.keys[start:end] < threshold))
         candidates = {}
         for name, vec in vectors.items():
-            candidates[name] = take(vec, looked, self.options.max_text_length)
-            if not np.isfinite(candidates[name]).all():
+            candidates[name] = looked_rows = self._take(vec, looked)
+            # One sum instead of a test per value: NaN / Inf propagate; a finite overflow only
+            # sends the batch down the streaming path, which tests every row.
+            if not np.isfinite(looked_rows.sum(dtype=np.float64)):
                 return False
         local, slots, keys = schedule.kept(start, end)
         inside = np.searchsorted(looked, local)

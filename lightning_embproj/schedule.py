@@ -140,7 +140,7 @@ class Schedule:
         if not self.ensure(end):
             raise ValueError(f"position {end} is past the schedule's {self.limit} positions")
         lo, hi = np.searchsorted(self.pos[: self.entries], (start, end))
-        alive = np.flatnonzero(self.leave[lo:hi] >= end) + lo
+        alive = (self.leave[lo:hi] >= end).nonzero()[0] + lo
         return self.pos[alive] - start, self.slot[alive], self.entry_key[alive]
 
 
