@@ -182,10 +182,16 @@ def scan(
         _fixed_subset(n, trust_max_points) if lay_nbrs else None,
         sil if sil is not None and sil.defined else None, len(lay_nbrs),
     )
+    knn: np.ndarray | None
     if device is None:
         knn, penalty = _pass_numpy(X, work)
     else:
-        knn, penalty = _pass_torch(X, work, device)
+        try:
+            knn, penalty = _pass_torch(X, work, device)
+        except MemoryError:  # the accelerator is full (training's memory): do it on the host
+            if work.sil is not None:
+                work.sil.values.clear()
+            knn, penalty = _pass_numpy(X, work)
     m = n if work.trust_rows is None else int(work.trust_rows.sum())
     scale = 2.0 / (m * kt * (2.0 * n - 3.0 * kt - 1.0)) if kt >= 1 else math.nan
     trust = [float(1.0 - p * scale) for p in penalty] if kt >= 1 else [math.nan] * len(layouts)
@@ -240,8 +246,26 @@ def _pass_torch(
     import torch
 
     dev = torch.device(device)
+    if dev.type != "cuda":
+        return _pass_torch_on(X, work, dev)
+    try:
+        # A side stream: the pass neither waits for nor delays the training's queued kernels.
+        with torch.cuda.stream(torch.cuda.Stream(dev)):
+            return _pass_torch_on(X, work, dev)
+    except torch.cuda.OutOfMemoryError as err:
+        raise MemoryError(str(err)) from err
+
+
+def _pass_torch_on(
+    X: np.ndarray, work: _Pass, dev: torch.device
+) -> tuple[np.ndarray | None, np.ndarray]:
+    import torch
+
     n, k, kt, sil = X.shape[0], work.k, work.kt, work.sil
-    Xt = torch.from_numpy(X).to(dev)
+    # TF32 matmuls (set_float32_matmul_precision "high"/"medium", a global the training
+    # chose) would cost float32 distances most of their mantissa: float64 then.
+    tf32 = dev.type == "cuda" and torch.get_float32_matmul_precision() != "highest"
+    Xt = torch.from_numpy(X).to(dev, torch.float64 if tf32 else None)
     sq = (Xt * Xt).sum(dim=1)
     need = None if work.need_rank is None else torch.from_numpy(work.need_rank).to(dev)
     trust_rows = None if work.trust_rows is None else torch.from_numpy(work.trust_rows).to(dev)
@@ -257,7 +281,7 @@ def _pass_torch(
         else:  # rows outside the subset go to a spare class, dropped after the sums
             code = torch.from_numpy(np.where(sil.code < 0, sil.n_cls, sil.code)).to(dev)
     chunk = _CHUNK_BYTES if dev.type == "cpu" else _DEVICE_CHUNK_BYTES
-    step = max(16, chunk // (X.itemsize * max(n, 1)))
+    step = max(16, chunk // (Xt.element_size() * max(n, 1)))
     for s in range(0, n, step):
         e = min(n, s + step)
         rows = torch.arange(e - s, device=dev)

@@ -317,3 +317,16 @@ def test_epoch_metrics_estimates_trustworthiness_above_the_subset_size(monkeypat
     monkeypatch.setattr("lightning_embproj.score.scan", neighbours.scan)
     est = epoch_metrics(proj(X, layouts={"pca": layout}))["pca/trustworthiness"]
     assert est != exact and est == pytest.approx(exact, abs=0.02)
+
+
+def test_a_full_accelerator_falls_back_to_the_host_pass(monkeypatch):
+    X, y, _ = blobs(40, 3, 6, spread=3.0)
+    p = proj(X, labels=y, layouts={"pca": PCA(2).fit_transform(X)})
+    expected = epoch_metrics(p, p)
+
+    def full(*args, **kwargs):
+        raise MemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(neighbours, "_pass_torch", full)
+    neighbours._knn_cache.clear()
+    assert epoch_metrics(p, p, device="cuda") == expected
