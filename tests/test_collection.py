@@ -508,3 +508,42 @@ def test_metadata_that_is_no_image_and_no_cell_is_refused(value, images, match):
     c = _one_set(metadata_keys=["tokens"], image_keys=images)
     with pytest.raises((ValueError, TypeError), match=match):
         c.add_batch({"embeddings": torch.randn(4, 3)}, {"tokens": value}, None, 0)
+
+
+# -- the precomputed schedule of derived ids ---------------------------------------------------
+@pytest.mark.parametrize(
+    ("k", "rows", "world", "rank", "length", "batch"),
+    [(50, 3000, 1, 0, None, 37), (300, 9000, 1, 0, None, 256), (100, 1001, 3, 2, 1001, 64),
+     (7, 100, 1, 0, None, 1), (40, 50, 4, 3, 197, 500)],
+)
+def test_schedule_holds_the_streaming_buffer_state_after_every_batch(
+    k, rows, world, rank, length, batch
+):
+    from lightning_embproj.schedule import NEVER, Schedule
+
+    schedule = Schedule(k, 1, rank, world, length)
+    share = rows if world == 1 else -(-length // world)
+    slots = np.full(k, -1, dtype=np.int64)
+    streaming = SampleBuffer(k)
+    for start in range(0, share, batch):
+        end = min(share, start + batch)
+        ids = derived_ids(start, end - start, rank=rank, world_size=world, dataset_len=length)
+        keys = hash_ids(ids, 1)
+        streaming.add(keys, {"e": ids[:, None].astype(np.float32)})
+        local, where, kept = schedule.kept(start, end)
+        np.testing.assert_array_equal(schedule.keys[start:end], keys)
+        np.testing.assert_array_equal(kept, keys[local])
+        slots[where] = kept
+        want, cols = streaming.columns()
+        np.testing.assert_array_equal(np.sort(slots[: min(k, end)]), want)
+        assert schedule.threshold_before(end) == (streaming.threshold() or NEVER)
+    assert len(streaming) == min(k, share)
+
+
+def test_buffer_place_then_streaming_continues_from_the_placed_rows():
+    buf = SampleBuffer(3)
+    buf.place(np.array([0, 1, 2]), np.array([30, 10, 20]), {"e": np.arange(3.0)[:, None]}, 3)
+    assert buf.threshold() == 30
+    buf.add(np.array([5, 40]), {"e": np.array([[7.0], [8.0]])})
+    keys, cols = buf.columns()
+    assert keys.tolist() == [5, 10, 20] and cols["e"].ravel().tolist() == [7.0, 1.0, 2.0]

@@ -52,7 +52,8 @@ def _batches(n_rows: int, batch: int, seed: int, *, dtype=torch.float32, nan_eve
         outputs = {
             "y": torch.randint(0, 4, (n,), generator=g),
             "text": [f"row {start + i} " + "x" * (i % 7) for i in range(n)],
-            "img": torch.rand(n, 1, 3, 3, generator=g),
+            "img": torch.rand(n, 1, 3, 3, generator=g),  # rides along on the device
+            "host_img": torch.rand(n, 3, 2, 2, generator=g).numpy(),  # stays on the host
             "mask": torch.rand(n, 6, generator=g) > 0.3,
         }
         if ids is not None:
@@ -63,7 +64,7 @@ def _batches(n_rows: int, batch: int, seed: int, *, dtype=torch.float32, nan_eve
 
 def _run(batches: list, device_path: bool, where: Placement | None = None, dl_of=None,
          **opts: Any) -> Collector:
-    opts = {"label_key": "y", "metadata_keys": ["text", "img"], **opts}
+    opts = {"label_key": "y", "metadata_keys": ["text", "img", "host_img"], **opts}
     c = Collector(ProjectorOptions(**opts), device_path=device_path)
     for i, (emb, outputs) in enumerate(batches):
         c.add_batch(emb, outputs, None, dl_of(i) if dl_of else 0, where)
@@ -82,7 +83,8 @@ def _same(a: Collector, b: Collector) -> None:
         assert x.embeddings.dtype == y.embeddings.dtype
         np.testing.assert_array_equal(x.embeddings, y.embeddings)
         np.testing.assert_array_equal(x.labels, y.labels)
-        assert x.metadata.keys() == y.metadata.keys()
+        assert x.metadata.keys() == y.metadata.keys() == {"text", "img", "host_img"}
+        assert x.image_columns() == y.image_columns() == ["img", "host_img"]
         for col in x.metadata:
             np.testing.assert_array_equal(x.metadata[col], y.metadata[col])
         if x.dataloader_idx is None:
