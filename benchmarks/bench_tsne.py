@@ -7,8 +7,10 @@ disparity to the previous layout (0 = same shape).
 
     .venv/bin/python benchmarks/bench_tsne.py            # N = 1000 2000 5000, ~5 min on 2 cores
     .venv/bin/python benchmarks/bench_tsne.py --sizes 1000 --pca-n 1000
-    # Barnes-Hut vs FFT gradient, cold and warm, at 2k-20k x 256-d (~30 min on 2 cores):
-    .venv/bin/python benchmarks/bench_tsne.py --parts methods --method-sizes 2000 4000 10000 20000
+    # Barnes-Hut vs FFT gradient, cold and warm, at 2k-20k x 128-d (~15 CPU min), one BLAS
+    # thread as during training (reduce() limits BLAS to n_jobs):
+    OPENBLAS_NUM_THREADS=1 .venv/bin/python benchmarks/bench_tsne.py --parts methods \
+        --method-sizes 2000 4000 10000 20000 --method-dim 128
     # warm iterations from the change hint (kNN overlap with the previous epoch), N=2000:
     .venv/bin/python benchmarks/bench_tsne.py --parts change
 

@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal
@@ -45,10 +46,15 @@ _TSNE_WARM_MIN_ITERS = 50
 _TSNE_CHANGE_FLOOR = 0.5
 # openTSNE's FFT gradient from this many rows (2-D only); Barnes-Hut below (bench_reduce.py).
 _TSNE_FFT_MIN_ROWS = 10_000
-# Exact PCA (eigh of the N x N Gram or the D x D covariance, float64) when the smaller side is
-# at most this; randomized SVD when both sides are larger (bench_reduce.py: 300 x 4096: eigh of
-# the Gram ~0.03 s vs ~0.4-1.5 s randomized; 20,000 x 2,000: covariance 2x faster).
-_EXACT_PCA_MAX_SIDE = 2000
+# Exact PCA (float64 eigh of the N x N Gram or of the D x D covariance) when the smaller side m
+# is at most this many times the randomized sketch's width (k + 20): exact costs ~2*N*D*m, the
+# sketch ~28*N*D*width. So m <= 1,050 for t-SNE's 50 components, <= 330 for a 2-D PCA alone
+# (bench_reduce.py, CPU s on one BLAS thread: 300 x 4096 Gram 0.01-0.02 vs randomized 0.03-0.08;
+# 2,000 x 4096 k=50: Gram 0.70 vs randomized 0.31; 20,000 x 1024 k=50: covariance 0.60 vs 0.91).
+_EXACT_PCA_PER_WIDTH = 15
+# Full eigh up to this size (as fast as a partial one there, and its leading columns do not
+# depend on how many are asked for); LAPACK's partial eigh (evr) above.
+_FULL_EIGH_MAX = 512
 # Randomized SVD: oversampling and power iterations (as scikit-learn's randomized_svd).
 _RSVD_OVERSAMPLE = 20
 _RSVD_ITERS = 6
@@ -90,7 +96,7 @@ def _top_eigh(M: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     import scipy.linalg
 
     m = M.shape[0]
-    if k >= m:
+    if k >= m or m <= _FULL_EIGH_MAX:
         evals, evecs = np.linalg.eigh(M)
     else:
         evals, evecs = scipy.linalg.eigh(M, subset_by_index=[m - k, m - 1])
@@ -190,12 +196,13 @@ class _Basis:
         self.comps = self._fix_signs(vt[:k])
 
 
-def _pca_solver(n: int, d: int, solver: str) -> str:
+def _pca_solver(n: int, d: int, k: int, solver: str) -> str:
+    """The solver ``pca`` uses for ``k`` components of an ``(n, d)`` matrix."""
     if solver not in PCA_SOLVERS:
         raise ValueError(f"solver must be one of {list(PCA_SOLVERS)}, got {solver!r}")
     if solver != "auto":
         return solver
-    if min(n, d) > _EXACT_PCA_MAX_SIDE:
+    if min(n, d) > _EXACT_PCA_PER_WIDTH * min(k + _RSVD_OVERSAMPLE, n, d):
         return "randomized"
     return "gram" if n < d else "covariance"
 
@@ -259,7 +266,7 @@ class Prepared:
             return out
         if self._basis is None or self._basis.comps.shape[0] < k:
             want = min(max(k, self._min_dims), d, n)
-            self._basis = _Basis(X, want, _pca_solver(n, d, self._solver))
+            self._basis = _Basis(X, want, _pca_solver(n, d, want, self._solver))
             self._total = self._basis.total
         if self._basis.total <= 0.0:
             return out
@@ -293,24 +300,50 @@ def reduce(
     """Project ``X`` with the reducer named ``method`` (one of :data:`REDUCERS`).
 
     ``X`` is an array or a :class:`Prepared` (to share the PCA between reducers). ``init``
-    (a previous layout, see :func:`warm_init`) is ignored by PCA; ``perplexity``, ``n_jobs``
-    and ``change`` are used by t-SNE only (see :func:`tsne`).
+    (a previous layout, see :func:`warm_init`) is ignored by PCA; ``perplexity`` and
+    ``change`` are used by t-SNE only (see :func:`tsne`). ``n_jobs``: threads for openTSNE and
+    for numpy/scipy's BLAS during the call (1 while training, so the trainer keeps its cores;
+    -1: openTSNE takes all cores and BLAS is left as configured).
 
     Example:
         >>> X = np.random.default_rng(0).normal(size=(50, 4))
         >>> reduce("pca", X, 3).shape
         (50, 3)
     """
-    if method == "pca":
-        return pca(X, n_components)
-    if method == "tsne":
-        return tsne(
-            X, n_components, init=init, perplexity=perplexity, random_state=random_state,
-            n_jobs=n_jobs, change=change,
-        )
-    if method == "umap":
+    if method not in REDUCERS:
+        raise ValueError(f"reducer must be one of {list(REDUCERS)}, got {method!r}")
+    _check_jobs(n_jobs)
+    with _blas_threads(n_jobs):
+        if method == "pca":
+            return pca(X, n_components)
+        if method == "tsne":
+            return tsne(
+                X, n_components, init=init, perplexity=perplexity, random_state=random_state,
+                n_jobs=n_jobs, change=change,
+            )
         return umap(X, n_components, init=init, random_state=random_state)
-    raise ValueError(f"reducer must be one of {list(REDUCERS)}, got {method!r}")
+
+
+def _check_jobs(n_jobs: int) -> None:
+    if not isinstance(n_jobs, (int, np.integer)) or n_jobs == 0 or n_jobs < -1:
+        raise ValueError(f"n_jobs must be a positive int or -1 (all cores), got {n_jobs!r}")
+
+
+@contextlib.contextmanager
+def _blas_threads(n_jobs: int) -> Iterator[None]:
+    """numpy/scipy's BLAS limited to ``n_jobs`` threads inside the block (-1: left alone)."""
+    # While training runs, BLAS threads spin-wait for cores the trainer holds: small LAPACK
+    # calls (QR, eigh) then take 20-100x longer (bench_reduce.py); one thread avoids that.
+    if n_jobs == -1:
+        yield
+        return
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # scikit-learn brings it; without it, leave the threads alone
+        yield
+        return
+    with threadpool_limits(limits=int(n_jobs), user_api="blas"):
+        yield
 
 
 def _check_init(init: np.ndarray, n: int, n_components: int) -> np.ndarray:
@@ -326,10 +359,11 @@ def pca(X: np.ndarray | Prepared, n_components: int, *, solver: PCASolver = "aut
     """Centred PCA scores with a fixed sign: each axis' largest-|loading| is positive.
 
     ``solver="auto"``: exact (float64 eigh of the N x N Gram when N < D, of the D x D
-    covariance otherwise) when N or D is at most 2,000; randomized SVD (6 power iterations,
-    fixed seed) when both are larger. Memory stays within the input plus O(N * n_components)
-    and a few 16 MB blocks. Zero-variance directions (all rows identical, N=1,
-    D < n_components) give zero columns. With a :class:`Prepared`, its solver is used.
+    covariance otherwise) when min(N, D) <= 15 * (k + 20), k the components computed (so up
+    to ~1,050 when t-SNE shares them, ~330 for a 2-D PCA alone); randomized SVD (6 power
+    iterations, fixed seed) when both sides are larger. Memory: the input plus
+    O(N * n_components) and a few 16 MB blocks. Zero-variance directions (all rows identical,
+    N=1, D < n_components) give zero columns. With a :class:`Prepared`, its solver is used.
 
     Example:
         >>> pca(np.ones((3, 5)), 2)
@@ -421,8 +455,7 @@ def tsne(
         init = _check_init(init, n, n_components)
     if perplexity <= 0:
         raise ValueError(f"perplexity must be > 0, got {perplexity!r}")
-    if not isinstance(n_jobs, (int, np.integer)) or n_jobs == 0 or n_jobs < -1:
-        raise ValueError(f"n_jobs must be a positive int or -1 (all cores), got {n_jobs!r}")
+    _check_jobs(n_jobs)
     n_iter = warm_iterations(change)
     if n < _MIN_ROWS or prepared.total <= 0.0:
         return prepared.pca(n_components)

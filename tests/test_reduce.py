@@ -96,7 +96,7 @@ def _low_rank(n: int, d: int, seed: int) -> np.ndarray:
 @pytest.mark.parametrize(("n", "d", "solver"), [(120, 400, "gram"), (400, 120, "covariance")])
 def test_pca_solver_by_shape_gives_the_old_layout(n: int, d: int, solver: str) -> None:
     X = np.random.default_rng(n).normal(size=(n, d)).astype(np.float32)
-    assert R._pca_solver(n, d, "auto") == solver
+    assert R._pca_solver(n, d, 3, "auto") == solver
     old = _old_exact_pca(X, 3)
     np.testing.assert_allclose(R.pca(X, 3), old, atol=1e-9)
     # the other exact solver gives the same signed layout
@@ -105,12 +105,39 @@ def test_pca_solver_by_shape_gives_the_old_layout(n: int, d: int, solver: str) -
 
 
 def test_pca_solver_choice_by_shape() -> None:
-    assert R._pca_solver(300, 4096, "auto") == "gram"
-    assert R._pca_solver(20_000, 256, "auto") == "covariance"
-    assert R._pca_solver(20_000, 2_000, "auto") == "covariance"
-    assert R._pca_solver(20_000, 4096, "auto") == "randomized"
+    # exact while the smaller side is at most 15 x the sketch width (k + 20)
+    assert R._pca_solver(300, 4096, 2, "auto") == "gram"
+    assert R._pca_solver(1000, 4096, 50, "auto") == "gram"
+    assert R._pca_solver(2000, 4096, 50, "auto") == "randomized"
+    assert R._pca_solver(20_000, 256, 2, "auto") == "covariance"
+    assert R._pca_solver(20_000, 1024, 50, "auto") == "covariance"
+    assert R._pca_solver(20_000, 1024, 2, "auto") == "randomized"
+    assert R._pca_solver(20_000, 4096, 50, "auto") == "randomized"
     with pytest.raises(ValueError, match=r"solver must be one of .*'randomized'\], got 'svd'"):
         R.pca(np.zeros((5, 3)), 2, solver="svd")  # type: ignore[arg-type]
+
+
+def test_reduce_limits_blas_threads_to_n_jobs(monkeypatch: pytest.MonkeyPatch) -> None:
+    from threadpoolctl import threadpool_info
+
+    def blas_threads() -> set[int]:
+        return {lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"}
+
+    np.linalg.qr(np.ones((3, 3)))  # BLAS loaded
+    before = blas_threads()
+    seen: list[set[int]] = []
+    real = R.pca
+
+    def recording(X: np.ndarray, n_components: int) -> np.ndarray:
+        seen.append(blas_threads())
+        return real(X, n_components)
+
+    monkeypatch.setattr(R, "pca", recording)
+    X = np.random.default_rng(0).normal(size=(40, 6))
+    R.reduce("pca", X, 2)  # n_jobs=1 by default: one BLAS thread while it runs
+    R.reduce("pca", X, 2, n_jobs=-1)  # -1: BLAS left as configured
+    assert seen == [{1}, before]
+    assert blas_threads() == before  # restored after the call
 
 
 @pytest.mark.parametrize("shape", [(300, 700), (700, 300)])
@@ -170,7 +197,7 @@ def test_prepared_shares_one_decomposition(
     layout_tsne = R.reduce("tsne", p, 2)
     assert [b for b in built if b[0] == 200] == [(200, 50)]  # one PCA of X serves both
     np.testing.assert_allclose(layout_pca, R.pca(X, 2), atol=1e-8)
-    np.testing.assert_array_equal(layout_tsne, R.tsne(X, 2))
+    np.testing.assert_array_equal(layout_tsne, R.reduce("tsne", X, 2))
     assert R.warm_init(np.arange(300), layout_tsne, np.arange(300), p) is not None
     assert R.prepare(p) is p
 
