@@ -145,12 +145,18 @@ def test_frozen_model_only_survives(tmp_path, wandb_offline):
 
 
 def test_digits_clusters_agree_more_with_labels_as_training_goes_on(tmp_path):
+    # The untrained model (validate) against 6 epochs of training: seeds 0, 1, 2 measured
+    # 0.66 -> 0.82, 0.58 -> 0.84, 0.50 -> 0.76.
+    L.seed_everything(0)
     projector = EmbeddingProjector(label_key="labels", reducers="pca", max_samples=300)
     train, val = loaders(n_train=900, n_val=300)
-    t = trainer(tmp_path, [projector], max_epochs=5)
-    t.fit(DigitsModel(lr=0.1), train, val)
+    t = trainer(tmp_path, [projector], max_epochs=6)
+    model = DigitsModel(lr=0.3)
+    t.validate(model, val)
+    t.fit(model, train, val)
     nmi = read_metrics(tmp_path)["clusters/nmi_labels"].tolist()
-    assert len(nmi) == 5 and nmi[-1] > nmi[0] + 0.05, nmi
+    assert len(nmi) == 7 and nmi[-1] > nmi[0] + 0.1, nmi
+    assert sum(nmi[-2:]) > sum(nmi[:2]) + 0.1, nmi
 
 
 def test_without_labels_end_to_end(tmp_path):

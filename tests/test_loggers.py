@@ -23,7 +23,8 @@ from lightning_embproj import EmbeddingProjector, read_metrics, read_projections
 from lightning_embproj.warn import ProjectorWarning
 
 COLUMNS = [
-    "sample_id", "epoch", "step", "val_index", "text", "image", "score", "label", "pca_x", "pca_y"
+    "sample_id", "epoch", "step", "val_index", "text", "image", "score", "label", "cluster",
+    "pca_x", "pca_y",
 ]
 
 

@@ -1,101 +1,109 @@
-"""100 epochs of a small model: memory, file sizes and the projector's time per epoch stay bounded.
+"""30 epochs with W&B and the background thread: live memory and files stay bounded.
 
-"Bounded" (docs/what-happens-when.md): the projector holds one epoch per set; each epoch's CSV
-has at most ``max_samples`` rows, so it has the same size every epoch (the folder grows by that
-constant per projected epoch: ``every_n_epochs`` sets the rate); ``metrics.jsonl`` has one line
-per epoch; ``view.html`` shows at most 50 epochs (the first, the last and evenly spaced ones
-between), so its size and the time to rewrite it stop growing after 50 epochs.
+"Bounded" (docs/what-happens-when.md): between epochs the projector holds one projection per
+set, and each run's CSV has at most ``max_samples`` rows. One thing grows on purpose: the W&B
+evolution table keeps every run's rows (no vectors, a few numbers per point) up to a cap of
+9,000 rows. So live memory, measured after the worker finished each epoch, may grow by about
+that table's rows and nothing more. The embeddings are 256-d so that a leak of one epoch's
+sample per epoch (100 points x 256 x 4 bytes = 100 kB a time) is ten times what the evolution
+table adds (100 rows, ~10 kB a time).
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import os
-import re
-import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from digits import DigitsModel, loaders, trainer
+import pytest
+from digits import DigitsModel, loaders, trainer, wandb_tables
 from lightning.pytorch import Callback
+from lightning.pytorch.loggers import WandbLogger
+from memory import live_bytes
+from torch import nn
 
 from lightning_embproj import EmbeddingProjector, read_metrics, read_projections
 
-EPOCHS = 100
+EPOCHS = 30
+POINTS = 100
+DIM = 256
+TRACE_FROM = 10  # the first epochs (first W&B calls, imports, first view) are not traced
+EVOLUTION_ROW_BYTES = 250  # generous: ~7 cells per row, lists + floats + ints
+NOISE_PER_EPOCH = 15_000  # bytes
 
 
-def _heap_mb() -> float:
-    """Resident memory after handing freed heap pages back to the OS (glibc): live memory."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+class WideModel(DigitsModel):
+    """DigitsModel with 256-d embeddings."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Linear(64, DIM), nn.ReLU())
+        self.head = nn.Linear(DIM, 10)
 
 
-class Probe(Callback):
-    """Around the projector's epoch-end hook: its time, then the files and memory after it."""
+class LiveMemory(Callback):
+    """After the projector's epoch end: wait for its worker, then measure live memory."""
 
-    def __init__(self, projector: EmbeddingProjector, folder: Path) -> None:
-        self.projector, self.folder = projector, folder
-        self.started = 0.0
-        self.seconds: list[float] = []
-        self.view_bytes: list[int] = []
-        self.memory: dict[int, float] = {}
-
-    def start(self) -> Callback:
-        probe = self
-
-        class Start(Callback):
-            def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-                probe.started = time.perf_counter()
-
-        return Start()
+    def __init__(self, projector: EmbeddingProjector) -> None:
+        self.projector = projector
+        self.live: dict[int, int] = {}
 
     def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         if trainer.sanity_checking:
             return
-        self.seconds.append(time.perf_counter() - self.started)
-        self.view_bytes.append((self.folder / "view.html").stat().st_size)
-        if trainer.current_epoch in (19, EPOCHS - 1):
-            self.memory[trainer.current_epoch] = _heap_mb()
+        assert self.projector.flush()
+        epoch = trainer.current_epoch
+        if epoch == TRACE_FROM - 1:
+            tracemalloc.start()
+        elif epoch >= TRACE_FROM:
+            self.live[epoch] = live_bytes()
 
 
-def test_hundred_epochs_stay_bounded(tmp_path):
-    folder = tmp_path / "embproj" / "embeddings"
-    projector = EmbeddingProjector(label_key="labels", reducers="pca", max_samples=16,
-                                   background=False)
-    probe = Probe(projector, folder)
-    train, val = loaders(n_train=32, n_val=16, batch_size=32)
-    t = trainer(tmp_path, [probe.start(), projector, probe], max_epochs=EPOCHS,
-                limit_train_batches=1, num_sanity_val_steps=0)
-    t.fit(DigitsModel(), train, val)
+def growth_per_epoch(live: dict[int, int]) -> float:
+    """Least-squares slope of live bytes over epochs: robust to one noisy epoch."""
+    epochs = np.array(sorted(live), dtype=float)
+    return float(np.polyfit(epochs, [live[int(e)] for e in epochs], 1)[0])
 
-    # everything was written: one CSV and one metrics line per epoch
-    df = read_projections(t.log_dir)
-    assert df.groupby("epoch").size().tolist() == [16] * EPOCHS
-    assert read_metrics(t.log_dir)["epoch"].tolist() == list(range(EPOCHS))
 
-    # each epoch's file has the same size (the same 16 points): the folder grows by a constant
-    sizes = np.array([f.stat().st_size for f in sorted(folder.glob("val_*.csv"))])
+@pytest.mark.slow
+def test_thirty_epochs_with_wandb_and_the_worker_keep_memory_flat(tmp_path, wandb_offline):
+    import wandb
+
+    logger = WandbLogger(project="embproj-test", save_dir=str(wandb_offline))
+    projector = EmbeddingProjector(label_key="labels", reducers="pca", max_samples=POINTS,
+                                   background=True)
+    probe = LiveMemory(projector)
+    train, val = loaders(n_train=64, n_val=POINTS, batch_size=50)
+    t = trainer(tmp_path, [projector, probe], max_epochs=EPOCHS, limit_train_batches=1,
+                num_sanity_val_steps=0, logger=logger)
+    assert not tracemalloc.is_tracing()
+    try:
+        t.fit(WideModel(), train, val)
+    finally:
+        tracemalloc.stop()
+    wandb.finish()
+
+    # every epoch was written, locally and to W&B, by the background thread
+    df = read_projections(projector.root)
+    assert df.groupby("epoch").size().tolist() == [POINTS] * EPOCHS
+    assert read_metrics(projector.root)["epoch"].tolist() == list(range(EPOCHS))
+    tables = wandb_tables(wandb_offline, "embproj/embeddings")
+    assert [len(table["data"]) for table in tables] == [POINTS] * EPOCHS
+    # each run's CSV holds the same points: the folder grows by a constant per epoch
+    sizes = np.array([f.stat().st_size
+                      for f in Path(projector.root, "embproj", "embeddings").glob("*.csv")])
     assert len(sizes) == EPOCHS and sizes.max() < 1.2 * sizes.min()
-    # the view is thinned to 50 frames: it stops growing after 50 epochs
-    assert max(probe.view_bytes[60:]) < 1.02 * probe.view_bytes[59]
-    page = (folder / "view.html").read_text(encoding="utf-8")
-    assert "showing 50 of 100 epochs" in page
-    assert len(re.findall(r'"method":"animate","args":\[\["\d+"\]', page)) == 50
 
-    # the projector keeps one epoch per set between epochs; live memory does not grow
-    assert list(projector.previous) == ["embeddings"] and projector.pending == {}
-    assert projector._collector is None and projector.worker.pending() == 0
-    assert probe.memory[EPOCHS - 1] - probe.memory[19] < 40
-
-    # the projector's time per epoch stops growing once the view has its 50 frames
-    seconds = np.array(probe.seconds)
-    first, middle, last = (np.median(seconds[s]) for s in
-                           (slice(1, 11), slice(50, 60), slice(EPOCHS - 10, EPOCHS)))
-    print(f"projector s/epoch: epochs 1-10 {first:.3f}, 50-59 {middle:.3f}, 90-99 {last:.3f}; "
-          f"memory MB at 20: {probe.memory[19]:.0f}, at 100: {probe.memory[EPOCHS - 1]:.0f}; "
-          f"folder {sum(f.stat().st_size for f in folder.iterdir()) / 2**20:.1f} MB")
-    assert last < 1.5 * middle + 0.02
+    # live memory grows by the evolution table's new rows per epoch, and by nothing else
+    evolution = wandb_tables(wandb_offline, "embproj/embeddings/evolution")
+    rows = [len(table["data"]) for table in evolution]
+    assert rows == [POINTS * (e + 1) for e in range(EPOCHS)]  # under the cap: no thinning yet
+    slope = growth_per_epoch(probe.live)
+    allowed = POINTS * EVOLUTION_ROW_BYTES + NOISE_PER_EPOCH
+    leak = POINTS * DIM * 4  # what keeping every epoch's sample would add per epoch
+    print(f"live memory growth per epoch {slope / 1e3:.1f} kB (allowed {allowed / 1e3:.0f} kB, "
+          f"a kept sample per epoch {leak / 1e3:.0f} kB); epochs {TRACE_FROM}-{EPOCHS - 1}: "
+          f"{[round((v - probe.live[TRACE_FROM]) / 1e3) for _, v in sorted(probe.live.items())]}")
+    assert allowed < leak / 2  # the bound can catch that leak
+    assert slope < allowed, slope

@@ -97,7 +97,7 @@ def test_texts_are_escaped_in_every_rendered_output(hostile_fit):
     # HTML view: no tag from the data survives; the escaped text is there
     page = (out / "embproj" / "embeddings" / "view.html").read_text(encoding="utf-8")
     assert "<script>alert" not in page and "<img src=x" not in page
-    assert "&lt;script&gt;alert('x')&lt;" in page  # plotly's JSON also writes / as \u002f
+    assert "\\u003cscript\\u003ealert('x')\\u003c/script" in page  # the data block's \u escapes
     # TensorBoard metadata: one header + one line per point, every line with the same cells
     for epoch in (0, 1):
         run = f"val_{epoch:04d}_epoch_{epoch:04d}"

@@ -79,6 +79,6 @@ def test_missing_umap_extra_is_named_and_the_rest_still_runs(tmp_path, monkeypat
     assert len([w for w in rec if "umap" in str(w.message)]) == 1  # once, not every epoch
     df = read_projections(t.log_dir)
     assert list(df.columns) == [
-        "sample_id", "epoch", "step", "val_index", "label", "pca_x", "pca_y"
+        "sample_id", "epoch", "step", "val_index", "label", "cluster", "pca_x", "pca_y"
     ]
     assert df["epoch"].unique().tolist() == [0, 1]
