@@ -46,7 +46,9 @@ from lightning_embproj.sinks.view import (
 from lightning_embproj.sinks.view.images import read_images
 
 PANEL_INCHES = 4.0  # each epoch's panel; with DPI 100 the PNG is 400 px wide per epoch
-HEIGHT_INCHES = 4.6  # panel plus the label legend below it
+# Panel plus the label legend below it: 460 px. The float just above 4.6, because
+# 4.6 * 100 = 459.99999999999994 and matplotlib < 3.11 truncates that to 459 px.
+HEIGHT_INCHES = float(np.nextafter(4.6, 5.0))
 DPI = 100
 MAX_LEGEND = 20
 ALPHA = 0.85
