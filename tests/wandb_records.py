@@ -11,6 +11,7 @@ import glob
 import json
 import os
 import struct
+from collections.abc import Iterator
 from typing import Any
 
 BLOCK = 32 * 1024
@@ -72,11 +73,19 @@ def history(root: Any) -> list[dict[str, Any]]:
         record = pb.Record()
         record.ParseFromString(raw)
         if record.WhichOneof("record_type") == "history":
-            rows.append({
-                item.key or "/".join(item.nested_key): json.loads(item.value_json)
-                for item in record.history.item
-            })
+            rows.append(dict(pair for item in record.history.item for pair in _leaves(
+                item.key or "/".join(item.nested_key), json.loads(item.value_json))))
     return rows
+
+
+def _leaves(key: str, value: Any) -> Iterator[tuple[str, Any]]:
+    """(key/sub/..., leaf) pairs: older wandb (0.16) writes a logged dict as one item, newer
+    wandb one item per leaf; rows look the same with both."""
+    if isinstance(value, dict):
+        for sub, inner in value.items():
+            yield from _leaves(f"{key}/{sub}", inner)
+    else:
+        yield key, value
 
 
 def scalars(root: Any, key: str) -> list[tuple[int, Any]]:
