@@ -93,8 +93,8 @@ def main() -> None:
     print("|---|---|---|---|---|")
     base = best.get("baseline", (float("nan"), 0.0))[0]
     for mode, (wall, wait) in best.items():
-        print(f"| {mode} | {wall:.1f} s | {wall - wait:.1f} s | {wait:.1f} s | "
-              f"{wall / base:.0%} |")
+        share = f"{wall / base:.0%}" if base == base else "-"  # NaN: no baseline this run
+        print(f"| {mode} | {wall:.1f} s | {wall - wait:.1f} s | {wait:.1f} s | {share} |")
     if "ours" in best and "baseline" in best:
         share = best["ours"][0] / base
         print(f"\nours / baseline = {share:.0%} (target <= 35%): "
