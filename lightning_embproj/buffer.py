@@ -136,7 +136,7 @@ class SampleBuffer:
     def _check_columns(self, rows: dict[str, np.ndarray]) -> None:
         if not self._store:
             self._allocate(rows)
-        elif set(rows) != set(self._store):
+        elif rows.keys() != self._store.keys():
             raise ValueError(
                 f"columns changed between batches: first batch had {sorted(self._store)}, "
                 f"this batch has {sorted(rows)}"

@@ -321,7 +321,7 @@ class Collector:
         # The rows the streaming buffer would look at: NaN among them is counted and changes
         # which rows stay, so that batch streams instead.
         looked = (np.arange(n) if threshold == NEVER
-                  else np.flatnonzero(schedule.keys[start:end] < threshold))
+                  else (schedule.keys[start:end] < threshold).nonzero()[0])
         candidates = {}
         for name, vec in vectors.items():
             candidates[name] = looked_rows = self._take(vec, looked)

@@ -34,6 +34,7 @@ NEVER = np.iinfo(np.int64).max
 MAX_POSITIONS = 1 << 22
 """Positions simulated at most per loader (5 int64 arrays of this length at worst: ~170 MB);
 beyond it the collector streams as before."""
+_SLOT, _KEY, _LEAVE = 0, 1, 2
 _FIRST_CHUNK = 4096
 _BLOCK = 512
 _CACHE: OrderedDict[tuple[int, int, int, int, int], Schedule] = OrderedDict()
@@ -60,12 +61,11 @@ class Schedule:
         self.covered = 0
         self.keys = np.empty(0, dtype=np.int64)  # key of every position
         self.threshold = np.empty(0, dtype=np.int64)  # k-th smallest key after each position
-        # Rows that ever enter, in position order: position, slot, key, evicting position.
+        # Rows that ever enter, in position order: their positions, and one row each of
+        # (slot, key, evicting position), so that a batch takes its rows in one gather.
         self._cap = 0
         self.pos = np.empty(0, dtype=np.int64)
-        self.slot = np.empty(0, dtype=np.int64)
-        self.entry_key = np.empty(0, dtype=np.int64)
-        self.leave = np.empty(0, dtype=np.int64)
+        self.table = np.empty((0, 3), dtype=np.int64)
         self.entries = 0
         self._heap: list[tuple[int, int]] = []  # (-key, entry index): the largest kept key first
 
@@ -110,8 +110,8 @@ class Schedule:
             elif key < -heap[0][0]:
                 entry = self._entry(i, -1, key)
                 _, out = heapq.heapreplace(heap, (-key, entry))
-                self.leave[out] = i
-                self.slot[entry] = self.slot[out]
+                self.table[out, _LEAVE] = i
+                self.table[entry, _SLOT] = self.table[out, _SLOT]
             else:
                 continue
             if len(heap) >= k:
@@ -120,13 +120,13 @@ class Schedule:
     def _entry(self, position: int, slot: int, key: int) -> int:
         if self.entries == self._cap:
             self._cap = max(1024, 2 * self._cap)
-            for name in ("pos", "slot", "entry_key", "leave"):
-                old = getattr(self, name)
-                new = np.full(self._cap, NEVER, dtype=np.int64)
-                new[: old.size] = old
-                setattr(self, name, new)
+            pos, table = self.pos, self.table
+            self.pos = np.full(self._cap, NEVER, dtype=np.int64)
+            self.table = np.full((self._cap, 3), NEVER, dtype=np.int64)
+            self.pos[: pos.size], self.table[: table.shape[0]] = pos, table
         e = self.entries
-        self.pos[e], self.slot[e], self.entry_key[e] = position, slot, key
+        self.pos[e] = position
+        self.table[e, _SLOT], self.table[e, _KEY] = slot, key
         self.entries += 1
         return e
 
@@ -139,9 +139,11 @@ class Schedule:
         keys)``; every other slot keeps its row. Requires :meth:`ensure` ``(end)``."""
         if not self.ensure(end):
             raise ValueError(f"position {end} is past the schedule's {self.limit} positions")
-        lo, hi = np.searchsorted(self.pos[: self.entries], (start, end))
-        alive = (self.leave[lo:hi] >= end).nonzero()[0] + lo
-        return self.pos[alive] - start, self.slot[alive], self.entry_key[alive]
+        lo, hi = self.pos[: self.entries].searchsorted((start, end))
+        block = self.table[lo:hi]
+        alive = block[:, _LEAVE] >= end
+        kept = block[alive]
+        return self.pos[lo:hi][alive] - start, kept[:, _SLOT], kept[:, _KEY]
 
 
 def schedule_for(k: int, dataloader_idx: int, rank: int = 0, world_size: int = 1,
