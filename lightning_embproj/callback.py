@@ -21,6 +21,7 @@ from lightning_embproj.extract import lookup
 from lightning_embproj.gather import gather_samples
 from lightning_embproj.options import ProjectorOptions
 from lightning_embproj.pipeline import ReduceSettings, project_epoch
+from lightning_embproj.progress import finish_with_progress, job_label, show_progress
 from lightning_embproj.ranks import placement
 from lightning_embproj.runs import RunCounter, warn_if_never_projected
 from lightning_embproj.sample import HASH_VERSION
@@ -133,6 +134,7 @@ class EmbeddingProjector(CallbackBase):
         self._run: tuple[int, int, int] | None = None
         self._restored_pending: list[dict[str, Any]] = []
         self._checked_folders = False
+        self._metrics_device: str | None = None
         self._lock = threading.Lock()
         self._collector: Collector | None = None
         self._capture: LayerCapture | None = None
@@ -163,6 +165,9 @@ class EmbeddingProjector(CallbackBase):
             # Each fit / validate is its own chain: no alignment, warm start or drift against an
             # earlier call. A resume restores the chain afterwards (load_state_dict).
             self._start_chain()
+            self.worker.start_training()
+            device = getattr(pl_module, "device", None)
+            self._metrics_device = str(device) if getattr(device, "type", "") == "cuda" else None
             if self._is_zero:
                 warn_if_never_projected(trainer, stage, self.options, self.warn)
         self._root = self.options.output_dir or _run_root(trainer, log_dir, self._is_zero)
@@ -191,14 +196,17 @@ class EmbeddingProjector(CallbackBase):
             self._resume_pending()
 
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        self.worker.close()
+        # Training is over: the queued runs may use every core; show what the wait is for.
+        finish_with_progress(self.worker, enabled=self._is_zero and show_progress(trainer))
         self._finish_sinks()
         if self._capture is not None:
             self._capture.remove()
             self._capture = None
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
-        # Epochs already collected are worth a short wait; a stuck job is not worth a hang.
+        # Runs already collected are worth a short wait (on every core: training has stopped);
+        # a stuck job is not worth a hang.
+        self.worker.end_training()
         drained = self.worker.drain(timeout=EXCEPTION_DRAIN_S)  # one deadline for all of it
         if drained:
             self._finish_sinks()
@@ -291,7 +299,8 @@ class EmbeddingProjector(CallbackBase):
         with self._lock:
             self.pending[(sample.name, val_index)] = (sample, epoch, step)
         self.worker.submit(
-            sample.name, lambda: self._process(sample, val_index, epoch, step, log)
+            sample.name, lambda: self._process(sample, val_index, epoch, step, log),
+            label=job_label(sample.name, len(sample), self.settings.reducers, val_index),
         )
 
     def _process(
@@ -299,10 +308,14 @@ class EmbeddingProjector(CallbackBase):
     ) -> None:
         try:
             previous = self.previous.get(sample.name)
-            projection = project_epoch(sample, epoch, step, previous, self.settings, self.warn)
+            projection = project_epoch(
+                sample, epoch, step, previous, self.settings, self.warn,
+                n_jobs=self.worker.job_threads(), device=self._metrics_device,
+            )
             projection.val_index = val_index
             projection.movers = self._guarded(
-                "movers", "the movers table", lambda: movers(projection, previous)
+                "movers", "the movers table",
+                lambda: movers(projection, previous, device=self._metrics_device),
             )
             chain = evolve(
                 projection, previous, self.chains.get(sample.name, SetChain()),

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lightning_embproj.align import procrustes_align
-from lightning_embproj.reduce import reduce, warm_init
+from lightning_embproj.reduce import prepare, reduce, warm_init
 from lightning_embproj.score import epoch_metrics
 from lightning_embproj.types import EpochSample, Projection
 
@@ -49,13 +49,17 @@ def project_epoch(
     previous: Projection | None,
     settings: ReduceSettings,
     warn: Callable[[str, str], None] = _no_warn,
+    n_jobs: int = 1,
+    device: str | None = None,
 ) -> Projection:
     """Reduce ``sample`` with every reducer, align each layout with ``previous``, score it.
 
-    A reducer that fails is left out of this epoch (one warning); the others and the metrics are
-    still computed. t-SNE and UMAP start from the previous epoch's layout when there is one.
+    A reducer that fails is left out of this run (one warning); the others and the metrics are
+    still computed. t-SNE and UMAP start from the previous run's layout when there is one. One
+    PCA serves the PCA reducer and t-SNE's PCA-to-50. ``n_jobs``: t-SNE threads (1 while
+    training, every core after it). ``device``: where the metrics pass runs (None: numpy).
     """
-    X = np.asarray(sample.embeddings, dtype=np.float32)
+    X = prepare(np.asarray(sample.embeddings, dtype=np.float32), settings.reducers)
     layouts: dict[str, np.ndarray] = {}
     for name in settings.reducers:
         prev_layout = previous.layouts.get(name) if previous is not None else None
@@ -65,7 +69,7 @@ def project_epoch(
                 init = warm_init(previous.sample.keys, prev_layout, sample.keys, X)
             layout = reduce(
                 name, X, settings.n_components, init=init, random_state=settings.seed,
-                perplexity=settings.perplexity,
+                perplexity=settings.perplexity, n_jobs=n_jobs,
             )
             if prev_layout is not None and previous is not None:
                 layout = procrustes_align(layout, sample.keys, prev_layout, previous.sample.keys)
@@ -80,7 +84,7 @@ def project_epoch(
             )
     projection = Projection(sample=sample, epoch=epoch, step=step, layouts=layouts)
     try:
-        projection.metrics = epoch_metrics(projection, previous)
+        projection.metrics = epoch_metrics(projection, previous, device=device)
     except Exception as err:  # noqa: BLE001
         warn(
             f"score:{type(err).__name__}",

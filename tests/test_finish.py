@@ -10,7 +10,6 @@ import io
 import threading
 
 import lightning.pytorch as L
-import pytest
 from digits import DigitsModel, loaders, trainer
 
 from lightning_embproj import EmbeddingProjector
@@ -80,7 +79,6 @@ def test_shown_where_lightning_shows_bars_or_on_a_terminal(tmp_path):
     assert show_progress(without, Tty()) is True
 
 
-@pytest.mark.xfail(strict=True, reason="until callback.teardown calls finish_with_progress")
 def test_a_real_fit_reports_what_it_waits_for(tmp_path, capsys):
     projector = EmbeddingProjector(label_key="labels", reducers=["pca"], output_dir=str(tmp_path))
     done: list[str] = []
