@@ -57,11 +57,12 @@ class EmbeddingProjector(CallbackBase):
         id_key: key (or tuple-batch index) of a stable sample id. Without it, ids are the
             position in the validation dataset, which assumes a non-shuffled loader.
         metadata_keys: more columns: a list of keys, or a dict ``{column: key}``. Image tensors
-            ``(B, H, W)`` / ``(B, C, H, W)`` become thumbnails; texts and numbers plain cells.
+            ``(B, C, H, W)`` (C in 1, 3, 4) or columns in ``image_keys`` become thumbnails;
+            texts and numbers plain cells; ``(B, K)`` one list per row.
         max_samples: points tracked per set, the same ids every epoch (bottom-k of an id hash).
         reducers: any of ``"pca"``, ``"tsne"``, ``"umap"``.
         n_components: 2 or 3.
-        every_n_epochs: project epochs whose index is a multiple of this (epoch 0 included).
+        every_n_epochs: project every n-th epoch that validates (the first always).
         perplexity: t-SNE perplexity (lowered automatically for few points).
         storage_dtype: ``"float32"`` or ``"float16"`` for the buffered vectors.
         background: reduce and log in a background thread (``False``: synchronously, to debug).
@@ -70,7 +71,20 @@ class EmbeddingProjector(CallbackBase):
             finished before ``fit`` returns.
         output_dir: root of the local files (default: the trainer's ``log_dir``).
         max_text_length: longer text cells are truncated.
-        seed: random seed of the reducers.
+        seed: random seed of the reducers and of k-means.
+        n_jobs: t-SNE threads while training runs (1 leaves the cores to training); once
+            training is over, queued runs use every core.
+        every_n_validations: project every n-th validation run of a ``fit`` / ``validate``.
+        pooling: how ``(B, T, D)`` / ``(B, C, H, W)`` embeddings become ``(B, D)``: ``"auto"``
+            (mean over T; global average pooling of feature maps), ``"mean"``, ``"max"``,
+            ``"first"``, ``"last"``, ``"flatten"``.
+        mask_key: key of a ``(B, T)`` mask (1 = real token) for pooling sequences.
+        image_keys: metadata columns that hold images.
+        clusters: ``"kmeans"``, ``"hdbscan"`` or None: a stable cluster id per point and
+            cluster lineage per run.
+        n_clusters: k for k-means without labels.
+        survive_threshold: fraction of a cluster that must stay together to ``survive``.
+        split_threshold: fraction each part must get for a ``split``.
 
     Example:
         >>> projector = EmbeddingProjector(label_key="labels")
@@ -103,6 +117,7 @@ class EmbeddingProjector(CallbackBase):
         output_dir: str | None = None,
         max_text_length: int = 1000,
         seed: int = 0,
+        n_jobs: int = 1,
     ) -> None:
         self.options = ProjectorOptions(
             embedding_key=embedding_key, layers=layers,  # type: ignore[arg-type]
@@ -114,7 +129,7 @@ class EmbeddingProjector(CallbackBase):
             pooling=pooling, mask_key=mask_key, image_keys=image_keys,
             perplexity=perplexity, storage_dtype=storage_dtype,
             background=background, max_queued_epochs=max_queued_epochs, output_dir=output_dir,
-            max_text_length=max_text_length, seed=seed,
+            max_text_length=max_text_length, seed=seed, n_jobs=n_jobs,
         )
         self.settings = ReduceSettings(
             list(self.options.reducers), n_components, float(perplexity), seed
@@ -310,7 +325,9 @@ class EmbeddingProjector(CallbackBase):
             previous = self.previous.get(sample.name)
             projection = project_epoch(
                 sample, epoch, step, previous, self.settings, self.warn,
-                n_jobs=self.worker.job_threads(), device=self._metrics_device,
+                n_jobs=self.worker.job_threads() if self.worker.training_over
+                else self.options.n_jobs,
+                device=self._metrics_device,
             )
             projection.val_index = val_index
             projection.movers = self._guarded(

@@ -85,6 +85,7 @@ class ProjectorOptions:
     output_dir: str | None = None
     max_text_length: int = 1000
     seed: int = 0
+    n_jobs: int = 1
 
     def __post_init__(self) -> None:
         _check_key(self.embedding_key, "embedding_key")
@@ -144,6 +145,7 @@ class ProjectorOptions:
                 f"storage_dtype must be 'float32' or 'float16', got {self.storage_dtype!r}"
             )
         self.max_text_length = _positive_int(self.max_text_length, "max_text_length")
+        self.n_jobs = _positive_int(self.n_jobs, "n_jobs")
 
     def _metadata_columns(self, value: Any) -> dict[str, Key]:
         """Column name -> key. An int key (tuple batch index) is named ``batch_<i>``."""
