@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lightning_embproj.align import procrustes_align
+from lightning_embproj.dynamic import tsne_next
 from lightning_embproj.reduce import prepare, reduce, warm_init
 from lightning_embproj.score import epoch_metrics
 from lightning_embproj.types import EpochSample, Projection
@@ -64,6 +65,16 @@ def project_epoch(
     for name in settings.reducers:
         prev_layout = previous.layouts.get(name) if previous is not None else None
         try:
+            if name == "tsne" and prev_layout is not None and previous is not None:
+                # Continues the previous layout in its own frame: no warm_init, no Procrustes.
+                layout = tsne_next(
+                    X.X, sample.keys,
+                    (previous.sample.keys, previous.sample.embeddings, prev_layout),
+                    settings.n_components, perplexity=settings.perplexity,
+                    random_state=settings.seed, n_jobs=n_jobs,
+                )
+                layouts[name] = np.asarray(layout, dtype=np.float64)
+                continue
             init = None
             if name in WARM_STARTED and prev_layout is not None and previous is not None:
                 init = warm_init(previous.sample.keys, prev_layout, sample.keys, X)

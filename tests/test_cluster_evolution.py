@@ -128,6 +128,7 @@ def test_frozen_model_only_survives(tmp_path, wandb_offline):
     metrics = read_metrics(root)
     assert metrics["clusters/ari_previous"].tolist()[1:] == [1.0, 1.0]
     assert metrics["cka_previous"].tolist()[1:] == [1.0, 1.0]
+    assert max(metrics["tsne/displacement"].tolist()[1:]) <= 0.01  # the layout stays put
     points = read_projections(root)
     same = points.groupby("sample_id")["cluster"].nunique()
     assert (same == 1).all()
