@@ -5,11 +5,17 @@ from __future__ import annotations
 import glob
 import json
 import os
+import tracemalloc
+from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from digits import DigitsModel, loaders, trainer, wandb_tables
+from lightning.pytorch import Callback
 from lightning.pytorch.loggers import WandbLogger
+from memory import live_bytes
+from torch.utils.data import DataLoader, TensorDataset
 from wandb_records import scalars
 
 from lightning_embproj import EmbeddingProjector, read_metrics, read_projections
@@ -88,11 +94,77 @@ def test_local_files_read_back_into_one_table(tmp_path):
     assert "silhouette" in metrics.columns
 
 
-def test_memory_is_bounded_by_max_samples(tmp_path):
-    projector = EmbeddingProjector(max_samples=50, reducers="pca")
-    t = _fit(tmp_path, projector, epochs=1, n_val=600)
-    assert len(read_projections(t.log_dir)) == 50
-    assert projector._collector is None  # the epoch's buffer is released after the epoch
+class WideModel(DigitsModel):
+    """64-d embeddings (a linear layer on the input): the validation set is the variable."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = torch.nn.Linear(64, 64)
+        self.head = torch.nn.Linear(64, 10)
+
+
+class ValidationMemory(Callback):
+    """Placed before the projector: traces what a validation epoch allocates and still holds at
+    its end, just before the projector hands its buffer over (its fullest moment)."""
+
+    def on_validation_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        assert not tracemalloc.is_tracing()
+        tracemalloc.start()
+        self.before = live_bytes()
+
+    def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        self.retained = live_bytes() - self.before
+        tracemalloc.stop()
+
+
+def _retained_by_validation(tmp_path, n_val: int, max_samples: int, ids: bool) -> int:
+    """Bytes a fit's validation epoch of ``n_val`` rows x 64 dims still holds at its end;
+    ``ids``: each row brings its id (``id_key``), else ids are derived from positions."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(n_val, 64, generator=g), torch.randint(0, 10, (n_val,), generator=g)
+    val = DataLoader(TensorDataset(x, y, torch.arange(n_val) * 7 + 3), batch_size=250)
+    train = DataLoader(TensorDataset(x[:64], y[:64]), batch_size=64)
+    probe = ValidationMemory()
+    projector = EmbeddingProjector(label_key=1, id_key=2 if ids else None, reducers="pca",
+                                   max_samples=max_samples, background=False)
+    t = trainer(tmp_path / f"{n_val}_{max_samples}_{ids}", [probe, projector], max_epochs=1,
+                limit_train_batches=1, num_sanity_val_steps=0)
+    try:
+        t.fit(WideModel(), train, val)
+    finally:
+        if tracemalloc.is_tracing():
+            tracemalloc.stop()
+    assert len(read_projections(t.log_dir)) == min(max_samples, n_val)
+    return probe.retained
+
+
+def test_memory_is_bounded_by_max_samples_not_the_validation_set(tmp_path):
+    """What a validation epoch leaves alive (numpy and Python objects traced by tracemalloc,
+    torch tensors counted through the garbage collector) is the projector's buffer: it grows with
+    ``max_samples`` (a 64 x 4-byte vector plus ids and keys per row), not with the rows seen.
+    Keeping the rows seen would add 256 bytes per row: 6.9 MB for 27,000 more rows."""
+    small = _retained_by_validation(tmp_path, 3_000, 300, ids=True)
+    large = _retained_by_validation(tmp_path, 30_000, 300, ids=True)
+    wide = _retained_by_validation(tmp_path, 30_000, 3_000, ids=True)
+    per_row = (wide - large) / 2_700
+    print(f"retained at validation end: 3,000 rows {small / 1e3:.0f} kB, 30,000 rows "
+          f"{large / 1e3:.0f} kB; max_samples 3,000: {wide / 1e3:.0f} kB ({per_row:.0f} B/row)")
+    assert abs(large - small) < 64_000  # < 1% of the 27,000 extra rows' vectors
+    # each tracked row costs its vector plus ids and keys: at least 256 bytes, less than 512
+    assert 64 * 4 <= per_row < 2 * 64 * 4
+    # and the whole is the buffer plus a fixed overhead (the last batch, Lightning's state)
+    assert large < 300 * 2 * 64 * 4 + 600_000
+
+
+def test_derived_ids_memory_per_validation_row_is_a_few_integers(tmp_path):
+    """Without ``id_key`` the bottom-k of the positions is simulated once per fit and kept
+    (lightning_embproj/schedule.py): a few int64 per validation position, never the vectors."""
+    # 257: a schedule of its own (they are cached per max_samples), not one an earlier test made
+    small = _retained_by_validation(tmp_path, 3_000, 257, ids=False)
+    large = _retained_by_validation(tmp_path, 30_000, 257, ids=False)
+    per_row = (large - small) / 27_000
+    print(f"derived ids, retained per extra validation row: {per_row:.1f} B")
+    assert per_row < 48  # a kept vector would be 256
 
 
 def test_frozen_model_keeps_layouts_in_place(tmp_path):
@@ -155,24 +227,6 @@ def test_tuple_batch_label_by_index(tmp_path):
     assert set(df["label"]) <= set(range(10)) and len(df) == 40
 
 
-def test_missing_key_error_lists_what_exists(tmp_path):
-    projector = EmbeddingProjector(label_key="target", reducers="pca")
-    with pytest.raises(KeyError, match=r"label_key='target' was not found.*'embeddings'.*'labels'"):
-        _fit(tmp_path, projector, epochs=1, num_sanity_val_steps=0)
-
-
-def test_mismatched_metadata_length_names_key_and_lengths(tmp_path):
-    class Model(DigitsModel):
-        def validation_step(self, batch, batch_idx):
-            out = super().validation_step(batch, batch_idx)
-            out["texts"] = ["x"] * (len(out["labels"]) - 1)
-            return out
-
-    projector = EmbeddingProjector(metadata_keys=["texts"], reducers="pca")
-    with pytest.raises(ValueError, match=r"metadata_keys='texts'.*\(64\).*63 rows"):
-        _fit(tmp_path, projector, epochs=1, model=Model(), num_sanity_val_steps=0)
-
-
 def test_every_n_epochs_and_3d(tmp_path, wandb_offline):
     import wandb
 
@@ -203,33 +257,14 @@ def test_several_validation_dataloaders_get_a_column(tmp_path):
     assert df.groupby("dataloader_idx").size().to_dict() == {0: 100, 1: 100}
 
 
-def test_standalone_validate_logs_one_epoch(tmp_path):
-    _, val = loaders(n_val=100)
-    projector = EmbeddingProjector(label_key="labels", reducers="pca", max_samples=100)
-    t = trainer(tmp_path, [projector])
-    t.validate(DigitsModel(), val)
-    df = read_projections(t.log_dir)
-    assert len(df) == 100 and df["epoch"].unique().tolist() == [0]
-
-
+# Other bad options (and missing keys, bad metadata, unknown layers) are in test_bad_input.py.
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"max_samples": 0}, "max_samples must be a positive integer, got 0"),
-        ({"reducers": ["pca", "tsnee"]}, r"reducers must be .*\['pca', 'tsne', 'umap'\].*tsnee"),
-        ({"n_components": 4}, "n_components must be 2 or 3, got 4"),
-        ({"every_n_epochs": 0}, "every_n_epochs must be a positive integer, got 0"),
-        ({"layers": ["encoder", "encoder"]}, r"layers lists \['encoder'\] more than once"),
         ({"storage_dtype": "int8"}, "storage_dtype must be 'float32' or 'float16'"),
         ({"metadata_keys": ["label"]}, "column 'label' clashes"),
     ],
 )
-def test_constructor_refuses_bad_options(kwargs, match):
+def test_constructor_refuses_a_bad_dtype_and_a_clashing_column(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
         EmbeddingProjector(**kwargs)
-
-
-def test_unknown_layer_lists_close_matches(tmp_path):
-    projector = EmbeddingProjector(layers=["encodr"], reducers="pca")
-    with pytest.raises(ValueError, match=r"no submodule 'encodr'.*did you mean \['encoder'"):
-        _fit(tmp_path, projector, epochs=1)
