@@ -91,12 +91,13 @@ def forced_method(method: str):  # type: ignore[no-untyped-def]
 
     @contextlib.contextmanager
     def ctx():  # type: ignore[no-untyped-def]
-        saved = R._TSNE_FFT_MIN_ROWS
-        R._TSNE_FFT_MIN_ROWS = 0 if method == "fft" else 10**12
+        saved = R._TSNE_FFT_MIN_ROWS, R._TSNE_WARM_BH_MAX_ROWS
+        fft = method == "fft"
+        R._TSNE_FFT_MIN_ROWS, R._TSNE_WARM_BH_MAX_ROWS = (0, -1) if fft else (10**12, 10**12)
         try:
             yield
         finally:
-            R._TSNE_FFT_MIN_ROWS = saved
+            R._TSNE_FFT_MIN_ROWS, R._TSNE_WARM_BH_MAX_ROWS = saved
 
     return ctx()
 

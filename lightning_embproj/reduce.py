@@ -44,8 +44,13 @@ _TSNE_WARM_ITERS = 250
 # 0.01 of 250 iterations).
 _TSNE_WARM_MIN_ITERS = 50
 _TSNE_CHANGE_FLOOR = 0.5
-# openTSNE's FFT gradient from this many rows (2-D only); Barnes-Hut below (bench_reduce.py).
+# openTSNE's FFT gradient (2-D only) for a cold run from this many rows, Barnes-Hut below
+# (bench_tsne.py --parts methods, CPU s at 128-d, BH / FFT: 2,000: 4.9 / 21.2; 10,000: 40.0 /
+# 40.0; 20,000: 93.0 / ~54). A warm start begins at the full layout's extent, which makes the
+# FFT grid large: Barnes-Hut is cheaper there up to 20,000 rows (10,000: 18.5 / 38.4; 20,000:
+# 34.0 / ~55), the most measured; FFT above.
 _TSNE_FFT_MIN_ROWS = 10_000
+_TSNE_WARM_BH_MAX_ROWS = 20_000
 # Exact PCA (float64 eigh of the N x N Gram or of the D x D covariance) when the smaller side m
 # is at most this many times the randomized sketch's width (k + 20): exact costs ~2*N*D*m, the
 # sketch ~28*N*D*width. So m <= 1,050 for t-SNE's 50 components, <= 330 for a 2-D PCA alone
@@ -392,15 +397,22 @@ if not any(isinstance(f, _DropInitStdWarning) for f in _OT_LOG.filters):
     _OT_LOG.addFilter(_DropInitStdWarning())
 
 
-def tsne_gradient_method(n: int, n_components: int) -> str:
-    """openTSNE's ``negative_gradient_method`` for ``n`` rows: ``"fft"`` from 10,000 rows in
-    1-2 dims (FFT supports no more), ``"bh"`` (Barnes-Hut) otherwise.
+def tsne_gradient_method(n: int, n_components: int, warm: bool = False) -> str:
+    """openTSNE's ``negative_gradient_method`` for ``n`` rows, measured on 2 cores: in 1-2 dims
+    ``"fft"`` from 10,000 rows for a cold run and above 20,000 rows for a warm start;
+    ``"bh"`` (Barnes-Hut) otherwise, and always in 3-D (openTSNE's FFT is 1-2-D only).
 
     Example:
         >>> tsne_gradient_method(4000, 2), tsne_gradient_method(20000, 2)
         ('bh', 'fft')
+        >>> tsne_gradient_method(20000, 2, warm=True), tsne_gradient_method(20000, 3)
+        ('bh', 'bh')
     """
-    return "fft" if n >= _TSNE_FFT_MIN_ROWS and n_components <= 2 else "bh"
+    if n_components > 2:
+        return "bh"
+    if warm:
+        return "fft" if n > _TSNE_WARM_BH_MAX_ROWS else "bh"
+    return "fft" if n >= _TSNE_FFT_MIN_ROWS else "bh"
 
 
 def warm_iterations(change: float | None) -> int:
@@ -439,8 +451,8 @@ def tsne(
     previous layout's arrangement, and :func:`warm_iterations` of ``change`` iterations (250
     without a hint). Inputs with more than 50 dims are first reduced to 50 by PCA (shared with
     the PCA reducer through a :class:`Prepared`). Fewer than 5 rows, or no variance at all,
-    return the PCA layout. Gradient: :func:`tsne_gradient_method`. ``n_jobs``: openTSNE's
-    threads (1 leaves the cores to training).
+    return the PCA layout. Gradient: :func:`tsne_gradient_method` (Barnes-Hut or FFT by size,
+    cold or warm). ``n_jobs``: openTSNE's threads (1 leaves the cores to training).
 
     Example:
         >>> from sklearn.datasets import load_digits
@@ -466,7 +478,7 @@ def tsne(
     params: dict[str, Any] = dict(
         n_components=n_components,
         perplexity=_effective_perplexity(perplexity, n),
-        negative_gradient_method=tsne_gradient_method(n, n_components),
+        negative_gradient_method=tsne_gradient_method(n, n_components, warm=init is not None),
         n_jobs=int(n_jobs),
         random_state=random_state,
         # exact kNN below 1,000 rows, Annoy (seeded) above: openTSNE's own choice

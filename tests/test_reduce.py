@@ -293,7 +293,9 @@ def test_warm_iterations_rule() -> None:
 
 def test_tsne_gradient_method_by_size() -> None:
     assert R.tsne_gradient_method(4000, 2) == "bh"
-    assert R.tsne_gradient_method(20_000, 2) == "fft"
+    assert R.tsne_gradient_method(10_000, 2) == "fft"
+    assert R.tsne_gradient_method(20_000, 2, warm=True) == "bh"  # warm: BH up to 20,000
+    assert R.tsne_gradient_method(20_001, 2, warm=True) == "fft"
     assert R.tsne_gradient_method(20_000, 3) == "bh"  # openTSNE's FFT is 1-2-D only
 
 
@@ -301,10 +303,13 @@ def test_tsne_fft_path_and_n_jobs(
     digits: tuple[np.ndarray, np.ndarray], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     X, y = digits[0][:300], digits[1][:300]
-    monkeypatch.setattr(R, "_TSNE_FFT_MIN_ROWS", 100)  # the 20,000-row path, on 300 rows
+    monkeypatch.setattr(R, "_TSNE_FFT_MIN_ROWS", 100)  # the 20,000-row paths, on 300 rows
+    monkeypatch.setattr(R, "_TSNE_WARM_BH_MAX_ROWS", 100)
     out = R.reduce("tsne", X, 2, n_jobs=2)
     assert out.shape == (300, 2) and np.isfinite(out).all()
     assert knn_accuracy(out, y) > 0.9
+    warm = R.reduce("tsne", X, 2, init=out, n_jobs=2)
+    assert disparity(out, warm) < 0.02 and knn_accuracy(warm, y) > 0.9
     with pytest.raises(ValueError, match=r"n_jobs must be a positive int or -1 .*, got 0"):
         R.reduce("tsne", X, 2, n_jobs=0)
 
