@@ -1,17 +1,20 @@
 """Untrusted metadata on a real fit: escaped wherever rendered, never used as a path, no secrets.
 
 One fit writes every output at once (local CSV, HTML view, TensorBoard projector files, an
-offline W&B run) with texts that try HTML/script injection, TSV breaking (tabs, newlines) and
-path tricks, while the environment holds a W&B API key and another secret.
+offline W&B run) with texts that try HTML/script injection, TSV breaking (tabs, newlines),
+spreadsheet formulas (in texts and in sample ids) and path tricks, while the environment holds a
+W&B API key and another secret.
 """
 
 from __future__ import annotations
 
 import csv
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from digits import DigitsModel, loaders, trainer, wandb_tables
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
@@ -23,6 +26,12 @@ OTHER_SECRET = "s3cr3t-env-value-that-must-not-leak"
 FILE_SECRET = "contents-of-a-file-named-in-metadata"
 SCRIPT = "<script>alert('x')</script>"
 IMG = '<img src=x onerror="alert(1)">'
+# Cells a spreadsheet would run as a formula (or that start with the quote that defuses one),
+# then cells that must stay as they are.
+FORMULAS = ['=HYPERLINK("http://x")', "+1", "-2+3", "@SUM(A1)", "'quoted", "\tTAB", "\rCR"]
+PLAIN = ["plain", "a=b", "1-2"]
+CELLS = FORMULAS + PLAIN
+ID_PREFIXES = ["=", "+", "-", "@", "'", "", "x"]
 
 _opened: list[str] = []
 _recording = False
@@ -52,7 +61,32 @@ class Hostile(DigitsModel):
         out["text"] = [f"{texts[(base + i) % len(texts)]} #{base + i}" for i in range(n)]
         out["path"] = [self.secret_path] * n
         out["name"] = [f"{IMG} label {int(y)}" for y in out["labels"]]
+        out["formula"] = [CELLS[(base + i) % len(CELLS)] for i in range(n)]
+        out["sid"] = [f"{ID_PREFIXES[(base + i) % len(ID_PREFIXES)]}{base + i}" for i in range(n)]
         return out
+
+
+def point_index(sample_id: str) -> int:
+    """The running index at the end of an id (``"=12"`` -> 12), whatever came before it."""
+    found = re.search(r"(\d+)$", sample_id)
+    assert found is not None, sample_id
+    return int(found.group(1))
+
+
+def cell_for(index: int) -> str:
+    """The ``formula`` cell the model gave point ``index``."""
+    return CELLS[index % len(CELLS)]
+
+
+def raw_run_rows(folder: Path) -> list[dict[str, str]]:
+    """The cells of every run's CSV in a set folder, as written (the files with layouts)."""
+    rows: list[dict[str, str]] = []
+    for f in sorted(folder.glob("*.csv")):
+        with open(f, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            if "pca_x" in (reader.fieldnames or []):
+                rows.extend(reader)
+    return rows
 
 
 @pytest.fixture
@@ -65,9 +99,9 @@ def hostile_fit(tmp_path, wandb_offline, monkeypatch):
     out = tmp_path / "out"
     wandb_logger = WandbLogger(project="embproj-test", save_dir=str(wandb_offline))
     tb_logger = TensorBoardLogger(str(tmp_path / "tb"))
-    projector = EmbeddingProjector(metadata_keys=["text", "path", "name"], label_key="name",
-                                   reducers="pca", max_samples=40, max_text_length=120,
-                                   output_dir=str(out))
+    projector = EmbeddingProjector(metadata_keys=["text", "path", "name", "formula"],
+                                   label_key="name", id_key="sid", reducers="pca",
+                                   max_samples=40, max_text_length=120, output_dir=str(out))
     train, val = loaders(n_train=64, n_val=40, batch_size=20)
     t = trainer(tmp_path, [projector], max_epochs=2, limit_train_batches=2,
                 logger=[wandb_logger, tb_logger])
@@ -131,7 +165,34 @@ def test_paths_in_metadata_are_never_opened(hostile_fit):
     secret = str(hostile_fit["secret"])
     assert not [p for p in _opened if p.endswith(("secret.txt", "passwd"))], _opened
     # the path is kept as text, not followed: the CSV cell is the path itself
-    with open(next((hostile_fit["out"] / "embproj" / "embeddings").glob("val_*.csv")),
-              newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    assert {row["path"] for row in rows} == {secret}
+    rows = raw_run_rows(hostile_fit["out"] / "embproj" / "embeddings")
+    assert len(rows) == 80 and {row["path"] for row in rows} == {secret}
+
+
+def test_csv_cells_a_spreadsheet_would_run_are_defused_and_read_back_exactly(hostile_fit):
+    rows = raw_run_rows(hostile_fit["out"] / "embproj" / "embeddings")
+    assert len(rows) == 80
+    for row in rows:
+        index = point_index(row["sample_id"])
+        # a text cell starting with = + - @ tab CR or ' gets one leading '; any other stays
+        given_id, given = f"{ID_PREFIXES[index % len(ID_PREFIXES)]}{index}", cell_for(index)
+        assert row["sample_id"] == (f"'{given_id}" if given_id[0] in "=+-@'" else given_id)
+        assert row["formula"] == (f"'{given}" if given in FORMULAS else given), row
+        assert row["text"].startswith("'=cmd") or not row["text"].startswith(tuple("=+-@\t\r"))
+        # numbers are not text: a negative coordinate is written as a plain number
+        for col in ("pca_x", "pca_y"):
+            assert not row[col].startswith("'") and np.isfinite(float(row[col]))
+    assert any(row["pca_x"].startswith("-") for row in rows)
+    assert {row["formula"] for row in rows} == {f"'{c}" for c in FORMULAS} | set(PLAIN)
+    # read back: the values exactly as the model gave them, ids that look like numbers as text
+    df = read_projections(hostile_fit["out"])
+    assert len(df) == 80
+    for sample_id, formula in zip(df["sample_id"], df["formula"], strict=True):
+        index = point_index(sample_id)
+        assert sample_id == f"{ID_PREFIXES[index % len(ID_PREFIXES)]}{index}"
+        assert formula == cell_for(index)
+    assert set(df["formula"]) == set(CELLS)
+    # W&B shows text cells as text: its table keeps them unchanged
+    table = wandb_tables(hostile_fit["wandb"], "embproj/embeddings")[0]
+    col = table["columns"].index("formula")
+    assert {row[col] for row in table["data"]} == set(CELLS)
