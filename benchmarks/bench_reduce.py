@@ -124,7 +124,7 @@ def part_run(args: argparse.Namespace) -> None:
 def part_methods(args: argparse.Namespace) -> None:
     print(f"t-SNE gradient, 2-D, D={args.method_dim}, n_jobs=1: wall s (CPU s), kNN@10")
     print(f"{'N':>6} | {'bh cold':>14} {'knn':>5} | {'fft cold':>14} {'knn':>5} | "
-          f"{'bh warm':>14} {'knn':>5} | {'fft warm':>14} {'knn':>5} | {'default':>7}")
+          f"{'bh warm':>14} {'knn':>5} | {'fft warm':>14} {'knn':>5} | {'chosen':>7}")
     for n in args.method_sizes:
         X = make_wide(n, args.method_dim).astype(np.float32)
         X2 = (X + np.random.default_rng(7).normal(0.0, 0.5, X.shape)).astype(np.float32)
@@ -141,8 +141,9 @@ def part_methods(args: argparse.Namespace) -> None:
                 cells[method + " warm"] = f"{t:6.1f} ({c:5.1f}) {q2(Y):5.3f}"
         row = " | ".join(cells.get(f"{m} {s}", f"{'-':>20}")
                          for s in ("cold", "warm") for m in ("bh", "fft"))
-        print(f"{n:6d} | {row} | {R.tsne_gradient_method(n, 2):>7}", flush=True)
-    print()
+        chosen = f"{R.tsne_gradient_method(n, 2)}/{R.tsne_gradient_method(n, 2, warm=True)}"
+        print(f"{n:6d} | {row} | {chosen:>7}", flush=True)
+    print("chosen: the method reduce.tsne uses for a cold run / a warm start\n")
 
 
 PARTS = {"pca": part_pca, "run": part_run, "methods": part_methods}
