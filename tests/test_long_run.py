@@ -4,10 +4,11 @@
 set, and each run's CSV has at most ``max_samples`` rows. One thing grows on purpose: the W&B
 evolution table keeps every run's rows (no vectors, a few numbers per point) up to a cap of
 9,000 rows. So live memory, measured after the worker finished each epoch, may grow by about
-that table's new rows and nothing more. The embeddings are 512-d so that keeping one epoch's
-sample per epoch (64 points x 512 x 4 bytes = 131 kB a time) is far above that allowance
-(64 rows x 250 bytes + 15 kB noise = 31 kB a time): with such a leak planted (every submitted
-sample appended to a list) the slope measured here was 150 kB per epoch; without it, 16 kB.
+that table's new rows and nothing more. The embeddings are 1024-d so that keeping one epoch's
+sample per epoch (64 points x 1024 x 4 bytes = 262 kB a time) is far above that allowance
+(64 rows x 250 bytes + 50 kB noise = 66 kB a time). Measured slopes: 16 kB per epoch (wandb
+0.31) and 30 kB (wandb 0.16); with such a leak planted (every submitted sample appended to a
+list), 281 kB per epoch.
 """
 
 from __future__ import annotations
@@ -27,14 +28,14 @@ from lightning_embproj import EmbeddingProjector, read_metrics, read_projections
 
 EPOCHS = 24
 POINTS = 64
-DIM = 512
+DIM = 1024
 TRACE_FROM = 8  # the first epochs (first W&B calls, imports, first view) are not traced
 EVOLUTION_ROW_BYTES = 250  # generous: ~7 cells per row, lists + floats + ints
-NOISE_PER_EPOCH = 15_000  # bytes
+NOISE_PER_EPOCH = 50_000  # bytes; wandb 0.16 alone keeps ~15 kB more per epoch than 0.31
 
 
 class WideModel(DigitsModel):
-    """DigitsModel with 512-d embeddings."""
+    """DigitsModel with 1024-d embeddings."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -67,11 +68,13 @@ def forget_wandb_artifacts() -> int:
     held. Each ``run.log`` of a ``wandb.Table`` makes an artifact that keeps the table (rows and
     all) alive in that cache: memory that is wandb's, capped at 100 tables, and would hide a
     leak of ours until the cache is full."""
-    from wandb.sdk.artifacts import artifact_instance_cache as cache
+    from wandb.sdk.artifacts import artifact_instance_cache as module
 
-    held = len(cache.artifact_instance_cache_by_client_id)
-    cache.artifact_instance_cache.clear()
-    cache.artifact_instance_cache_by_client_id.clear()
+    caches = [v for v in vars(module).values() if type(v).__name__ == "CappedDict"]
+    assert caches, "wandb's artifact cache moved: find what keeps logged tables alive"
+    held = max(len(c) for c in caches)
+    for cache in caches:
+        cache.clear()
     return held
 
 
@@ -118,6 +121,7 @@ def test_many_epochs_with_wandb_and_the_worker_keep_memory_flat(tmp_path, wandb_
     leak = POINTS * DIM * 4  # what keeping every epoch's sample would add per epoch
     print(f"live memory growth per epoch {slope / 1e3:.1f} kB (allowed {allowed / 1e3:.0f} kB, "
           f"a kept sample per epoch {leak / 1e3:.0f} kB); epochs {TRACE_FROM}-{EPOCHS - 1}: "
-          f"{[round((v - probe.live[TRACE_FROM]) / 1e3) for _, v in sorted(probe.live.items())]}")
+          f"{[round((v - probe.live[TRACE_FROM]) / 1e3) for _, v in sorted(probe.live.items())]}"
+          f"; wandb cached up to {max(probe.wandb_cached.values())} artifacts per epoch")
     assert allowed < leak / 2  # the bound can catch that leak
     assert slope < allowed, slope
