@@ -16,7 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-KNOWN_REDUCERS = ("pca", "tsne", "umap")
+from lightning_embproj.reduce import REDUCERS as KNOWN_REDUCERS  # the one list of names
+
 POOLINGS = ("auto", "flatten", "mean", "first", "last", "max")
 Key = str | int
 

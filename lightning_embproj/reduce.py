@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from lightning_embproj.sample import _splitmix64 as splitmix64
+from lightning_embproj.sample import splitmix64
 
 #: The reducer names, in the order the docs list them (the single source for options/view).
 REDUCERS: tuple[str, ...] = ("pca", "tsne", "umap")

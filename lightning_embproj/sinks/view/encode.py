@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-REDUCER_ORDER = ("pca", "tsne", "umap")
+from lightning_embproj.reduce import REDUCERS as REDUCER_ORDER  # the one list of names
+
 RESERVED = ("sample_id", "epoch", "step", "val_index")
 CATEGORICAL = ("label", "cluster", "dataloader_idx")  # always coloured as categories
 MAX_CATEGORIES = 50  # a text column with more distinct values is shown, not coloured by
