@@ -96,15 +96,21 @@ def test_without_wandb_local_files_are_written(tmp_path, logger):
 
 # -- reducer failure ---------------------------------------------------------------------------
 def test_reducer_failing_for_one_epoch_keeps_the_others(tmp_path, monkeypatch):
-    real_tsne, calls = reduce_module.tsne, []
+    import lightning_embproj.pipeline as pipeline_module
 
-    def tsne_failing_at_epoch_1(*args: Any, **kwargs: Any) -> np.ndarray:
-        calls.append(1)
-        if len(calls) == 2:
-            raise FloatingPointError("gradient of the KL divergence is NaN")
-        return real_tsne(*args, **kwargs)
+    calls: list[int] = []
 
-    monkeypatch.setattr(reduce_module, "tsne", tsne_failing_at_epoch_1)
+    def failing_at_epoch_1(real: Any) -> Any:
+        def tsne(*args: Any, **kwargs: Any) -> np.ndarray:
+            calls.append(1)
+            if len(calls) == 2:
+                raise FloatingPointError("gradient of the KL divergence is NaN")
+            return real(*args, **kwargs)
+        return tsne
+
+    # the first run's t-SNE is reduce.tsne, later runs continue it with tsne_next
+    monkeypatch.setattr(reduce_module, "tsne", failing_at_epoch_1(reduce_module.tsne))
+    monkeypatch.setattr(pipeline_module, "tsne_next", failing_at_epoch_1(pipeline_module.tsne_next))
     projector = EmbeddingProjector(label_key="labels", reducers=["pca", "tsne"], max_samples=40)
     t, warned = _fit(tmp_path, projector)
 

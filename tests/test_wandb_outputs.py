@@ -58,15 +58,21 @@ def test_tsne_failing_in_one_run_stays_local_in_wandb(
 ):
     import matplotlib.pyplot as plt
 
-    real_tsne, calls = reduce_module.tsne, []
+    import lightning_embproj.pipeline as pipeline_module
 
-    def tsne_failing_once(*args: Any, **kwargs: Any) -> np.ndarray:
-        calls.append(1)
-        if len(calls) == failed + 1:
-            raise FloatingPointError("gradient of the KL divergence is NaN")
-        return real_tsne(*args, **kwargs)
+    calls: list[int] = []
 
-    monkeypatch.setattr(reduce_module, "tsne", tsne_failing_once)
+    def failing_once(real: Any) -> Any:
+        def tsne(*args: Any, **kwargs: Any) -> np.ndarray:
+            calls.append(1)
+            if len(calls) == failed + 1:
+                raise FloatingPointError("gradient of the KL divergence is NaN")
+            return real(*args, **kwargs)
+        return tsne
+
+    # the first run's t-SNE is reduce.tsne, later runs continue it with tsne_next
+    monkeypatch.setattr(reduce_module, "tsne", failing_once(reduce_module.tsne))
+    monkeypatch.setattr(pipeline_module, "tsne_next", failing_once(pipeline_module.tsne_next))
     logger = WandbLogger(project="embproj-test", save_dir=str(wandb_offline))
     projector = EmbeddingProjector(label_key="labels", reducers=["pca", "tsne"], max_samples=60,
                                    output_dir=str(tmp_path / "out"))
