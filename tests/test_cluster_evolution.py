@@ -110,6 +110,12 @@ def test_split_then_merge_gives_exactly_those_events(tmp_path, method, kw):
     metrics = read_metrics(tmp_path)
     assert metrics["clusters/count"].tolist() == [4, 4, 5, 5, 4, 4]
     assert metrics["clusters/ari_previous"].tolist()[3] == 1.0
+    # the view's lineage panel gets these runs: a Sankey node per cluster per run
+    from lightning_embproj.sinks.view import build_payload
+
+    payload = build_payload(points, metrics, title="t", lineage=read_lineage(tmp_path))
+    assert payload["lineage"] is not None
+    assert len(payload["lineage"]["nodes"]["label"]) == sum([4, 4, 5, 5, 4, 4])
 
 
 def test_frozen_model_only_survives(tmp_path, wandb_offline):
