@@ -13,6 +13,7 @@ import warnings
 from typing import Any
 
 import lightning.pytorch as L
+import numpy as np
 import pytest
 import torch
 from digits import DigitsModel, digits_tensors, loaders, trainer, wandb_tables
@@ -270,3 +271,84 @@ def test_checkpoint_of_an_older_hash_is_rekeyed_from_its_ids():
     expected = hash_ids(np.array(ids, dtype=object), 0).tolist()
     assert proj.previous["embeddings"].sample.keys.tolist() == expected
     assert proj._restored_pending[0]["sample"]["keys"].tolist() == expected
+
+
+# -- precision, id types, layer shapes: the same exact outputs ------------------------------
+class HalfDigits(DigitsModel):
+    """Labels and a score come out in the autocast dtype too (bf16 under bf16-mixed)."""
+
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict:
+        out = super().validation_step(batch, batch_idx)
+        out["score"] = out["embeddings"].sum(dim=1)  # bf16 / fp16 metadata
+        return out
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
+def test_mixed_precision_fits(tmp_path, precision):
+    t, rec = fit(tmp_path, projector(metadata_keys=["score"]), model=HalfDigits(),
+                 precision=precision)
+    check_local(tmp_path, numbered(rec.runs))
+    assert read_projections(tmp_path)["score"].map(type).eq(float).all()
+
+
+class IdDigits(torch.utils.data.Dataset):
+    """Digits with string ids of mixed widths: short and long names, UUIDs, zero-padded."""
+
+    def __init__(self) -> None:
+        import uuid
+
+        self.x, self.y = digits_tensors(N_VAL)
+        rng = np.random.default_rng(0)
+        self.ids = [
+            ("img_7" if i == 0 else f"img_{10_000 + i}") if i % 3 == 0
+            else str(uuid.UUID(bytes=rng.bytes(16), version=4)) if i % 3 == 1
+            else f"{i:06d}"
+            for i in range(N_VAL)
+        ]
+
+    def __len__(self) -> int:
+        return N_VAL
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"x": self.x[i], "y": self.y[i], "id": self.ids[i]}
+
+
+def test_string_ids_of_mixed_widths_uuids_and_zero_padding(tmp_path):
+    data = IdDigits()
+    train, _ = loaders(N_TRAIN, N_VAL, batch_size=BATCH, dict_batches=True)
+    rec = Recorder()
+    t = trainer(tmp_path, [projector(id_key="id"), rec], max_epochs=2)
+    t.fit(DigitsModel(dict_batches=True), train, DataLoader(data, batch_size=BATCH))
+    check_local(tmp_path, numbered(rec.runs))
+    df = read_projections(tmp_path)
+    for _, run in df.groupby("val_index"):
+        assert sorted(run["sample_id"]) == sorted(data.ids)  # every id whole, as a string
+    assert "000002" in set(df["sample_id"])
+
+
+class LayerShapes(DigitsModel):
+    """A (B, T, D) sequence layer and a (B, C, H, W) feature map after the encoder."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seq = torch.nn.Identity()
+        self.fmap = torch.nn.Identity()
+
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict:
+        x, y = batch
+        z = self.encoder(x)
+        self.seq(z.view(-1, 4, 4))  # 4 tokens of 4 dims
+        self.fmap(x.view(-1, 1, 8, 8).expand(-1, 3, 8, 8) * z[:, :3, None, None])
+        return {"loss": torch.nn.functional.cross_entropy(self.head(z), y), "labels": y}
+
+
+@pytest.mark.parametrize("pooling, dims", [
+    ("auto", {"seq": 4, "fmap": 3}), ("mean", {"seq": 4, "fmap": 3}),
+    ("max", {"seq": 4, "fmap": 3}), ("flatten", {"seq": 16, "fmap": 192}),
+])
+def test_sequence_and_feature_map_layers(tmp_path, pooling, dims):
+    proj = projector(layers=["seq", "fmap"], pooling=pooling, clusters=None)
+    t, rec = fit(tmp_path, proj, model=LayerShapes())
+    for name, dim in dims.items():
+        assert runs(tmp_path, name) == numbered(rec.runs)
+        assert proj.previous[name].sample.embeddings.shape == (N_VAL, dim)
