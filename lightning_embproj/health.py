@@ -160,6 +160,17 @@ def linear_cka(X: np.ndarray, Y: np.ndarray) -> float:
     return float(hsic / (nx * ny))
 
 
+def _previous_run(prev_keys: Any, X_prev: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The previous run's checked keys and matrix (one key per row)."""
+    Xp = as_matrix(X_prev, "X_prev")
+    pk = check_keys(prev_keys, "prev_keys")
+    if pk.size != Xp.shape[0]:
+        raise ValueError(
+            f"prev_keys has {pk.size} entries, X_prev has {Xp.shape[0]} rows: must match"
+        )
+    return pk, Xp
+
+
 def health_metrics(
     keys: np.ndarray | Sequence[int],
     X: np.ndarray,
@@ -183,12 +194,7 @@ def health_metrics(
     out = {"health/rankme": rankme(X), "health/uniformity": uniformity(X)}
     cka = math.nan
     if prev_keys is not None and X_prev is not None:
-        Xp = as_matrix(X_prev, "X_prev")
-        pk = check_keys(prev_keys, "prev_keys")
-        if pk.size != Xp.shape[0]:
-            raise ValueError(
-                f"prev_keys has {pk.size} entries, X_prev has {Xp.shape[0]} rows: must match"
-            )
+        pk, Xp = _previous_run(prev_keys, X_prev)
         ip, ic = shared_rows(pk, keys)
         if ip.size >= 2:
             cka = linear_cka(Xp[ip], X[ic])
@@ -305,12 +311,7 @@ def per_label_table(
 
     shift = np.full(n_cls, math.nan)
     if prev_keys is not None and X_prev is not None:
-        Xp = as_matrix(X_prev, "X_prev")
-        pk = check_keys(prev_keys, "prev_keys")
-        if pk.size != Xp.shape[0]:
-            raise ValueError(
-                f"prev_keys has {pk.size} entries, X_prev has {Xp.shape[0]} rows: must match"
-            )
+        pk, Xp = _previous_run(prev_keys, X_prev)
         if Xp.shape[1] != X.shape[1]:
             raise ValueError(f"X_prev has {Xp.shape[1]} dims, X has {X.shape[1]}: must match")
         ip, ic = shared_rows(pk, keys)
