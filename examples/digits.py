@@ -74,7 +74,8 @@ class Classifier(pl.LightningModule):
 
 def run(out: str | Path, *, epochs: int = 8, max_samples: int = 1000, seed: int = 0,
         reducers: tuple[str, ...] = ("pca", "tsne"), use_wandb: bool = True) -> Path:
-    """Train for ``epochs`` with the projector attached; returns the log dir holding ``embproj/``.
+    """Train for ``epochs`` with the projector attached; returns the folder holding ``embproj/``
+    (``projector.root``: ``out``, or with W&B ``out/<project>/<run id>``).
 
     The validation split is the same for every ``seed`` (the seed changes the model's
     initialisation and the training order), so two runs track the same ids and can be
@@ -109,7 +110,7 @@ def run(out: str | Path, *, epochs: int = 8, max_samples: int = 1000, seed: int 
 
         print(f"W&B run files:   {logger.experiment.dir}")
         wandb.finish()
-    return out
+    return Path(projector.root)
 
 
 def main() -> None:
@@ -136,7 +137,7 @@ def main() -> None:
     if view.exists():
         print(f"view:            {view}")
     if not args.no_wandb and os.environ.get("WANDB_MODE") == "offline":
-        print(f"upload later with: wandb sync {out / 'wandb'}")
+        print(f"upload later with: wandb sync {Path(args.out) / 'wandb'}")
     print("compare two runs: python -m lightning_embproj compare RUN_A RUN_B --output report")
 
 
