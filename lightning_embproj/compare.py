@@ -137,6 +137,30 @@ def plot_epochs(points: Any, metrics: Any | None, path: Path, *, epochs: Sequenc
     return path
 
 
+LINEAGE_SUMMARY_FILE = "lineage_summary.csv"
+
+
+def lineage_summary(lineage: Any) -> Any:
+    """One row per validation run: ``val_index``, ``epoch``, ``step``, the number of clusters,
+    and how many clusters survived, merged, split (each split cluster once), emerged, vanished.
+
+    Example:
+        >>> lineage_summary(read_lineage("logs"))          # doctest: +SKIP
+           val_index  epoch  step  clusters  survive  merge  split  emerge  vanish
+    """
+    import pandas as pd
+
+    from lightning_embproj.lineage import EVENTS, event_counts
+
+    rows = []
+    for (v, e, s), group in lineage.groupby(["val_index", "epoch", "step"], sort=True):
+        records = group.to_dict("records")
+        clusters = {r["cluster"] for r in records if r["event"] != "vanish"}
+        rows.append({"val_index": v, "epoch": e, "step": s, "clusters": len(clusters),
+                     **event_counts(records)})
+    return pd.DataFrame(rows, columns=["val_index", "epoch", "step", "clusters", *EVENTS])
+
+
 def _warn(message: str) -> None:
     warnings.warn(message, stacklevel=3)
 
@@ -145,7 +169,8 @@ def compare(log_dir: str | os.PathLike[str], output: str | os.PathLike[str],
             name: str | None = None, epochs: Sequence[int] | None = None,
             reducer: str | None = None, *, max_runs: int = 50,
             on_skip: Callable[[str], None] = _warn) -> list[Path]:
-    """Write ``view.html`` and ``compare_<reducer>.png`` per embedding set; returns the paths.
+    """Write ``view.html`` and ``compare_<reducer>.png`` per embedding set, and with clusters
+    ``lineage_summary.csv`` (:func:`lineage_summary`); returns the paths.
 
     A set that lacks the asked reducer or epochs gets its view but no PNG (``on_skip`` says
     why); only when no set has them is it an error.
@@ -197,10 +222,15 @@ def compare(log_dir: str | os.PathLike[str], output: str | os.PathLike[str],
         folder = Path(output) / set_name
         title = f"{set_name} \u2014 {root.name}"
         view = folder / VIEW_FILE
+        lineage = read_lineage_or_none(path, arg)
         atomic_write_text(view, render_view(points, metrics, title=title, max_runs=max_runs,
-                                            lineage=read_lineage_or_none(path, arg),
+                                            lineage=lineage,
                                             images=read_images(_folder(path, arg))))
         written.append(view)
+        if lineage is not None:
+            summary = folder / LINEAGE_SUMMARY_FILE
+            atomic_write_text(summary, lineage_summary(lineage).to_csv(index=False))
+            written.append(summary)
         if problem:
             on_skip(f"compare: no PNG for set {set_name!r}: {problem}")
             continue

@@ -10,6 +10,7 @@ from typing import Any
 
 import lightning.pytorch as L
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from digits import DigitsModel, loaders, trainer, wandb_tables
@@ -116,6 +117,17 @@ def test_split_then_merge_gives_exactly_those_events(tmp_path, method, kw):
     payload = build_payload(points, metrics, title="t", lineage=read_lineage(tmp_path))
     assert payload["lineage"] is not None
     assert len(payload["lineage"]["nodes"]["label"]) == sum([4, 4, 5, 5, 4, 4])
+    # compare summarises the lineage per run
+    from lightning_embproj.compare import compare
+
+    written = compare(tmp_path, tmp_path / "report", on_skip=lambda message: None)
+    summary = pd.read_csv(tmp_path / "report" / "embeddings" / "lineage_summary.csv")
+    assert any(p.name == "lineage_summary.csv" for p in written)
+    events = ["clusters", "survive", "merge", "split", "emerge", "vanish"]
+    assert summary[events].values.tolist() == [
+        [4, 0, 0, 0, 4, 0], [4, 4, 0, 0, 0, 0], [5, 3, 0, 1, 0, 0],
+        [5, 5, 0, 0, 0, 0], [4, 3, 1, 0, 0, 0], [4, 4, 0, 0, 0, 0],
+    ]
 
 
 def test_frozen_model_only_survives(tmp_path, wandb_offline):
