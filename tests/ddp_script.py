@@ -114,7 +114,7 @@ def alone_in_group(out: str) -> None:
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"file://{os.path.join(out, 'alone_init')}",
-                            rank=0, world_size=2, timeout=datetime.timedelta(seconds=30))
+                            rank=0, world_size=2, timeout=datetime.timedelta(seconds=180))
     try:
         n_val, max_samples, batch_size = ALONE
         L.seed_everything(0, workers=True, verbose=False)
@@ -145,3 +145,10 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    # With torch 2.13, gloo's threads now and then abort a finished process at interpreter exit
+    # ("terminate called without an active exception", signal 6; seen in about one run in
+    # three, also before this project's DDP changes). Every result is written by now: leave
+    # without running C++ destructors, so the exit code is the script's own.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
