@@ -124,7 +124,7 @@ def test_dict_of_uneven_loaders_holds_every_sample_once_per_loader(ddp_out, tmp_
 def test_single_device_fit_inside_a_process_group_projects_alone(tmp_path):
     """A sweep (torchrun, Ray) initialised a process group of 2; the script is rank 0 and fits
     on one device, this test process is rank 1 and never joins a collective. A collective
-    started by the projector would time out after 30 s and fail the fit."""
+    started by the projector would time out after 180 s and fail the fit."""
     import torch.distributed as dist
 
     process = subprocess.Popen(
