@@ -33,6 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from bench_metrics import data  # the same labelled blobs and a drifted copy
 
 from lightning_embproj import neighbours
 from lightning_embproj.clusters import ClusterChain, cluster_points
@@ -44,15 +45,6 @@ from lightning_embproj.health import (
 )
 from lightning_embproj.lineage import lineage_events
 from lightning_embproj.reduce import reduce, warm_init
-
-
-def data(n: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, 10, n)
-    centres = rng.normal(size=(10, dim)) * 1.5
-    X0 = (centres[y] + rng.normal(size=(n, dim))).astype(np.float32)
-    X1 = (X0 + 0.2 * rng.normal(size=(n, dim))).astype(np.float32)
-    return X0, X1, y
 
 
 def timed(fn: Callable[[], Any], repeat: int = 1) -> tuple[float, Any]:

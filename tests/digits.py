@@ -14,6 +14,19 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 
+def load_example() -> Any:
+    """The demo script ``examples/digits.py`` as a module (its ``run()`` trains the real thing)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "digits.py"
+    spec = importlib.util.spec_from_file_location("digits_example", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def digits_tensors(n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     data = load_digits()
     x = torch.tensor(data.data[:n], dtype=torch.float32) / 16.0

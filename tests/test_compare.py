@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 from browser import launch_chromium
+from digits import load_example
 
 from lightning_embproj.__main__ import main
 from lightning_embproj.compare import (
@@ -184,14 +183,6 @@ def test_two_runs_without_shared_ids_are_refused(
         main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--output",
               str(tmp_path / "out"), "--epoch", "9"])
     assert "epoch 9 not in run A" in capsys.readouterr().err
-
-
-def load_example() -> Any:
-    spec = importlib.util.spec_from_file_location("digits_example", REPO / "examples" / "digits.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.slow

@@ -9,7 +9,6 @@ docs/images/view.png from a real run of examples/digits.py.
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import os
 import re
@@ -21,6 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from browser import launch_chromium
+from digits import load_example
 
 from lightning_embproj.sinks import local
 from lightning_embproj.sinks.local import read_metrics, read_projections, write_projection
@@ -427,14 +427,6 @@ def test_view_3d_and_no_labels_in_browser(tmp_path: Path, browser: Any) -> None:
 
 
 # ----------------------------------------------------------------------------- screenshot
-
-
-def load_example() -> Any:
-    spec = importlib.util.spec_from_file_location("digits_example", REPO / "examples" / "digits.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.slow
