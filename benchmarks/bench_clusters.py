@@ -28,12 +28,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import time
-from collections.abc import Callable
-from typing import Any
 
 import numpy as np
-from bench_metrics import data  # the same labelled blobs and a drifted copy
+from bench_metrics import data, timed  # the same blobs, drifted copy and best-of timer
 
 from lightning_embproj import neighbours
 from lightning_embproj.clusters import ClusterChain, cluster_points
@@ -45,15 +42,6 @@ from lightning_embproj.health import (
 )
 from lightning_embproj.lineage import lineage_events
 from lightning_embproj.reduce import reduce, warm_init
-
-
-def timed(fn: Callable[[], Any], repeat: int = 1) -> tuple[float, Any]:
-    best, out = float("inf"), None
-    for _ in range(repeat):
-        t = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t)
-    return best, out
 
 
 def run(n: int, dim: int, repeat: int) -> dict[str, float]:
