@@ -29,6 +29,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from lightning_embproj.clusters import shared_rows
 from lightning_embproj.neighbours import (
     SILHOUETTE_MAX_POINTS,
     Device,
@@ -179,10 +180,9 @@ def mean_displacement(prev_layout: np.ndarray, layout: np.ndarray, normalize: bo
 
 def _shared_rows(current: Projection, previous: Projection) -> tuple[np.ndarray, np.ndarray]:
     """Row indices of the keys present in both epochs, in the current epoch's row order."""
-    cur, prev = np.asarray(current.sample.keys), np.asarray(previous.sample.keys)
-    _, ic, ip = np.intersect1d(cur, prev, return_indices=True)
-    order = np.argsort(ic)  # current order, so the current kNN comes from the memo
-    return ic[order], ip[order]
+    # current order, so the current kNN comes from the memo
+    ip, ic = shared_rows(np.asarray(previous.sample.keys), np.asarray(current.sample.keys))
+    return ic, ip
 
 
 def _drift_overlap(
