@@ -325,8 +325,7 @@ class EmbeddingProjector(CallbackBase):
             previous = self.previous.get(sample.name)
             projection = project_epoch(
                 sample, epoch, step, previous, self.settings, self.warn,
-                n_jobs=self.worker.job_threads() if self.worker.training_over
-                else self.options.n_jobs,
+                n_jobs=self._threads,
                 device=self._metrics_device,
             )
             projection.val_index = val_index
@@ -353,6 +352,11 @@ class EmbeddingProjector(CallbackBase):
                 self._guarded(
                     f"sink:{sink_name}", f"writing to {sink_name}", partial(write, projection)
                 )
+
+    def _threads(self) -> int:
+        """Threads a job may use now: the ``n_jobs`` option while training runs, every core
+        once it is over (read again during a run, so a queued t-SNE speeds up at the end)."""
+        return self.worker.job_threads() if self.worker.training_over else self.options.n_jobs
 
     def _finish_sinks(self) -> None:
         for sink_name, finish in self._sinks.finishers:

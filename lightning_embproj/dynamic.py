@@ -30,10 +30,13 @@ import numpy as np
 from lightning_embproj.align import procrustes_align
 from lightning_embproj.reduce import (
     _TSNE_PCA_DIMS,
+    Threads,
     _effective_perplexity,
     pca,
+    threads_now,
     tsne,
     tsne_gradient_method,
+    tsne_neighbors,
     warm_init,
 )
 
@@ -81,7 +84,7 @@ def _keys(name: str, keys: Any, n: int) -> np.ndarray:
 
 def _descend(
     Y: np.ndarray, P: Any, Pc: Any, ref: np.ndarray, n_iter: int, method: str,
-    frozen: np.ndarray, n_jobs: int,
+    frozen: np.ndarray, n_jobs: Threads,
 ) -> np.ndarray:
     """openTSNE's gradient descent (momentum 0.8, gains, steps clipped at 5, learning rate N)
     on the KL gradient of ``P`` plus the attraction of ``Pc`` towards the fixed ``ref``.
@@ -98,14 +101,15 @@ def _descend(
     gains = np.ones_like(Y)
     lr = float(len(Y))
     for _ in range(n_iter):
+        threads = threads_now(n_jobs)
         _, grad = objective(
             Y, P, dof=1, bh_params={"theta": 0.5},
             fft_params={"n_interpolation_points": 3, "min_num_intervals": 50,
                         "ints_in_interval": 1},
-            n_jobs=n_jobs,
+            n_jobs=threads,
         )
         _tsne.estimate_positive_gradient_nn(
-            Pc.indices, Pc.indptr, Pc.data, Y, ref, grad, 1, num_threads=n_jobs,
+            Pc.indices, Pc.indptr, Pc.data, Y, ref, grad, 1, num_threads=threads,
             should_eval_error=False,
         )
         flip = np.sign(update) != np.sign(grad)
@@ -128,7 +132,7 @@ def tsne_next(
     *,
     perplexity: float = 30.0,
     random_state: int = 0,
-    n_jobs: int = 1,
+    n_jobs: Threads = 1,
     anchor: float = ANCHOR,
     spread_power: float = SPREAD_POWER,
 ) -> np.ndarray:
@@ -204,12 +208,13 @@ def tsne_next(
     else:
         Z, Zp = X, Xp
     own = PerplexityBasedNN(
-        Z, perplexity=_effective_perplexity(perplexity, n), method="auto",
-        random_state=random_state, n_jobs=n_jobs, verbose=False,
+        Z, perplexity=_effective_perplexity(perplexity, n), method=tsne_neighbors(n),
+        random_state=random_state, n_jobs=threads_now(n_jobs), verbose=False,
     ).P
     cross = PerplexityBasedNN(
-        Zp, perplexity=_effective_perplexity(perplexity, len(Zp)), method="auto",
-        random_state=random_state, n_jobs=n_jobs, verbose=False,
+        Zp, perplexity=_effective_perplexity(perplexity, len(Zp)),
+        method=tsne_neighbors(len(Zp)), random_state=random_state,
+        n_jobs=threads_now(n_jobs), verbose=False,
     ).to_new(Z, perplexity=_effective_perplexity(perplexity, len(Zp)))
     # own sums to 1 over all N^2 entries, cross to 1 per row: bring both to ~1/N per row.
     P = (own * (1.0 - anchor)).tocsr()

@@ -22,7 +22,7 @@ import numpy as np
 
 from lightning_embproj.align import procrustes_align
 from lightning_embproj.dynamic import tsne_next
-from lightning_embproj.reduce import prepare, reduce, warm_init
+from lightning_embproj.reduce import Threads, prepare, reduce, warm_init
 from lightning_embproj.score import epoch_metrics
 from lightning_embproj.types import EpochSample, Projection
 
@@ -50,15 +50,16 @@ def project_epoch(
     previous: Projection | None,
     settings: ReduceSettings,
     warn: Callable[[str, str], None] = _no_warn,
-    n_jobs: int = 1,
+    n_jobs: Threads = 1,
     device: str | None = None,
 ) -> Projection:
     """Reduce ``sample`` with every reducer, align each layout with ``previous``, score it.
 
     A reducer that fails is left out of this run (one warning); the others and the metrics are
     still computed. t-SNE and UMAP start from the previous run's layout when there is one. One
-    PCA serves the PCA reducer and t-SNE's PCA-to-50. ``n_jobs``: t-SNE threads (1 while
-    training, every core after it). ``device``: where the metrics pass runs (None: numpy).
+    PCA serves the PCA reducer and t-SNE's PCA-to-50. ``n_jobs``: t-SNE threads, or a function
+    giving them (read again during a run: 1 while training, every core after it).
+    ``device``: where the metrics pass runs (None: numpy).
     """
     X = prepare(np.asarray(sample.embeddings, dtype=np.float32), settings.reducers)
     layouts: dict[str, np.ndarray] = {}

@@ -314,6 +314,50 @@ def test_tsne_fft_path_and_n_jobs(
         R.reduce("tsne", X, 2, n_jobs=0)
 
 
+def test_tsne_reads_a_thread_function_between_chunks(
+    digits: tuple[np.ndarray, np.ndarray],
+) -> None:
+    """A run that starts on one thread takes two once its function says so (training ended),
+    and the layout is the fixed-thread one: only the speed changes."""
+    X = digits[0]
+    calls: list[int] = []
+
+    def threads() -> int:
+        calls.append(1)
+        return 1 if len(calls) < 4 else 2
+
+    switched = R.tsne(X, 2, n_jobs=threads)
+    fixed = R.tsne(X, 2, n_jobs=1)
+    # 500 rows: 125 + 250 iterations in chunks of 50 -> 3 + 5 chunks, plus the affinities.
+    assert len(calls) == 1 + 3 + 5
+    np.testing.assert_allclose(switched, fixed, atol=1e-6 * np.abs(fixed).max())
+    with pytest.raises(ValueError, match=r"n_jobs must be .* or a function returning one, "
+                                         r"got 'all'"):
+        R.tsne(X, 2, n_jobs=lambda: "all")  # type: ignore[arg-type,return-value]
+
+
+def test_tsne_cold_iterations_and_neighbours_by_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Up to 5,000 rows a cold run is 125 + 250 iterations, 250 + 500 above; exact kNN up to
+    50,000 rows (as the measurements in reduce.py say)."""
+    import openTSNE
+
+    seen: list[tuple[int, int, str]] = []
+    real = openTSNE.TSNE.prepare_initial
+
+    def spy(self: openTSNE.TSNE, *args: object, **kwargs: object) -> object:
+        seen.append((self.early_exaggeration_iter, self.n_iter, self.neighbors))
+        return real(self, *args, **kwargs)
+
+    assert R.tsne_neighbors(50_000) == "exact" and R.tsne_neighbors(50_001) == "annoy"
+    monkeypatch.setattr(openTSNE.TSNE, "prepare_initial", spy)
+    X = np.random.default_rng(0).normal(size=(120, 5))
+    R.tsne(X, 2)
+    monkeypatch.setattr(R, "_TSNE_SHORT_COLD_MAX_ROWS", 100)
+    monkeypatch.setattr(R, "_TSNE_EXACT_KNN_MAX_ROWS", 100)
+    R.tsne(X, 2)
+    assert seen == [(125, 250, "exact"), (250, 500, "annoy")]
+
+
 def test_tsne_3d(digits: tuple[np.ndarray, np.ndarray]) -> None:
     X, y = digits[0][:200], digits[1][:200]
     out = R.tsne(X, 3)
