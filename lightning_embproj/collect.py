@@ -55,7 +55,7 @@ from lightning_embproj.extract import (
 )
 from lightning_embproj.options import ProjectorOptions
 from lightning_embproj.sample import derived_ids, hash_ids, hash_ids_torch
-from lightning_embproj.schedule import NEVER, Schedule, schedule_for
+from lightning_embproj.schedule import Schedule, schedule_for
 from lightning_embproj.types import EpochSample
 from lightning_embproj.warn import ProjectorWarning
 
@@ -317,26 +317,26 @@ class Collector:
         schedule, end = self._schedule, start + n
         if dl != self._schedule_dl or n > k or not schedule.ensure(end):
             return False
-        threshold = schedule.threshold_before(start)
-        # The rows the streaming buffer would look at: NaN among them is counted and changes
-        # which rows stay, so that batch streams instead.
-        looked = (np.arange(n) if threshold == NEVER
-                  else (schedule.keys[start:end] < threshold).nonzero()[0])
+        plan = schedule.plan(start, end)
         candidates = {}
         for name, vec in vectors.items():
-            candidates[name] = looked_rows = self._take(vec, looked)
-            # One sum instead of a test per value: NaN / Inf propagate; a finite overflow only
-            # sends the batch down the streaming path, which tests every row.
-            if not np.isfinite(looked_rows.sum(dtype=np.float64)):
+            # Only the rows the streaming buffer would look at: a NaN / Inf among them is
+            # counted and changes which rows stay, so that batch streams instead. One sum
+            # instead of a test per value (NaN / Inf propagate; a finite overflow only sends
+            # the batch down the streaming path, which tests every row).
+            whole = _host_view(vec) if plan.looked is None else None
+            candidates[name] = looked = (
+                whole if whole is not None
+                else self._take(vec, np.arange(n) if plan.looked is None else plan.looked)
+            )
+            if not np.isfinite(looked.sum()):
                 return False
-        local, slots, keys = schedule.kept(start, end)
-        inside = np.searchsorted(looked, local)
-        shared = {_ID: schedule.ids(local + start), _DL: np.full(local.size, dl, dtype=np.int64)}
-        if local.size:
-            shared.update(self._metadata_rows(metadata, local))
+        shared = {_ID: plan.ids, _DL: plan.dataloader}
+        if plan.local.size:
+            shared.update(self._metadata_rows(metadata, plan.local))
         for name in vectors:
-            rows = {EMBEDDINGS: candidates[name][inside], **shared}
-            self.buffers[name].place(slots, keys, rows, count=min(k, end))
+            rows = {EMBEDDINGS: candidates[name][plan.inside], **shared}
+            self.buffers[name].place(plan.slots, plan.keys, rows, count=min(k, end))
         return True
 
     # -- device: fixed shapes, no host sync -----------------------------------------------------
@@ -463,6 +463,16 @@ class Collector:
                 dataloader_idx=dl if several_loaders else None,
             )
         return out
+
+
+def _host_view(value: Any) -> np.ndarray | None:
+    """A float numpy view of a host array or CPU tensor (no copy); None for anything else."""
+    if isinstance(value, np.ndarray):
+        return value if value.dtype.kind == "f" else None
+    if (hasattr(value, "detach") and value.device.type == "cpu"
+            and str(value.dtype) in ("torch.float32", "torch.float64")):
+        return value.detach().numpy()
+    return None
 
 
 def _as_labels(value: Any, key: Key) -> Any:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import heapq
 from collections import OrderedDict
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -39,6 +40,28 @@ _FIRST_CHUNK = 4096
 _BLOCK = 512
 _CACHE: OrderedDict[tuple[int, int, int, int, int], Schedule] = OrderedDict()
 _CACHE_SIZE = 8
+# Batch plans kept per schedule (a validation run's batches recur in every run of the fit);
+# each holds a few int64 arrays of the rows its batch looks at and keeps.
+_PLANS = 16_384
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """What batch ``[start, end)`` does to the buffer, the same in every run of a fit.
+
+    ``looked``: the rows the streaming buffer would look at (None: all rows of the batch);
+    ``inside``: the kept rows' positions within ``looked`` (within the batch when None);
+    ``local``, ``slots``, ``keys``, ``ids``: the kept rows in the batch, their buffer slots,
+    keys and derived ids; ``dataloader``: the loader index once per kept row.
+    """
+
+    looked: np.ndarray | None
+    inside: np.ndarray
+    local: np.ndarray
+    slots: np.ndarray
+    keys: np.ndarray
+    ids: np.ndarray
+    dataloader: np.ndarray
 
 
 class Schedule:
@@ -68,6 +91,7 @@ class Schedule:
         self.table = np.empty((0, 3), dtype=np.int64)
         self.entries = 0
         self._heap: list[tuple[int, int]] = []  # (-key, entry index): the largest kept key first
+        self._plans: dict[tuple[int, int], BatchPlan] = {}
 
     def ids(self, positions: np.ndarray) -> np.ndarray:
         """The derived ids of local positions (the sample's index in the dataset)."""
@@ -144,6 +168,36 @@ class Schedule:
         alive = block[:, _LEAVE] >= end
         kept = block[alive]
         return self.pos[lo:hi][alive] - start, kept[:, _SLOT], kept[:, _KEY]
+
+
+    def plan(self, start: int, end: int) -> BatchPlan:
+        """The :class:`BatchPlan` of batch ``[start, end)``, worked out once and then cached.
+        Requires :meth:`ensure` ``(end)``.
+
+        Example:
+            >>> s = Schedule(k=2, dataloader_idx=0)
+            >>> p = s.plan(0, 5)
+            >>> p.looked is None, p.local.tolist() == p.inside.tolist(), s.plan(0, 5) is p
+            (True, True, True)
+        """
+        found = self._plans.get((start, end))
+        if found is not None:
+            return found
+        local, slots, keys = self.kept(start, end)
+        threshold = self.threshold_before(start)
+        if threshold == NEVER:
+            looked, inside = None, local
+        else:
+            looked = np.flatnonzero(self.keys[start:end] < threshold)
+            inside = np.searchsorted(looked, local)
+        found = BatchPlan(looked, inside, local, slots, keys, self.ids(local + start),
+                          np.full(local.size, self.dl, dtype=np.int64))
+        for array in vars(found).values():
+            if array is not None:
+                array.flags.writeable = False  # shared by every run: nobody may change it
+        if len(self._plans) < _PLANS:
+            self._plans[(start, end)] = found
+        return found
 
 
 def schedule_for(k: int, dataloader_idx: int, rank: int = 0, world_size: int = 1,

@@ -540,6 +540,39 @@ def test_schedule_holds_the_streaming_buffer_state_after_every_batch(
     assert len(streaming) == min(k, share)
 
 
+@pytest.mark.parametrize(
+    ("nan_at", "streams"), [([], False), ([3], True), ([900, 1500], False), ([5, 1999], True)]
+)
+def test_scheduled_path_keeps_what_streaming_keeps_in_every_run(nan_at, streams):
+    """Derived ids (the schedule's cached batch plans) vs the same ids given by `id_key`
+    (streaming): identical samples and non-finite counts, run after run, with NaN rows early
+    (every row looked at: the collector streams from there on) or only in rows whose keys
+    could not enter (900 and 1500 here: it stays on the schedule)."""
+    rows, k, batch = 2000, 100, 64  # the schedule takes batches of at most k rows
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(rows, 5, generator=gen)
+    labels = torch.arange(rows) % 7
+    for i in nan_at:
+        z[i, 2] = float("nan")
+
+    def run(id_key: str | None) -> tuple[dict[str, list], int]:
+        c = Collector(ProjectorOptions(max_samples=k, id_key=id_key, label_key="y"))
+        for start in range(0, rows, batch):
+            end = min(rows, start + batch)
+            outputs = {"y": labels[start:end], "id": torch.arange(start, end)}
+            c.add_batch({"embeddings": z[start:end]}, outputs, None, 0)
+        assert c._streaming == (id_key is None and streams)
+        s = c.samples()["embeddings"]
+        order = np.argsort(s.keys)
+        return ({"ids": [s.sample_ids[i] for i in order], "labels": s.labels[order].tolist(),
+                 "emb": s.embeddings[order].tolist()}, c.nonfinite)
+
+    streamed = run("id")
+    for _ in range(3):  # the first run builds the plans, the later ones reuse them
+        assert run(None) == streamed
+    assert all(i not in streamed[0]["ids"] for i in nan_at)
+
+
 def test_buffer_place_then_streaming_continues_from_the_placed_rows():
     buf = SampleBuffer(3)
     buf.place(np.array([0, 1, 2]), np.array([30, 10, 20]), {"e": np.arange(3.0)[:, None]}, 3)
