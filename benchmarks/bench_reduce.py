@@ -8,10 +8,11 @@ Parts:
 - ``pca``: the previous ``pca`` (randomized SVD above 1,024 dims, eigh of the D x D covariance
   of a float64 centred copy below) against today's (solver by shape, see ``reduce.pca``), best
   of ``--repeats`` calls, and the largest difference between their layouts.
-- ``run``: what one epoch of ``reducers=["pca", "tsne"]`` costs through :func:`prepare` (one
-  PCA for both): the PCA reducer, t-SNE cold, then the next epoch warm-started from it, with
-  ``n_jobs`` 1 and 2. Data: digits in ``D`` dims (orthonormal map) + noise; the next epoch adds
-  noise (sigma 0.5).
+- ``run``: what one validation run of ``reducers=["pca", "tsne"]`` costs in the background, as
+  the projector does it: ``project_epoch`` (one PCA for both reducers, t-SNE, the metrics pass)
+  for the first run (cold t-SNE) and the next (``tsne_next``), then ``evolve`` (clusters,
+  lineage, health), with ``n_jobs`` 1 and 2. Data: digits in ``D`` dims (orthonormal map) +
+  noise; the next run adds noise (sigma 0.5).
 - ``methods``: openTSNE's Barnes-Hut vs FFT gradient on the warm schedule (cold as well up to
   ``--cold-up-to`` rows); the full cold + warm grid is ``bench_tsne.py --parts methods``.
 
@@ -22,16 +23,20 @@ Times: wall seconds, process CPU seconds in brackets (on a shared machine the CP
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 from bench_tsne import Knn, cpu_timed, forced_method, make_wide
 
 from lightning_embproj import reduce as R
+from lightning_embproj.evolve import EvolveSettings, SetChain, evolve
+from lightning_embproj.pipeline import ReduceSettings, project_epoch
+from lightning_embproj.types import EpochSample
 
 logging.getLogger("openTSNE").setLevel(logging.ERROR)
 
@@ -96,29 +101,61 @@ def part_pca(args: argparse.Namespace) -> None:
 
 
 def part_run(args: argparse.Namespace) -> None:
-    print("One epoch of reducers [pca, tsne] through prepare(); wall s (CPU s), kNN@10")
-    print(f"{'N x D':>13} {'jobs':>4} | {'pca':>14} | {'t-SNE cold':>15} {'knn':>5} | "
-          f"{'t-SNE warm':>15} {'knn':>5} | {'run cold':>8} {'run warm':>8}")
+    print("Per-run background work of reducers [pca, tsne], as the projector runs it: "
+          "project_epoch (one PCA for both,\nt-SNE, metrics) + evolve (clusters, lineage, "
+          "health); wall s (CPU s), t-SNE kNN@10")
+    print(f"{'N x D':>13} {'jobs':>4} | {'first run':>15} {'t-SNE':>6} {'knn':>5} | "
+          f"{'next run':>15} {'t-SNE':>6} {'knn':>5} | {'evolve':>13}")
+    settings = ReduceSettings(["pca", "tsne"])
     for n, d in args.run_shapes:
         X = make_wide(n, d).astype(np.float32)
         X2 = (X + np.random.default_rng(7).normal(0.0, 0.5, X.shape)).astype(np.float32)
         q1, q2 = Knn(X), Knn(X2)
-        keys = np.arange(n)
+        labels = np.arange(n) % 10
+        keys, ids = np.arange(n, dtype=np.int64), list(range(n))
+        s1 = EpochSample("emb", keys, ids, X, labels)
+        s2 = EpochSample("emb", keys, ids, X2, labels)
         for jobs in args.jobs:
-            p1 = R.prepare(X, ["pca", "tsne"])
-            _, tp, cp = cpu_timed(lambda: R.reduce("pca", p1, 2))  # noqa: B023
-            cold, tc, cc = cpu_timed(lambda: R.reduce("tsne", p1, 2, n_jobs=jobs))  # noqa: B023
-            p2 = R.prepare(X2, ["pca", "tsne"])
-            _, tp2, _ = cpu_timed(lambda: R.reduce("pca", p2, 2))  # noqa: B023
-            init = R.warm_init(keys, cold, keys, p2)
-            warm, tw, cw = cpu_timed(
-                lambda: R.reduce("tsne", p2, 2, init=init, n_jobs=jobs)  # noqa: B023
+            with timed_tsne() as t_tsne:
+                first, t1, c1 = cpu_timed(
+                    lambda: project_epoch(s1, 0, 0, None, settings, n_jobs=jobs)  # noqa: B023
+                )
+                nxt, t2, c2 = cpu_timed(
+                    lambda: project_epoch(s2, 1, 1, first, settings, n_jobs=jobs)  # noqa: B023
+                )
+            _, te, ce = cpu_timed(
+                lambda: evolve(nxt, first, SetChain(), EvolveSettings())  # noqa: B023
             )
-            print(f"{n:>6} x {d:<5} {jobs:4d} | {tp:6.2f} ({cp:5.2f}) | {tc:6.1f} ({cc:6.1f}) "
-                  f"{q1(cold):5.3f} | {tw:6.1f} ({cw:6.1f}) {q2(warm):5.3f} | "
-                  f"{tp + tc:8.1f} {tp2 + tw:8.1f}", flush=True)
-    print("run cold = PCA reducer + cold t-SNE (the PCA-to-50 is shared); run warm = the next "
-          "epoch\n")
+            print(f"{n:>6} x {d:<5} {jobs:4d} | {t1:6.1f} ({c1:6.1f}) {t_tsne[0]:6.1f} "
+                  f"{q1(first.layouts['tsne']):5.3f} | {t2:6.1f} ({c2:6.1f}) {t_tsne[1]:6.1f} "
+                  f"{q2(nxt.layouts['tsne']):5.3f} | {te:5.1f} ({ce:5.1f})", flush=True)
+    print("first run: cold t-SNE; next run: dynamic.tsne_next from the first (data + noise "
+          "sigma 0.5);\njobs: t-SNE threads (1 while training runs, every core after it)\n")
+
+
+@contextlib.contextmanager
+def timed_tsne() -> Iterator[list[float]]:
+    """Wall seconds of each t-SNE call made inside the block (cold ``reduce`` or
+    ``tsne_next``), in call order."""
+    import lightning_embproj.pipeline as P
+
+    times: list[float] = []
+    real_reduce, real_next = P.reduce, P.tsne_next
+
+    def timing(fn: Callable[..., Any]) -> Callable[..., Any]:
+        def run(*a: Any, **k: Any) -> Any:
+            t = time.perf_counter()
+            out = fn(*a, **k)
+            if fn is real_next or a[0] == "tsne":
+                times.append(time.perf_counter() - t)
+            return out
+        return run
+
+    P.reduce, P.tsne_next = timing(real_reduce), timing(real_next)
+    try:
+        yield times
+    finally:
+        P.reduce, P.tsne_next = real_reduce, real_next
 
 
 def part_methods(args: argparse.Namespace) -> None:

@@ -227,7 +227,9 @@ def tsne_next(
     init = warm_init(pkeys, ref, keys, Z)
     assert init is not None  # at least _MIN_SHARED keys are shared
     frozen = same if same[ic].all() else np.zeros(n, dtype=bool)
-    Y = _descend(init, P, Pc, ref, _ITERS, tsne_gradient_method(n, n_components), frozen,
+    # A finished layout's extent makes FFT's grid large: the warm choice (Barnes-Hut to 20,000).
+    method = tsne_gradient_method(n, n_components, warm=True)
+    Y = _descend(init, P, Pc, ref, _ITERS, method, frozen,
                  n_jobs)
     s_x, s_xp = _rms(X[ic]), _rms(Xp[ip])
     ratio = (s_x / s_xp) ** spread_power if s_xp > 0.0 and s_x > 0.0 else 1.0
