@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from lightning_embproj import sinks as sink_factory
 from lightning_embproj.capture import LayerCapture
-from lightning_embproj.collect import Collector
+from lightning_embproj.collect import Collector, Placement
 from lightning_embproj.compat import CallbackBase
 from lightning_embproj.evolve import EvolveSettings, SetChain, evolve
 from lightning_embproj.extract import lookup
@@ -152,6 +152,7 @@ class EmbeddingProjector(CallbackBase):
         self._metrics_device: str | None = None
         self._lock = threading.Lock()
         self._collector: Collector | None = None
+        self._placements: dict[int, Placement] = {}  # per loader, for one validation run
         self._capture: LayerCapture | None = None
         self._sinks = sink_factory.Sinks()
         self._is_zero = True
@@ -234,6 +235,7 @@ class EmbeddingProjector(CallbackBase):
         # The sanity check collects too (and logs nothing): a missing key or a bad shape then
         # fails before the first training epoch instead of after it.
         self._run = None
+        self._placements = {}
         if trainer.sanity_checking:
             self._collector = Collector(self.options, warn=self.warn)
             return
@@ -266,7 +268,11 @@ class EmbeddingProjector(CallbackBase):
         else:
             key = self.options.embedding_key
             raw = {key: lookup(key, outputs, batch, "embedding_key")}
-        where = placement(trainer, dataloader_idx, ids_derived=self.options.id_key is None)
+        where = self._placements.get(dataloader_idx)
+        if where is None:  # the same for every batch of a loader in one validation run
+            where = self._placements[dataloader_idx] = placement(
+                trainer, dataloader_idx, ids_derived=self.options.id_key is None
+            )
         self._collector.add_batch(raw, outputs, batch, dataloader_idx, where)
 
     def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:

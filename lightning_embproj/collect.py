@@ -63,7 +63,9 @@ _ID, _LABEL, _DL, _ROW = "__id", "__label", "__dataloader_idx", "__row"
 DEVICE_PATH_ENV = "EMBPROJ_DEVICE_PATH"
 """``1``: collect through the device path even for CPU tensors (tests); ``0``: never."""
 _INT_DTYPES = ("torch.int8", "torch.int16", "torch.int32", "torch.int64", "torch.uint8")
-_HALF = ("torch.bfloat16", "torch.float16")  # numpy has no bfloat16: `take` converts them
+# Tensor dtypes numpy can view without a conversion (filled on first use: torch is imported by
+# then, since tensors arrived): numpy has no bfloat16, `take` converts half tensors.
+_VIEWABLE: dict[str, frozenset[Any]] = {}
 LARGE_BUFFER_BYTES = 256_000_000
 """A set whose buffer may grow past this (``max_samples`` x D x bytes) gets one warning."""
 
@@ -297,8 +299,8 @@ class Collector:
         if isinstance(value, np.ndarray):
             if value.dtype.kind in "biuf":
                 return value[idx]
-        elif (hasattr(value, "detach") and value.device.type == "cpu"
-              and str(value.dtype) not in _HALF):
+        elif (hasattr(value, "detach") and value.dtype in _viewable("numbers")
+              and value.device.type == "cpu"):
             return value.detach().numpy()[idx]
         return take(value, idx, self.options.max_text_length)
 
@@ -324,13 +326,14 @@ class Collector:
             # counted and changes which rows stay, so that batch streams instead. One sum
             # instead of a test per value (NaN / Inf propagate; a finite overflow only sends
             # the batch down the streaming path, which tests every row).
-            whole = _host_view(vec) if plan.looked is None else None
-            candidates[name] = looked = (
-                whole if whole is not None
-                else self._take(vec, np.arange(n) if plan.looked is None else plan.looked)
-            )
+            view = _host_view(vec)
+            if plan.looked is None:
+                looked = view if view is not None else self._take(vec, np.arange(n))
+            else:
+                looked = view[plan.looked] if view is not None else self._take(vec, plan.looked)
             if not np.isfinite(looked.sum()):
                 return False
+            candidates[name] = looked
         shared = {_ID: plan.ids, _DL: plan.dataloader}
         if plan.local.size:
             shared.update(self._metadata_rows(metadata, plan.local))
@@ -465,12 +468,24 @@ class Collector:
         return out
 
 
+def _viewable(kind: str) -> frozenset[Any]:
+    """Torch dtypes a CPU tensor of which numpy views as is: ``"floats"`` or ``"numbers"``."""
+    if not _VIEWABLE:
+        import torch
+
+        floats = frozenset({torch.float32, torch.float64})
+        ints = frozenset({torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8,
+                          torch.bool})
+        _VIEWABLE.update(floats=floats, numbers=floats | ints)
+    return _VIEWABLE[kind]
+
+
 def _host_view(value: Any) -> np.ndarray | None:
     """A float numpy view of a host array or CPU tensor (no copy); None for anything else."""
     if isinstance(value, np.ndarray):
         return value if value.dtype.kind == "f" else None
-    if (hasattr(value, "detach") and value.device.type == "cpu"
-            and str(value.dtype) in ("torch.float32", "torch.float64")):
+    if (hasattr(value, "detach") and value.dtype in _viewable("floats")
+            and value.device.type == "cpu"):
         return value.detach().numpy()
     return None
 
