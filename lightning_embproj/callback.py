@@ -73,7 +73,7 @@ class EmbeddingProjector(CallbackBase):
         max_text_length: longer text cells are truncated.
         seed: random seed of the reducers and of k-means.
         n_jobs: t-SNE threads while training runs (1 leaves the cores to training); once
-            training is over, queued runs use every core.
+            training is over, queued runs use every core, the one in progress too.
         every_n_validations: project every n-th validation run of a ``fit`` / ``validate``.
         pooling: how ``(B, T, D)`` / ``(B, C, H, W)`` embeddings become ``(B, D)``: ``"auto"``
             (mean over T; global average pooling of feature maps), ``"mean"``, ``"max"``,
