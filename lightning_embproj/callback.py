@@ -277,6 +277,8 @@ class EmbeddingProjector(CallbackBase):
 
     def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         collector, self._collector = self._collector, None
+        if collector is not None:
+            collector.check()  # in the sanity check too: a bad mask fails before training
         if collector is None or trainer.sanity_checking or self._run is None:
             return
         val_index, epoch, step = self._run

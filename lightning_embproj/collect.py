@@ -47,6 +47,7 @@ from lightning_embproj.extract import (
     as_ids,
     as_mask,
     check_length,
+    check_masks,
     check_metadata,
     lookup,
     pool,
@@ -111,6 +112,7 @@ class Collector:
         self._host_batches: list[tuple[int, dict[str, Any]]] = []  # (first row, host columns)
         self._layouts: dict[str, ImageLayout | None] = {}
         self._bad: Any = None  # non-finite count on the device
+        self._masks_later: list[Any] = []  # float masks on the device, checked at the end
         self._nonfinite = 0
         self._schedule: Schedule | None = None
         self._schedule_dl = -1
@@ -168,8 +170,13 @@ class Collector:
             value = as_embeddings(value, name)
             mask = None
             if mask_key is not None and value.ndim == 3:
+                # On an accelerator (or the forced device path) a float mask is checked at the
+                # end of the run: checking it here would wait for the device every batch.
+                device = getattr(mask_value, "device", None)
+                later = (self._masks_later if device is not None and hasattr(device, "type")
+                         and (device.type != "cpu" or self.device_path) else None)
                 mask = as_mask(mask_value, mask_key, name, tuple(value.shape),
-                               getattr(value, "device", "cpu"))
+                               getattr(value, "device", "cpu"), later=later)
             vectors[name] = pooled = pool(value, name, options.pooling, mask)
             self._check_dim(name, tuple(value.shape), int(pooled.shape[1]))
         return vectors
@@ -443,8 +450,16 @@ class Collector:
             order.append(picked)
         return np.concatenate(pieces)[np.argsort(np.concatenate(order))]
 
+    def check(self) -> None:
+        """Raise what per-batch checks left for the end of the run (float masks on the device:
+        checking them per batch would wait for the device every batch)."""
+        later, self._masks_later = self._masks_later, []
+        if self.options.mask_key is not None:
+            check_masks(self.options.mask_key, later)
+
     def samples(self) -> dict[str, EpochSample]:
         """The epoch's tracked points per set (empty sets left out)."""
+        self.check()
         if self._mode == "device":
             self._leave_device()
         out = {}

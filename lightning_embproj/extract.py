@@ -174,8 +174,15 @@ def pool(value: Any, name: str, pooling: str, mask: Any = None) -> Any:
     return torch.where((last >= 0)[:, None], out, float("nan"))
 
 
-def as_mask(value: Any, key: Key, name: str, shape: tuple[int, ...], device: Any) -> Any:
+def as_mask(
+    value: Any, key: Key, name: str, shape: tuple[int, ...], device: Any,
+    later: list[Any] | None = None,
+) -> Any:
     """A ``(B, T)`` bool tensor on ``device`` from a bool / 0-1 mask (1 = real token).
+
+    A float mask must hold only 0 and 1. Checking that reads a value back from the mask's device;
+    with ``later`` (a list) it is not read: ``(count of other values, min, max)`` as a tensor on
+    the mask's device is appended instead, for :func:`check_masks` at the end.
 
     Example:
         >>> import torch
@@ -197,13 +204,40 @@ def as_mask(value: Any, key: Key, name: str, shape: tuple[int, ...], device: Any
     mask = value.detach() if _is_tensor(value) else torch.from_numpy(np.asarray(value))
     if mask.dtype == torch.bool:
         return mask.to(device)
-    if mask.is_floating_point() and not bool(((mask == 0) | (mask == 1)).all()):
-        raise ValueError(
-            f"mask_key={key!r}: expected bools or 0/1 values (1 = real token), got values "
-            f"from {float(mask.min())} to {float(mask.max())}; an additive attention mask "
-            f"(0 = keep, -inf = pad) must be turned into one, e.g. `mask == 0`"
-        )
+    if mask.is_floating_point():
+        other = ~((mask == 0) | (mask == 1))
+        if later is not None:
+            if mask.numel():
+                later.append(torch.stack([other.sum().float(), mask.min().float(),
+                                          mask.max().float()]))
+        elif bool(other.any()):
+            _bad_mask(key, float(mask.min()), float(mask.max()))
     return (mask != 0).to(device)
+
+
+def check_masks(key: Key, later: list[Any]) -> None:
+    """Raise the error :func:`as_mask` would have raised for any of the masks it left for later
+    (one read from the device for all of them).
+
+    Example:
+        >>> import torch
+        >>> check_masks("m", [torch.tensor([0.0, 0.0, 1.0])])  # only 0 / 1 seen: no error
+    """
+    if not later:
+        return
+    import torch
+
+    stats = torch.stack(later).cpu()
+    if float(stats[:, 0].sum()) > 0:
+        _bad_mask(key, float(stats[:, 1].min()), float(stats[:, 2].max()))
+
+
+def _bad_mask(key: Key, low: float, high: float) -> None:
+    raise ValueError(
+        f"mask_key={key!r}: expected bools or 0/1 values (1 = real token), got values from "
+        f"{low} to {high}; an additive attention mask (0 = keep, -inf = pad) must be turned "
+        f"into one, e.g. `mask == 0`"
+    )
 
 
 def layer_output(output: Any, layer: str) -> Any:

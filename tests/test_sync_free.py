@@ -264,19 +264,24 @@ def watch_batches(projector: EmbeddingProjector, calls: list[str], monkeypatch) 
 class SeqDigits(DigitsModel):
     """Digits with a sequence layer: each image row is a token, (B, 8, 16), and a token mask."""
 
-    def __init__(self) -> None:
+    def __init__(self, mask_values: tuple[float, float] | None = None) -> None:
         super().__init__(dict_batches=True)
         self.tokens = nn.Linear(8, 16)
+        self.mask_values = mask_values  # a float mask of these (pad, real) values; None: bool
 
     def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict:
         out = super().validation_step(batch, batch_idx)
         x = batch["x"]
         self.tokens(x.view(-1, 8, 8))
-        out["mask"] = x.view(-1, 8, 8).sum(dim=2) > 0.5
+        out["mask"] = real = x.view(-1, 8, 8).sum(dim=2) > 0.5
+        if self.mask_values is not None:
+            pad, value = self.mask_values
+            out["mask"] = torch.where(real, value, pad)
         return out
 
 
-def _fit(tmp_path, monkeypatch, path: str, calls: list[str]) -> list[tuple[Any, dict]]:
+def _fit(tmp_path, monkeypatch, path: str, calls: list[str],
+         mask_values: tuple[float, float] | None = None) -> list[tuple[Any, dict]]:
     monkeypatch.setenv("EMBPROJ_DEVICE_PATH", path)
     recorded: list[tuple[Any, dict]] = []
 
@@ -299,7 +304,7 @@ def _fit(tmp_path, monkeypatch, path: str, calls: list[str]) -> list[tuple[Any, 
     watch_batches(proj, calls, monkeypatch)
     L.seed_everything(0, verbose=False)
     t = trainer(tmp_path / path, [proj], max_epochs=2, precision="bf16-mixed")
-    t.fit(SeqDigits(), train, val)
+    t.fit(SeqDigits(mask_values), train, val)
     return recorded
 
 
@@ -328,3 +333,40 @@ def test_real_bf16_fit_makes_no_host_sync_in_batches_and_matches_the_host_path(
                 np.testing.assert_array_equal(a.metadata[col], b.metadata[col])
             assert a.metadata["text"][0].startswith("digit ")
             assert a.metadata["image"].dtype == np.uint8
+
+
+def test_a_float_mask_on_the_device_costs_no_sync_and_gives_the_bool_masks_sample(
+    tmp_path, monkeypatch
+):
+    calls: list[str] = []
+    floats = _fit(tmp_path / "float", monkeypatch, "1", calls, mask_values=(0.0, 1.0))
+    assert calls == []
+    bools = _fit(tmp_path / "bool", monkeypatch, "1", [])
+    for (_, f), (_, b) in zip(floats, bools, strict=True):
+        for name in ("encoder", "tokens"):
+            np.testing.assert_array_equal(f[name].embeddings, b[name].embeddings)
+
+
+def test_a_bad_float_mask_on_the_device_fails_at_the_end_of_the_sanity_check(
+    tmp_path, monkeypatch
+):
+    """Checked once per run instead of per batch, but still before training starts, with the
+    message the host path gives at once."""
+    message = (r"mask_key='mask': expected bools or 0/1 values \(1 = real token\), got values "
+               r"from {} to {}; an additive attention mask")
+    steps: list[int] = []
+    monkeypatch.setattr(SeqDigits, "training_step",
+                        lambda self, batch, i: steps.append(i) or DigitsModel.training_step(
+                            self, batch, i))
+    # Real tokens marked 0.5: every batch is bad (the two sanity batches have no padding).
+    with pytest.raises(ValueError, match=message.format("0.5", "0.5")):
+        _fit(tmp_path, monkeypatch, "1", [], mask_values=(0.0, 0.5))
+    assert steps == []  # the sanity check raised it
+    host = Collector(ProjectorOptions(mask_key="mask", pooling="mean"), device_path=False)
+    device = Collector(ProjectorOptions(mask_key="mask", pooling="mean"), device_path=True)
+    mask = torch.tensor([[0.0, float("-inf")], [0.0, 0.0]])
+    with pytest.raises(ValueError, match=message.format("-inf", "0.0")):
+        host.add_batch({"embeddings": torch.randn(2, 2, 3)}, {"mask": mask}, None, 0)
+    device.add_batch({"embeddings": torch.randn(2, 2, 3)}, {"mask": mask}, None, 0)
+    with pytest.raises(ValueError, match=message.format("-inf", "0.0")):
+        device.samples()
