@@ -108,7 +108,7 @@ def _sync(device: str) -> None:
 
 
 # -- models and data -------------------------------------------------------------------------
-def _module(d_in: int, d_emb: int, width: int, with_ids: bool) -> Any:
+def _module(d_in: int, d_emb: int, width: int, with_ids: bool, tokens: int = 0) -> Any:
     import lightning.pytorch as L
     import torch
     from torch import nn
@@ -132,6 +132,10 @@ def _module(d_in: int, d_emb: int, width: int, with_ids: bool) -> Any:
                    "embeddings": z, "labels": batch[1]}
             if with_ids:
                 out["ids"] = batch[2]
+            if tokens:  # (B, T, D) embeddings and a float 0/1 mask: the last token is padding
+                out["embeddings"] = z.view(z.shape[0], tokens, -1)
+                real = torch.arange(tokens, device=z.device) < tokens - 1
+                out["mask"] = real.float().expand(z.shape[0], tokens)
             return out
 
         def configure_optimizers(self) -> torch.optim.Optimizer:
@@ -188,8 +192,11 @@ def part_sync(args: argparse.Namespace) -> list[str]:
 
     n_val = 4000 if args.small else 20_000
     rows = []
-    for case in ["control (no projector)", "ids from positions", "ids from the batch (id_key)"]:
+    cases = ["control (no projector)", "ids from positions", "ids from the batch (id_key)",
+             "(B, T, D) embeddings, float 0/1 mask (mask_key)"]
+    for case in cases:
         with_ids = case.startswith("ids from the batch")
+        tokens = 4 if "mask" in case else 0
         with tempfile.TemporaryDirectory() as root:
             cbs: list[Any] = [SyncOn()]
             if not case.startswith("control"):
@@ -197,12 +204,13 @@ def part_sync(args: argparse.Namespace) -> list[str]:
                 cbs.append(EmbeddingProjector(
                     output_dir=root, reducers=["pca"], max_samples=2000, label_key="labels",
                     id_key="ids" if with_ids else None, background=False,
+                    mask_key="mask" if tokens else None,
                 ))
             cbs.append(SyncOff())  # last: resets after every other batch-end hook
             trainer = _trainer(root, cbs, args.device, max_epochs=2, limit_train_batches=20,
                                num_sanity_val_steps=2)
             try:
-                trainer.fit(_module(64, 256, 256, with_ids),
+                trainer.fit(_module(64, 256, 256, with_ids, tokens),
                             _loader(4096, 64, 1, 128, with_ids, shuffle=True),
                             _loader(n_val, 64, 2, 256, with_ids))
                 batches = f"{2 * -(-n_val // 256) + 2} validation batches"
