@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 from bench_tsne import Knn, cpu_timed, forced_method, make_wide
 
+from lightning_embproj import pca as P
 from lightning_embproj import reduce as R
 from lightning_embproj.evolve import EvolveSettings, SetChain, evolve
 from lightning_embproj.pipeline import ReduceSettings, project_epoch
@@ -91,7 +92,7 @@ def part_pca(args: argparse.Namespace) -> None:
                     old, t_old, c_old = best(lambda: old_pca(X, k), reps)  # noqa: B023
                     new, t_new, c_new = best(lambda: R.pca(X, k), reps)  # noqa: B023
                 diff = float(np.abs(old - new).max() / max(np.abs(old).max(), 1e-12))
-                solver = R._pca_solver(n, d, k, "auto")
+                solver = P._pca_solver(n, d, k, "auto")
                 print(f"{n:>6} x {d:<5} {k:3d} {blas:4d} | {t_old:7.3f} ({c_old:6.3f}) | "
                       f"{t_new:7.3f} ({c_new:6.3f}) {solver:>10} | {t_old / t_new:7.1f}x "
                       f"{diff:9.1e}", flush=True)

@@ -30,6 +30,7 @@ from sklearn.manifold import TSNE
 from sklearn.neighbors import NearestNeighbors
 
 from lightning_embproj import reduce as R
+from lightning_embproj import tsne as T
 from lightning_embproj.align import disparity
 from lightning_embproj.score import neighbourhood_overlap
 
@@ -91,13 +92,13 @@ def forced_method(method: str):  # type: ignore[no-untyped-def]
 
     @contextlib.contextmanager
     def ctx():  # type: ignore[no-untyped-def]
-        saved = R._TSNE_FFT_MIN_ROWS, R._TSNE_WARM_BH_MAX_ROWS
+        saved = T._TSNE_FFT_MIN_ROWS, T._TSNE_WARM_BH_MAX_ROWS
         fft = method == "fft"
-        R._TSNE_FFT_MIN_ROWS, R._TSNE_WARM_BH_MAX_ROWS = (0, -1) if fft else (10**12, 10**12)
+        T._TSNE_FFT_MIN_ROWS, T._TSNE_WARM_BH_MAX_ROWS = (0, -1) if fft else (10**12, 10**12)
         try:
             yield
         finally:
-            R._TSNE_FFT_MIN_ROWS, R._TSNE_WARM_BH_MAX_ROWS = saved
+            T._TSNE_FFT_MIN_ROWS, T._TSNE_WARM_BH_MAX_ROWS = saved
 
     return ctx()
 
@@ -188,12 +189,12 @@ def bench_pca(n: int, dim: int, n_jobs: int) -> None:
     basis = np.linalg.qr(rng.normal(size=(dim, X.shape[1])))[0]  # (dim, 64) orthonormal
     Xh = X @ basis.T + rng.normal(0.0, 1.0, (n, dim))
     Yp, tp = timed(lambda: R.tsne(Xh, 2, n_jobs=n_jobs))
-    saved = R._TSNE_PCA_DIMS
-    R._TSNE_PCA_DIMS = 10**9  # switch the PCA step off
+    saved = T.TSNE_PCA_DIMS
+    T.TSNE_PCA_DIMS = 10**9  # switch the PCA step off
     try:
         Yr, tr = timed(lambda: R.tsne(Xh, 2, n_jobs=n_jobs))
     finally:
-        R._TSNE_PCA_DIMS = saved
+        T.TSNE_PCA_DIMS = saved
     print(f"\nPCA to 50 before t-SNE, N={n}, D={dim} (knn preservation against the {dim}-d X)")
     print(f"  with PCA-50 : {tp:6.1f} s  knn {knn_preservation(Xh, Yp):.3f}")
     print(f"  raw {dim}-d  : {tr:6.1f} s  knn {knn_preservation(Xh, Yr):.3f}")

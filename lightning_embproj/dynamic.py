@@ -28,16 +28,15 @@ from typing import Any
 import numpy as np
 
 from lightning_embproj.align import procrustes_align
-from lightning_embproj.reduce import (
-    _TSNE_PCA_DIMS,
+from lightning_embproj.pca import TSNE_PCA_DIMS, pca
+from lightning_embproj.reduce import warm_init
+from lightning_embproj.tsne import (
     Threads,
     _effective_perplexity,
-    pca,
     threads_now,
     tsne,
     tsne_gradient_method,
     tsne_neighbors,
-    warm_init,
 )
 
 #: Weight of the previous run's affinities (0: plain warm start; 1: only the previous run).
@@ -139,7 +138,7 @@ def tsne_next(
     """t-SNE layout of run ``X`` (rows named by ``keys``) that continues ``previous``.
 
     ``previous`` is ``(prev_keys, X_prev, layout_prev)`` of the run before (any order, any
-    overlap of keys) or None for the first run (a cold :func:`~lightning_embproj.reduce.tsne`).
+    overlap of keys) or None for the first run (a cold :func:`~lightning_embproj.tsne.tsne`).
     The result is in ``layout_prev``'s frame already (no Procrustes needed), and:
 
     - every shared key whose embedding is bit-identical keeps its previous position exactly
@@ -202,8 +201,8 @@ def tsne_next(
 
     from openTSNE.affinity import PerplexityBasedNN
 
-    if X.shape[1] > _TSNE_PCA_DIMS:
-        both = pca(np.concatenate([X, Xp]), _TSNE_PCA_DIMS)
+    if X.shape[1] > TSNE_PCA_DIMS:
+        both = pca(np.concatenate([X, Xp]), TSNE_PCA_DIMS)
         Z, Zp = both[:n], both[n:]
     else:
         Z, Zp = X, Xp

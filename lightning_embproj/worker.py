@@ -222,6 +222,8 @@ class Worker:
             >>> w.submit("emb", lambda: None, label="PCA")
             >>> w.wait_progress(Progress(0, None, ("PCA",)), timeout=30).completed in (0, 1)
             True
+            >>> w.close(timeout=30)
+            True
         """
         with self._cond:
             self._cond.wait_for(lambda: self._snapshot() != seen, timeout)

@@ -6,7 +6,9 @@ from sklearn.datasets import load_digits
 from sklearn.decomposition import PCA
 from sklearn.neighbors import NearestNeighbors
 
+from lightning_embproj import pca as P
 from lightning_embproj import reduce as R
+from lightning_embproj import tsne as T
 from lightning_embproj.align import disparity
 
 
@@ -97,7 +99,7 @@ def _low_rank(n: int, d: int, seed: int) -> np.ndarray:
 @pytest.mark.parametrize(("n", "d", "solver"), [(120, 400, "gram"), (400, 120, "covariance")])
 def test_pca_solver_by_shape_gives_the_old_layout(n: int, d: int, solver: str) -> None:
     X = np.random.default_rng(n).normal(size=(n, d)).astype(np.float32)
-    assert R._pca_solver(n, d, 3, "auto") == solver
+    assert P._pca_solver(n, d, 3, "auto") == solver
     old = _old_exact_pca(X, 3)
     np.testing.assert_allclose(R.pca(X, 3), old, atol=1e-9)
     # the other exact solver gives the same signed layout
@@ -107,13 +109,13 @@ def test_pca_solver_by_shape_gives_the_old_layout(n: int, d: int, solver: str) -
 
 def test_pca_solver_choice_by_shape() -> None:
     # exact while the smaller side is at most 15 x the sketch width (k + 20)
-    assert R._pca_solver(300, 4096, 2, "auto") == "gram"
-    assert R._pca_solver(1000, 4096, 50, "auto") == "gram"
-    assert R._pca_solver(2000, 4096, 50, "auto") == "randomized"
-    assert R._pca_solver(20_000, 256, 2, "auto") == "covariance"
-    assert R._pca_solver(20_000, 1024, 50, "auto") == "covariance"
-    assert R._pca_solver(20_000, 1024, 2, "auto") == "randomized"
-    assert R._pca_solver(20_000, 4096, 50, "auto") == "randomized"
+    assert P._pca_solver(300, 4096, 2, "auto") == "gram"
+    assert P._pca_solver(1000, 4096, 50, "auto") == "gram"
+    assert P._pca_solver(2000, 4096, 50, "auto") == "randomized"
+    assert P._pca_solver(20_000, 256, 2, "auto") == "covariance"
+    assert P._pca_solver(20_000, 1024, 50, "auto") == "covariance"
+    assert P._pca_solver(20_000, 1024, 2, "auto") == "randomized"
+    assert P._pca_solver(20_000, 4096, 50, "auto") == "randomized"
     with pytest.raises(ValueError, match=r"solver must be one of .*'randomized'\], got 'svd'"):
         R.pca(np.zeros((5, 3)), 2, solver="svd")  # type: ignore[arg-type]
 
@@ -185,13 +187,13 @@ def test_prepared_shares_one_decomposition(
     X = digits[0][:300] @ np.linalg.qr(rng.normal(size=(200, 64)))[0].T  # (300, 200)
     X = (X + rng.normal(0.0, 0.5, X.shape)).astype(np.float32)
     built: list[tuple[int, int]] = []
-    real = R._Basis.__init__
+    real = P._Basis.__init__
 
-    def counting(self: R._Basis, M: np.ndarray, k: int, solver: str) -> None:
+    def counting(self: P._Basis, M: np.ndarray, k: int, solver: str) -> None:
         built.append((M.shape[1], k))
         real(self, M, k, solver)
 
-    monkeypatch.setattr(R._Basis, "__init__", counting)
+    monkeypatch.setattr(P._Basis, "__init__", counting)
     p = R.prepare(X, ["pca", "tsne"])
     assert built == []  # lazy: nothing is computed (or checked) before a reducer asks
     layout_pca = R.reduce("pca", p, 2)
@@ -303,8 +305,8 @@ def test_tsne_fft_path_and_n_jobs(
     digits: tuple[np.ndarray, np.ndarray], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     X, y = digits[0][:300], digits[1][:300]
-    monkeypatch.setattr(R, "_TSNE_FFT_MIN_ROWS", 100)  # the 20,000-row paths, on 300 rows
-    monkeypatch.setattr(R, "_TSNE_WARM_BH_MAX_ROWS", 100)
+    monkeypatch.setattr(T, "_TSNE_FFT_MIN_ROWS", 100)  # the 20,000-row paths, on 300 rows
+    monkeypatch.setattr(T, "_TSNE_WARM_BH_MAX_ROWS", 100)
     out = R.reduce("tsne", X, 2, n_jobs=2)
     assert out.shape == (300, 2) and np.isfinite(out).all()
     assert knn_accuracy(out, y) > 0.9
@@ -352,8 +354,8 @@ def test_tsne_cold_iterations_and_neighbours_by_size(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(openTSNE.TSNE, "prepare_initial", spy)
     X = np.random.default_rng(0).normal(size=(120, 5))
     R.tsne(X, 2)
-    monkeypatch.setattr(R, "_TSNE_SHORT_COLD_MAX_ROWS", 100)
-    monkeypatch.setattr(R, "_TSNE_EXACT_KNN_MAX_ROWS", 100)
+    monkeypatch.setattr(T, "_TSNE_SHORT_COLD_MAX_ROWS", 100)
+    monkeypatch.setattr(T, "_TSNE_EXACT_KNN_MAX_ROWS", 100)
     R.tsne(X, 2)
     assert seen == [(125, 250, "exact"), (250, 500, "annoy")]
 
