@@ -36,6 +36,23 @@ EVOLUTION_MAX_ROWS = 9_000
 """Default cap of the evolution table, below :data:`WANDB_MAX_ROWS`."""
 
 
+def evolution_due(count: int) -> bool:
+    """Whether a set's ``count``-th projected run (1-based) logs the evolution table: runs 1-4,
+    then 6, 8, 12, 16, 24, 32, ... (two per doubling). Logging it every run rebuilds and
+    re-sends every kept row each time, O(rows x runs) over a fit (0.4 s per run at 8,000 rows
+    for the build alone); this way O(rows x log runs). The sink logs it once more at the end.
+
+    Example:
+        >>> [c for c in range(1, 50) if evolution_due(c)]
+        [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48]
+    """
+    if count <= 4:
+        return True
+    while count % 2 == 0:
+        count //= 2
+    return count in (1, 3)
+
+
 class EvolutionHistory:
     """Per-validation-run column chunks of one embedding set, thinned to fit ``max_rows``."""
 

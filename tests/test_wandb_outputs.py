@@ -181,6 +181,29 @@ def offline_run(wandb_offline):
     _finish()
 
 
+def test_evolution_table_is_logged_twice_per_doubling_and_complete_at_the_end(
+    wandb_offline, offline_run
+):
+    """Runs 1-4, 6, 8, then once more by finish: the last table holds all 9 runs, each row
+    group at the step of its own run; the per-run tables are logged every run."""
+    runs = _projections(9, n=30)
+    sink = WandbSink(offline_run, WarnOnce(), reducers=["pca", "tsne"], n_components=2)
+    for p in runs:
+        sink.write(p)
+    sink.finish()
+    _finish()
+    assert len(wandb_tables(wandb_offline, "embproj/emb")) == 9
+    evolution = wandb_tables(wandb_offline, "embproj/emb/evolution")
+    assert [len(t["data"]) for t in evolution] == [30 * r for r in (1, 2, 3, 4, 6, 8, 9)]
+    cols = evolution[-1]["columns"]
+    assert sorted({row[cols.index("step")] for row in evolution[-1]["data"]}) == [
+        p.step for p in runs
+    ]
+    logged = [row["trainer/global_step"] for row in history(wandb_offline)
+              if any(k.startswith("embproj/emb/evolution") for k in row)]
+    assert logged == [runs[i - 1].step for i in (1, 2, 3, 4, 6, 8, 9)]
+
+
 def test_first_run_without_tsne_still_has_its_columns(wandb_offline, offline_run):
     runs = _projections(3)
     del runs[0].layouts["tsne"]  # t-SNE failed in the very first run

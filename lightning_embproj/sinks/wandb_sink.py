@@ -23,7 +23,12 @@ from typing import Any
 import numpy as np
 
 from lightning_embproj.columns import layout_columns, mover_columns, table_columns
-from lightning_embproj.evolution import EVOLUTION_MAX_ROWS, WANDB_MAX_ROWS, EvolutionHistory
+from lightning_embproj.evolution import (
+    EVOLUTION_MAX_ROWS,
+    WANDB_MAX_ROWS,
+    EvolutionHistory,
+    evolution_due,
+)
 from lightning_embproj.sinks.local import LINEAGE_COLUMNS
 from lightning_embproj.sinks.plot import Limits, Palette, render, widen
 from lightning_embproj.types import Projection
@@ -120,7 +125,9 @@ class WandbSink:
     scalars ``embproj/NAME/<metric>``, a picture per reducer ``embproj/NAME/R_plot`` (with
     matplotlib: fixed axes and colours across runs, for W&B's image slider), ``R_3d`` clouds in
     3-D, and the evolution table ``embproj/NAME/evolution``: every kept validation run's rows
-    (no images), thinned by :class:`EvolutionHistory` to stay below the run-file row limit.
+    (no images), thinned by :class:`EvolutionHistory` to stay below the run-file row limit,
+    logged at a set's runs 1-4, 6, 8, 12, 16, ... (:func:`evolution_due`) and, complete, by
+    :meth:`finish`.
     With ``view_root``, :meth:`finish` logs each set's final slider view
     (``<view_root>/embproj/NAME/view.html``) as ``wandb.Html`` under ``embproj/NAME/view``:
     once, since each copy is ~5 MB.
@@ -149,6 +156,9 @@ class WandbSink:
         self.n_components = n_components
         self.plots = plots
         self.history: dict[str, EvolutionHistory] = {}
+        self.projected: dict[str, int] = {}  # runs written per set
+        self.evolution_behind: set[str] = set()  # sets whose newest runs are not logged yet
+        self.evolution_step: dict[str, int] = {}  # step of each set's newest run
         self.last_step: dict[str, int] = {}
         self.limits: dict[tuple[str, str], Limits] = {}
         self.palettes: dict[str, Palette] = {}
@@ -174,7 +184,11 @@ class WandbSink:
         self._part("lineage", projection, lambda: self._lineage(projection, payload))
         self._part("per-label table", projection, lambda: self._per_label(projection, payload))
         payload[STEP_METRIC] = projection.step
-        self.run.log(payload)
+        try:
+            self.run.log(payload)
+        except BaseException:
+            self.evolution_behind.add(name)  # the table this call carried did not land
+            raise
         self.last_step[name] = projection.step
 
     def _lineage(self, p: Projection, out: dict[str, Any]) -> None:
@@ -273,10 +287,22 @@ class WandbSink:
                 f"{history.stride}. run kept (plus the newest); the per-run tables and local "
                 f"files keep all",
             )
-        out[metric_key(p.name, "evolution")] = build_table(history.columns())
+        self.evolution_step[p.name] = p.step
+        self.projected[p.name] = count = self.projected.get(p.name, 0) + 1
+        if evolution_due(count):
+            out[metric_key(p.name, "evolution")] = build_table(history.columns())
+            self.evolution_behind.discard(p.name)
+        else:
+            self.evolution_behind.add(p.name)
 
     def finish(self) -> None:
-        """Log the slider view of every set written so far (no-op without ``view_root``)."""
+        """Log the evolution tables that missed their newest runs and the slider view of every
+        set written so far (the view only with ``view_root``)."""
+        for name in sorted(self.evolution_behind):
+            table = build_table(self.history[name].columns())
+            self.run.log({metric_key(name, "evolution"): table,
+                          STEP_METRIC: self.evolution_step[name]})
+        self.evolution_behind.clear()
         if self.view_root is None:
             return
         import wandb
