@@ -77,11 +77,11 @@ def test_wandb_log_raising_keeps_training_and_local_files(tmp_path, wandb_offlin
     assert df.groupby("epoch").size().to_dict() == {0: 30, 1: 30, 2: 30}
     wandb_epochs = [tab["data"][0][1] for tab in wandb_tables(wandb_offline, "embproj/embeddings")]
     assert wandb_epochs == ([1, 2] if fail_calls == 1 else [])
-    assert [w for w in warned if "W&B" in w] == [
-        "lightning-embproj: writing to W&B failed (ConnectionError: wandb backend went away); "
-        "the other outputs are still written and training continues"
-    ]
-    assert len(warned) == 1
+    failed = ("W&B failed (ConnectionError: wandb backend went away); the other outputs are "
+              "still written and training continues")
+    # With W&B down to the end, the complete evolution table that finish sends fails as well.
+    expected = ["writing to " + failed] + (["finishing " + failed] if fail_calls == 99 else [])
+    assert warned == [f"lightning-embproj: {w}" for w in expected]
 
 
 @pytest.mark.parametrize("logger", ["csv", "none"])
