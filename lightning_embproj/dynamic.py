@@ -228,8 +228,7 @@ def tsne_next(
     frozen = same if same[ic].all() else np.zeros(n, dtype=bool)
     # A finished layout's extent makes FFT's grid large: the warm choice (Barnes-Hut to 20,000).
     method = tsne_gradient_method(n, n_components, warm=True)
-    Y = _descend(init, P, Pc, ref, _ITERS, method, frozen,
-                 n_jobs)
+    Y = _descend(init, P, Pc, ref, _ITERS, method, frozen, n_jobs)
     s_x, s_xp = _rms(X[ic]), _rms(Xp[ip])
     ratio = (s_x / s_xp) ** spread_power if s_xp > 0.0 and s_x > 0.0 else 1.0
     out = Y * (ratio / work) + centre

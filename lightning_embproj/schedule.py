@@ -169,7 +169,6 @@ class Schedule:
         kept = block[alive]
         return self.pos[lo:hi][alive] - start, kept[:, _SLOT], kept[:, _KEY]
 
-
     def plan(self, start: int, end: int) -> BatchPlan:
         """The :class:`BatchPlan` of batch ``[start, end)``, worked out once and then cached.
         Requires :meth:`ensure` ``(end)``.
