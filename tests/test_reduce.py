@@ -340,7 +340,7 @@ def test_tsne_reads_a_thread_function_between_chunks(
 
 def test_tsne_cold_iterations_and_neighbours_by_size(monkeypatch: pytest.MonkeyPatch) -> None:
     """Up to 5,000 rows a cold run is 125 + 250 iterations, 250 + 500 above; exact kNN up to
-    50,000 rows (as the measurements in reduce.py say)."""
+    50,000 rows (as the measurements in tsne.py say)."""
     import openTSNE
 
     seen: list[tuple[int, int, str]] = []
