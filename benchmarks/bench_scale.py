@@ -132,7 +132,9 @@ class Baseline(L.Callback):
             xy = TSNE(2, init="pca", random_state=0).fit_transform(X)
             columns.update(tsne_x=xy[:, 0].tolist(), tsne_y=xy[:, 1].tolist())
         data = [list(row) for row in zip(*columns.values(), strict=True)]
-        wandb.Table(columns=list(columns), data=data)
+        table = wandb.Table(columns=list(columns), data=data)
+        if wandb.run is not None:  # a W&B run is active (a WandbLogger): log it, as the seed did
+            wandb.log({"embeddings": table})
 
 
 # -- measurement helpers -------------------------------------------------------------------
