@@ -62,7 +62,7 @@ def build(
 
 
 def _html_view(root: str) -> Writer:
-    from lightning_embproj.sinks.html_view import write_view
+    from lightning_embproj.sinks.view import write_view
 
     return lambda p: _ignore(write_view(root, p.name, projection=p))
 

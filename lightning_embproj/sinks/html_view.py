@@ -1,4 +1,5 @@
-"""The HTML view's entry point; the view itself lives in :mod:`lightning_embproj.sinks.view`.
+"""Where the HTML view lived in 0.1: its names, kept importable from here for code written
+against 0.1. The view itself is :mod:`lightning_embproj.sinks.view`; the package uses that.
 
 Example:
     >>> from lightning_embproj.sinks.html_view import write_view

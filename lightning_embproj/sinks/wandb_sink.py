@@ -307,8 +307,8 @@ class WandbSink:
             return
         import wandb
 
-        from lightning_embproj.sinks.html_view import VIEW_FILE
         from lightning_embproj.sinks.local import set_dir
+        from lightning_embproj.sinks.view import VIEW_FILE
 
         for name, step in self.last_step.items():
             path = set_dir(self.view_root, name) / VIEW_FILE
