@@ -51,6 +51,16 @@ def _projector_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
     return [str(w.message) for w in caught if issubclass(w.category, ProjectorWarning)]
 
 
+def _write_all(sink: WandbSink, projections: list[Projection]) -> list[str]:
+    """Write every projection, finish the run; the projector warnings that were raised."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for p in projections:
+            sink.write(p)
+    _finish()
+    return _projector_warnings(caught)
+
+
 # -- a reducer failing once, on a real fit --------------------------------------------------------
 @pytest.mark.parametrize("failed", [1, 0], ids=["second-run", "first-run"])
 def test_tsne_failing_in_one_run_stays_local_in_wandb(
@@ -252,16 +262,11 @@ def test_tables_follow_the_installed_row_limit(wandb_offline, offline_run, monke
 
     monkeypatch.setattr(wandb.Table, "MAX_ROWS", 50)
     sink = WandbSink(offline_run, WarnOnce(), reducers=["pca", "tsne"])
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        for p in _projections(3):
-            sink.write(p)
-    _finish()
+    msgs = _write_all(sink, _projections(3))
     assert sink.max_rows == 50
     assert [len(t["data"]) for t in wandb_tables(wandb_offline, "embproj/emb")] == [50] * 3
     assert all(len(t["data"]) <= 50
                for t in wandb_tables(wandb_offline, "embproj/emb/evolution"))
-    msgs = _projector_warnings(caught)
     assert len(msgs) == 2 and "50-row table limit" in msgs[0] and "thinned" in msgs[1]
 
 
@@ -271,12 +276,7 @@ def test_without_matplotlib_the_pictures_are_skipped_with_one_warning(
 
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # import raises ImportError
     sink = WandbSink(offline_run, WarnOnce(), reducers=["pca", "tsne"])
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        for p in _projections(2):
-            sink.write(p)
-    _finish()
-    msgs = _projector_warnings(caught)
+    msgs = _write_all(sink, _projections(2))
     assert len(msgs) == 1 and "need matplotlib" in msgs[0]
     assert _images(wandb_offline, "emb", "pca") == []
     assert len(wandb_tables(wandb_offline, "embproj/emb")) == 2
