@@ -178,6 +178,26 @@ def test_points_keyed_by_validation_run(tmp_path: Path) -> None:
     assert cols["label"]["values"] == [IMG_LABEL, "cat", "dog"]  # raw: the page never parses
 
 
+@pytest.mark.parametrize(
+    ("labels", "values"),
+    [([300, 1000, 300, 301, 1000, 301], ["300", "301", "1000"]),  # ImageNet-style class ids
+     ([1.5, 2.5, 1.5, 7.25, 2.5, 1.5], ["1.5", "2.5", "7.25"])],
+)
+def test_label_values_above_256_and_floats_encode(labels: list[Any], values: list[str]) -> None:
+    """Labels are categories whatever their type: large ints and floats get their own codes,
+    in numeric order (they once failed: the codes were looked up by object identity)."""
+    n = len(labels)
+    points = pd.DataFrame({
+        "sample_id": list(range(n)) * 2, "val_index": [0] * n + [1] * n,
+        "epoch": [0] * n + [1] * n, "step": [5] * n + [10] * n,
+        "pca_x": np.arange(2.0 * n), "pca_y": np.arange(2.0 * n), "label": labels * 2,
+    })
+    label = {c["name"]: c for c in encode_points(points)["columns"]}["label"]
+    assert label["kind"] == "cat" and label["values"] == values
+    codes = decode(label["data"], "<i1")
+    assert [values[c] for c in codes[:n]] == [str(v) for v in labels]
+
+
 def test_metric_panels_by_kind_with_units(tmp_path: Path) -> None:
     make_run(tmp_path, runs=3)
     panels = encode_metrics(read_metrics(tmp_path, "emb"))["panels"]

@@ -183,9 +183,13 @@ def _column(name: str, values: Any, fi: np.ndarray, slot: np.ndarray, n_runs: in
         # list cells ((B, K) metadata) are unhashable: show them as their JSON text
         values = values.map(lambda v: json.dumps(v) if isinstance(v, (list, dict)) else v)
         codes, uniques = pd.factorize(values, use_na_sentinel=True)
-        distinct = sorted_labels(list(uniques))
+        # One list of the unique objects for both lookups: iterating `uniques` again makes new
+        # int / float objects (ids differ above 256), and factorize keeps 1, 1.0 and True apart
+        # only by identity, so the objects themselves are the keys.
+        found = list(uniques)
+        distinct = sorted_labels(found)
         where = {id(v): i for i, v in enumerate(distinct)}
-        order = np.array([where[id(u)] for u in uniques] + [-1], dtype=np.int64)
+        order = np.array([where[id(u)] for u in found] + [-1], dtype=np.int64)
         words = [text(v) for v in distinct]
         # Codes in the smallest type that holds them: one byte a cell for up to 127 values.
         kind = "<i1" if len(words) < 128 else "<i2" if len(words) < 32768 else "<i4"
