@@ -223,9 +223,10 @@ class EmbeddingProjector(CallbackBase):
         # Runs already collected are worth a short wait (on every core: training has stopped);
         # a stuck job is not worth a hang.
         self.worker.end_training()
-        drained = self.worker.drain(timeout=EXCEPTION_DRAIN_S)  # one deadline for all of it
-        if drained:
-            self._finish_sinks()
+        self.worker.drain(timeout=EXCEPTION_DRAIN_S)  # one deadline for all of it
+        # Even past the deadline: the W&B evolution table is sent complete only by finish (a
+        # job still running writes under the sink's lock; its run keeps its per-run table).
+        self._finish_sinks()
         if self._capture is not None:
             self._capture.remove()
             self._capture = None

@@ -84,6 +84,47 @@ def test_wandb_log_raising_keeps_training_and_local_files(tmp_path, wandb_offlin
     assert warned == [f"lightning-embproj: {w}" for w in expected]
 
 
+def test_an_exception_past_the_drain_deadline_still_sends_the_whole_evolution_table(
+    tmp_path, wandb_offline, monkeypatch
+):
+    """Training fails after run 6 while run 6's job is stuck: the drain gives up, yet finish
+    sends the evolution table with runs 1-5 (run 5 is not one it is sent at); the stuck job,
+    released, still logs run 6 under the sink's lock."""
+    import wandb
+
+    import lightning_embproj.callback as callback_module
+
+    started, release = threading.Event(), threading.Event()
+    real = callback_module.project_epoch
+
+    def held(sample, epoch, *args, **kwargs):
+        if epoch == 5:
+            started.set()
+            assert release.wait(60)
+        return real(sample, epoch, *args, **kwargs)
+
+    class Boom(Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == 6:
+                assert started.wait(60)  # runs 1-5 are written, run 6's job is stuck
+                raise RuntimeError("bug in training")
+
+    monkeypatch.setattr(callback_module, "project_epoch", held)
+    monkeypatch.setattr(callback_module, "EXCEPTION_DRAIN_S", 0.5)
+    logger = WandbLogger(project="embproj-test", save_dir=str(wandb_offline))
+    projector = EmbeddingProjector(label_key="labels", reducers="pca", max_samples=30)
+    train, val = loaders(n_train=64, n_val=60, batch_size=20)
+    t = trainer(tmp_path, [projector, Boom()], max_epochs=8, limit_train_batches=2,
+                logger=logger)
+    with pytest.raises(RuntimeError, match="bug in training"):
+        t.fit(DigitsModel(), train, val)
+    release.set()
+    assert projector.worker.flush(timeout=60)
+    wandb.finish()
+    rows = [len(tab["data"]) for tab in wandb_tables(wandb_offline, "embproj/embeddings/evolution")]
+    assert rows == [30 * r for r in (1, 2, 3, 4, 5, 6)]
+
+
 @pytest.mark.parametrize("logger", ["csv", "none"])
 def test_without_wandb_local_files_are_written(tmp_path, logger):
     lg = CSVLogger(str(tmp_path)) if logger == "csv" else False

@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -163,9 +164,16 @@ class WandbSink:
         self.limits: dict[tuple[str, str], Limits] = {}
         self.palettes: dict[str, Palette] = {}
         self.lineage: dict[str, list[list[Any]]] = {}
+        # finish may run on the training thread while a late job still writes (an exception
+        # whose drain timed out): one at a time.
+        self._lock = threading.Lock()
 
     def write(self, projection: Projection) -> None:
         """Log one validation run of one set (the ``run.log`` call itself may raise)."""
+        with self._lock:
+            self._write(projection)
+
+    def _write(self, projection: Projection) -> None:
         name = projection.name
         for reducer in projection.layouts:  # without configured reducers: those seen so far
             if reducer not in self.reducers:
@@ -297,12 +305,26 @@ class WandbSink:
 
     def finish(self) -> None:
         """Log the evolution tables that missed their newest runs and the slider view of every
-        set written so far (the view only with ``view_root``)."""
-        for name in sorted(self.evolution_behind):
-            table = build_table(self.history[name].columns())
-            self.run.log({metric_key(name, "evolution"): table,
-                          STEP_METRIC: self.evolution_step[name]})
-        self.evolution_behind.clear()
+        set written so far (the view only with ``view_root``). A set whose log fails does not
+        stop the others; the first failure is raised at the end."""
+        with self._lock:
+            failed: list[BaseException] = []
+            for name in sorted(self.evolution_behind):
+                try:
+                    table = build_table(self.history[name].columns())
+                    self.run.log({metric_key(name, "evolution"): table,
+                                  STEP_METRIC: self.evolution_step[name]})
+                    self.evolution_behind.discard(name)
+                except Exception as err:  # noqa: BLE001 - raised below, after the other sets
+                    failed.append(err)
+            try:
+                self._log_views()
+            except Exception as err:  # noqa: BLE001
+                failed.append(err)
+            if failed:
+                raise failed[0]
+
+    def _log_views(self) -> None:
         if self.view_root is None:
             return
         import wandb
