@@ -251,6 +251,27 @@ def test_wandb_run_started_by_the_user(tmp_path, wandb_offline):
     assert [step for step, _ in logged] == [s for _, s in rec.runs]
 
 
+def test_wandb_evolution_table_holds_every_step_based_run_at_the_end(tmp_path, wandb_offline):
+    """Five step-based runs (several in some epochs): the evolution table is sent at runs 1-4
+    and, by the sink's finish, once more with all five (run 5 is not one it sends at)."""
+    import wandb
+    from lightning.pytorch.loggers import WandbLogger
+
+    logger = WandbLogger(project="evolution", save_dir=str(wandb_offline))
+    t, rec = fit(tmp_path, projector(), logger=logger, max_epochs=4,
+                 check_val_every_n_epoch=None, val_check_interval=3)
+    wandb.finish()
+    assert len(rec.runs) == 5
+    evolution = wandb_tables(wandb_offline, "embproj/embeddings/evolution")
+    assert [len(tab["data"]) for tab in evolution] == [N_VAL * r for r in (1, 2, 3, 4, 5)]
+    cols = evolution[-1]["columns"]
+    groups: dict[tuple[int, int, int], int] = {}
+    for row in evolution[-1]["data"]:
+        run = (row[cols.index("val_index")], row[cols.index("epoch")], row[cols.index("step")])
+        groups[run] = groups.get(run, 0) + 1
+    assert groups == {run: N_VAL for run in numbered(rec.runs)}
+
+
 # -- resuming a checkpoint made with another id hash ----------------------------------------
 def test_checkpoint_of_an_older_hash_is_rekeyed_from_its_ids():
     import numpy as np
