@@ -76,7 +76,8 @@ def _top_eigh(M: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         evals, evecs = np.linalg.eigh(M)
     else:
         evals, evecs = scipy.linalg.eigh(M, subset_by_index=[m - k, m - 1])
-    return np.maximum(evals[::-1], 0.0), evecs[:, ::-1]
+    # Only the k asked for: the scores (N x k) and axes (k x D) are built from what this returns.
+    return np.maximum(evals[::-1][:k], 0.0), evecs[:, ::-1][:, :k]
 
 
 def _qr(A: np.ndarray) -> np.ndarray:
