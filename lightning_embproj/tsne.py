@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from lightning_embproj.pca import TSNE_PCA_DIMS, Prepared, check_components, pca, prepare
+from lightning_embproj.pca import TSNE_PCA_DIMS, Prepared, check_components, prepare
 
 #: Threads for a call: a count, or a function giving the count allowed *now*. t-SNE reads a
 #: function again between chunks of its optimisation, so a run that started on one thread while
@@ -207,7 +207,7 @@ def tsne(
     )
     if init is None:
         # Our sign-fixed PCA at openTSNE's recommended init scale (std 1e-4 along axis 0).
-        start = pca(Xr, n_components)
+        start = prepared.pca(n_components)  # the leading columns of Xr: no second PCA
         std = float(start[:, 0].std())
         start = start / std * 1e-4 if std > 0 else start
         if n <= _TSNE_SHORT_COLD_MAX_ROWS:
