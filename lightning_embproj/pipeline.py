@@ -61,7 +61,11 @@ def project_epoch(
     giving them (read again during a run: 1 while training, every core after it).
     ``device``: where the metrics pass runs (None: numpy).
     """
-    X = prepare(np.asarray(sample.embeddings, dtype=np.float32), settings.reducers)
+    # A continued t-SNE (tsne_next) runs its own PCA over both runs: then the shared one need
+    # not reserve t-SNE's 50 components, only what the other reducers ask for.
+    continued = previous is not None and "tsne" in previous.layouts
+    shared = [r for r in settings.reducers if not (continued and r == "tsne")]
+    X = prepare(np.asarray(sample.embeddings, dtype=np.float32), shared)
     layouts: dict[str, np.ndarray] = {}
     for name in settings.reducers:
         prev_layout = previous.layouts.get(name) if previous is not None else None
