@@ -78,7 +78,8 @@ def finish_with_progress(
     seen = worker.progress()
     if seen.pending and enabled:
         _wait_with_bar(worker, seen, deadline, file)  # shows the bar, then ends training
-    worker.end_training()
+    else:
+        worker.end_training()
     return worker.close(_left(deadline))
 
 
