@@ -84,7 +84,6 @@ def fixed_columns(
     projection: Projection,
     reducers: Sequence[str],
     n_components: int = 2,
-    include_images: bool = True,
 ) -> dict[str, list[Any]]:
     """:func:`~lightning_embproj.columns.table_columns` with a fixed set of layout columns.
 
@@ -96,7 +95,7 @@ def fixed_columns(
         >>> fixed_columns(p, ["pca", "tsne"])["tsne_x"]   # doctest: +SKIP
         [None, None, None]
     """
-    cols = table_columns(projection, include_images=include_images)
+    cols = table_columns(projection)
     names = list(reducers) + [r for r in projection.layouts if r not in reducers]
     for reducer in names:
         layout = projection.layouts.get(reducer)
@@ -188,7 +187,8 @@ class WandbSink:
         self._part("3-D cloud", projection, lambda: self._clouds(projection, payload))
         if self.plots:
             self._part("plot", projection, lambda: self._plots(projection, columns, payload))
-        self._part("evolution", projection, lambda: self._evolution(projection, payload))
+        self._part("evolution", projection,
+                   lambda: self._evolution(projection, columns, payload))
         self._part("lineage", projection, lambda: self._lineage(projection, payload))
         self._part("per-label table", projection, lambda: self._per_label(projection, payload))
         payload[STEP_METRIC] = projection.step
@@ -283,9 +283,12 @@ class WandbSink:
                 return
             out[metric_key(p.name, f"{reducer}_plot")] = wandb.Image(image)
 
-    def _evolution(self, p: Projection, out: dict[str, Any]) -> None:
+    def _evolution(
+        self, p: Projection, columns: dict[str, list[Any]], out: dict[str, Any]
+    ) -> None:
         history = self.history.setdefault(p.name, EvolutionHistory(self.max_rows))
-        columns = fixed_columns(p, self.reducers, self.n_components, include_images=False)
+        images = set(p.sample.image_columns())  # the per-run table's columns, without images
+        columns = {c: v for c, v in columns.items() if c not in images}
         run = (p.val_index, p.epoch, p.step)  # unique even where val_index is left at 0
         if history.add(run, columns, p.sample.keys.tolist()):
             self.warn(
