@@ -55,7 +55,7 @@ from lightning_embproj.extract import (
     to_uint8_images,
 )
 from lightning_embproj.options import ProjectorOptions
-from lightning_embproj.sample import derived_ids, hash_ids, hash_ids_torch
+from lightning_embproj.sample import derived_ids, hash_ids, hash_ids_torch, position_ids
 from lightning_embproj.schedule import Schedule, schedule_for
 from lightning_embproj.types import EpochSample
 from lightning_embproj.warn import ProjectorWarning
@@ -366,12 +366,8 @@ class Collector:
 
         if self.options.id_key is None:
             start = self.positions.get(dl, 0)
-            ids = torch.arange(start, start + n, device=device)
-            if where.world_size > 1:
-                ids = ids * where.world_size + where.rank
-                if where.dataset_len:
-                    ids = ids % where.dataset_len
-            return ids
+            return position_ids(torch.arange(start, start + n, device=device), rank=where.rank,
+                                world_size=where.world_size, dataset_len=where.dataset_len)
         value = lookup(self.options.id_key, outputs, batch, "id_key")
         check_length(value, self.options.id_key, "id_key", n)
         tensor = hasattr(value, "detach") and hasattr(value, "device")

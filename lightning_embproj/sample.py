@@ -184,8 +184,20 @@ def derived_ids(
     ``(p * W + r) % len(dataset)``, and a padded duplicate gets the id of the sample it repeats.
     """
     pos = np.arange(start, start + count, dtype=np.int64)
+    return position_ids(pos, rank=rank, world_size=world_size, dataset_len=dataset_len)
+
+
+def position_ids(pos: Any, *, rank: int = 0, world_size: int = 1,
+                 dataset_len: int | None = None) -> Any:
+    """The dataset index of local positions ``pos`` (a numpy or torch int array), as in
+    :func:`derived_ids`: ``(p * W + r) % len(dataset)`` under DDP, ``p`` on one process.
+
+    Example:
+        >>> position_ids(np.arange(4), rank=1, world_size=2, dataset_len=5).tolist()
+        [1, 3, 0, 2]
+    """
     if world_size > 1:
         pos = pos * world_size + rank
         if dataset_len:
-            pos %= dataset_len
+            pos = pos % dataset_len
     return pos

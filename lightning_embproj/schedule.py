@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lightning_embproj.sample import hash_ids
+from lightning_embproj.sample import hash_ids, position_ids
 
 NEVER = np.iinfo(np.int64).max
 """Threshold while the buffer is not full, and the eviction position of a row never evicted."""
@@ -95,11 +95,8 @@ class Schedule:
 
     def ids(self, positions: np.ndarray) -> np.ndarray:
         """The derived ids of local positions (the sample's index in the dataset)."""
-        if self.world_size > 1:
-            positions = positions * self.world_size + self.rank
-            if self.dataset_len:
-                positions = positions % self.dataset_len
-        return positions
+        return position_ids(positions, rank=self.rank, world_size=self.world_size,
+                            dataset_len=self.dataset_len)
 
     def ensure(self, end: int) -> bool:
         """Simulate up to position ``end`` (exclusive); False when that is past :attr:`limit`."""
