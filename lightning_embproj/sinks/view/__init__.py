@@ -89,31 +89,12 @@ def render_view(points: Any, metrics: Any | None, *, title: str, max_runs: int =
     return render_page(payload, panels=1)
 
 
-def _runs(root: str | os.PathLike[str], name: str) -> list[int]:
-    from lightning_embproj.sinks import local
-
-    if hasattr(local, "list_validations"):
-        return [int(v[0]) for v in local.list_validations(root, name)]
-    return [int(e) for e in local.list_epochs(root, name)]  # before the val_index files
-
-
-def _read(root: str | os.PathLike[str], name: str, runs: list[int]) -> Any:
-    from lightning_embproj.sinks import local
-
-    if hasattr(local, "list_validations"):
-        return local.read_projections(root, name, validations=runs)
-    return local.read_projections(root, name, epochs=runs)
-
-
 def read_lineage_or_none(root: str | os.PathLike[str], name: str | None) -> Any | None:
-    """The set's cluster lineage table, or ``None`` when there is none (or no reader yet)."""
-    from lightning_embproj.sinks import local
+    """The set's cluster lineage table, or ``None`` when there is none."""
+    from lightning_embproj.sinks.local import read_lineage
 
-    reader = getattr(local, "read_lineage", None)
-    if reader is None:
-        return None
     try:
-        table = reader(root, name)
+        table = read_lineage(root, name)
     except (FileNotFoundError, ValueError, KeyError):
         return None
     return table if table is not None and len(table) else None
@@ -129,7 +110,13 @@ def write_view(root: str | os.PathLike[str], name: str, *, max_runs: int = 50,
 
     >>> write_view("lightning_logs/version_0", "embeddings")     # doctest: +SKIP
     """
-    from lightning_embproj.sinks.local import atomic_write_text, read_metrics, set_dir
+    from lightning_embproj.sinks.local import (
+        atomic_write_text,
+        list_validations,
+        read_metrics,
+        read_projections,
+        set_dir,
+    )
 
     folder = set_dir(root, name)
     if projection is not None:
@@ -137,8 +124,8 @@ def write_view(root: str | os.PathLike[str], name: str, *, max_runs: int = 50,
             write_thumbnails(folder, projection)
         except Exception as err:  # noqa: BLE001 - thumbnails are optional, the view is not
             warnings.warn(f"lightning-embproj: no thumbnails for {name!r}: {err}", stacklevel=2)
-    runs = _runs(root, name)
-    points = _read(root, name, thin_runs(runs, max_runs))
+    runs = [int(v[0]) for v in list_validations(root, name)]
+    points = read_projections(root, name, validations=thin_runs(runs, max_runs))
     page = render_view(points, read_metrics(root, name), title=f"{name} \u2014 {Path(root).name}",
                        max_runs=max_runs, n_runs=len(runs),
                        lineage=read_lineage_or_none(root, name), images=read_images(folder))
