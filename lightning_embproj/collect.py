@@ -45,16 +45,14 @@ from lightning_embproj.extract import (
     Key,
     as_embeddings,
     as_ids,
-    as_mask,
     check_length,
-    check_masks,
     check_metadata,
     lookup,
-    pool,
     take,
     to_uint8_images,
 )
 from lightning_embproj.options import ProjectorOptions
+from lightning_embproj.pooling import as_mask, check_masks, pool
 from lightning_embproj.sample import derived_ids, hash_ids, hash_ids_torch, position_ids
 from lightning_embproj.schedule import Schedule, schedule_for
 from lightning_embproj.types import EpochSample
