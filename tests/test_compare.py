@@ -15,14 +15,8 @@ from browser import launch_chromium
 from digits import load_example
 
 from lightning_embproj.__main__ import main
-from lightning_embproj.compare import (
-    ALPHA,
-    compare,
-    compare_runs,
-    default_epochs,
-    layout_neighbours,
-    neighbourhood_overlap,
-)
+from lightning_embproj.compare import ALPHA, compare, default_epochs
+from lightning_embproj.compare_two import compare_runs, layout_neighbours, neighbourhood_overlap
 from lightning_embproj.sinks.local import list_validations, write_projection
 from lightning_embproj.sinks.view import PALETTE
 from lightning_embproj.types import EpochSample, Projection
