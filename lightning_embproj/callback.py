@@ -147,6 +147,7 @@ class EmbeddingProjector(CallbackBase):
         self.pending: dict[tuple[str, int], tuple[EpochSample, int, int]] = {}
         self.runs = RunCounter()
         self._run: tuple[int, int, int] | None = None
+        self._stage = "fit"
         self._restored_pending: list[dict[str, Any]] = []
         self._checked_folders = False
         self._metrics_device: str | None = None
@@ -178,6 +179,7 @@ class EmbeddingProjector(CallbackBase):
         self._is_zero = trainer.is_global_zero
         stage = str(getattr(stage, "value", stage))  # Lightning passes a TrainerFn str enum
         if stage in ("fit", "validate"):
+            self._stage = stage
             # Each fit / validate is its own chain: no alignment, warm start or drift against an
             # earlier call. A resume restores the chain afterwards (load_state_dict).
             self._start_chain()
@@ -322,13 +324,16 @@ class EmbeddingProjector(CallbackBase):
     ) -> None:
         with self._lock:
             self.pending[(sample.name, val_index)] = (sample, epoch, step)
+        chain, stage = self.runs.chain, self._stage
         self.worker.submit(
-            sample.name, lambda: self._process(sample, val_index, epoch, step, log),
+            sample.name,
+            lambda: self._process(sample, val_index, epoch, step, log, chain, stage),
             label=job_label(sample.name, len(sample), self.settings.reducers, val_index),
         )
 
     def _process(
-        self, sample: EpochSample, val_index: int, epoch: int, step: int, log: bool
+        self, sample: EpochSample, val_index: int, epoch: int, step: int, log: bool,
+        chain: int = 0, stage: str = "fit",
     ) -> None:
         try:
             previous = self.previous.get(sample.name)
@@ -338,6 +343,7 @@ class EmbeddingProjector(CallbackBase):
                 device=self._metrics_device,
             )
             projection.val_index = val_index
+            projection.chain, projection.stage = chain, stage
             projection.movers = self._guarded(
                 "movers", "the movers table",
                 lambda: movers(projection, previous, device=self._metrics_device),

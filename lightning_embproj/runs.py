@@ -41,16 +41,18 @@ class Run:
 
 
 class RunCounter:
-    """Counts validation runs (for ever) and, per chain, runs and validating epochs."""
+    """Counts validation runs (for ever), chains, and per chain runs and validating epochs."""
 
     def __init__(self) -> None:
         self.total = 0
+        self.chain = -1  # no chain started yet: the first is chain 0
         self.chain_runs = 0
         self.chain_epochs = 0
         self.last_epoch: int | None = None
 
     def start_chain(self) -> None:
         """A new ``fit`` / ``validate``: selection starts over; ``val_index`` keeps counting."""
+        self.chain += 1
         self.chain_runs = 0
         self.chain_epochs = 0
         self.last_epoch = None
@@ -71,12 +73,13 @@ class RunCounter:
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "total": self.total, "chain_runs": self.chain_runs,
+            "total": self.total, "chain": self.chain, "chain_runs": self.chain_runs,
             "chain_epochs": self.chain_epochs, "last_epoch": self.last_epoch,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.total = int(state.get("total", self.total))
+        self.chain = int(state.get("chain", self.chain))
         self.chain_runs = int(state.get("chain_runs", self.chain_runs))
         self.chain_epochs = int(state.get("chain_epochs", self.chain_epochs))
         last = state.get("last_epoch", self.last_epoch)

@@ -92,6 +92,8 @@ def projection_to_state(p: Projection) -> dict[str, Any]:
         "epoch": p.epoch,
         "step": p.step,
         "val_index": p.val_index,
+        "chain": p.chain,
+        "stage": p.stage,
         "layouts": {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in p.layouts.items()},
         # plain floats: a numpy scalar would make torch.load(weights_only=True) refuse the file
         "metrics": {str(k): float(v) for k, v in p.metrics.items()},
@@ -107,4 +109,6 @@ def projection_from_state(state: dict[str, Any]) -> Projection:
         metrics=dict(state["metrics"]),
         # checkpoints written before validation runs were counted knew only the epoch
         val_index=int(state.get("val_index", state["epoch"])),
+        chain=int(state.get("chain", 0)),
+        stage=str(state.get("stage", "fit")),
     )

@@ -77,6 +77,10 @@ class Projection:
         metrics: scalar metrics by name (``silhouette``, ``tsne/trustworthiness``, ...).
         movers: the points worth a look (see :func:`lightning_embproj.score.movers`): parallel
             arrays ``index``, ``kind``, ``overlap``, ``foreign_fraction``; None if not computed.
+        chain: which chain of this callback the run belongs to (0, 1, ...): every ``fit`` /
+            ``validate`` starts a new one, a resumed ``fit`` continues its checkpoint's. Runs
+            of one chain are aligned and compared with each other, never across chains.
+        stage: the Trainer entry point that ran it: ``"fit"`` or ``"validate"``.
     """
 
     sample: EpochSample
@@ -89,6 +93,8 @@ class Projection:
     clusters: np.ndarray | None = None
     lineage: list[dict[str, Any]] | None = None
     per_label: list[dict[str, Any]] | None = None
+    chain: int = 0
+    stage: str = "fit"
 
     @property
     def name(self) -> str:

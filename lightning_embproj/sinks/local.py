@@ -6,7 +6,8 @@ Layout under ``<root>/embproj/<NAME>/``:
   tracked point, for validation run 3 (the 4th this callback ran), at epoch 1, global step 120.
   Several validation runs per epoch (``val_check_interval``) never share a file.
 - ``metrics.jsonl``: one JSON object per run,
-  ``{"val_index": 3, "epoch": 1, "step": 120, "metrics": {...}}``.
+  ``{"val_index": 3, "epoch": 1, "step": 120, "chain": 0, "stage": "fit", "metrics": {...}}``
+  (``chain``: the run's chain, see :class:`~lightning_embproj.types.Projection`).
 - ``schema.json``: the kind of each column (``str``, ``int``, ``float``, ``bool``, ``json``), so
   :func:`read_projections` returns ids and texts as written: ``"000123"`` stays a string.
 
@@ -199,7 +200,7 @@ def _write_metrics(folder: Path, projection: Projection) -> None:
     ]
     entries.append({
         "val_index": projection.val_index, "epoch": projection.epoch, "step": projection.step,
-        "metrics": projection.metrics,
+        "chain": projection.chain, "stage": projection.stage, "metrics": projection.metrics,
     })
     entries.sort(key=lambda e: e["val_index"])
     atomic_write_text(folder / METRICS_FILE, "".join(json.dumps(e) + "\n" for e in entries))
@@ -358,12 +359,14 @@ def _unescape(value: Any) -> Any:
 
 def read_metrics(path: str | os.PathLike[str], name: str | None = None) -> Any:
     """Read the metrics of one embedding set into a DataFrame, one row per validation run,
-    with ``val_index``, ``epoch``, ``step`` and one column per metric."""
+    with ``val_index``, ``epoch``, ``step``, ``chain``, ``stage`` and one column per metric
+    (files written before chains were recorded read as chain 0 of a ``fit``)."""
     import pandas as pd
 
     folder = _resolve(path, name)
     rows = [
-        {"val_index": e["val_index"], "epoch": e["epoch"], "step": e["step"], **e["metrics"]}
+        {"val_index": e["val_index"], "epoch": e["epoch"], "step": e["step"],
+         "chain": e.get("chain", 0), "stage": e.get("stage", "fit"), **e["metrics"]}
         for e in _read_jsonl(folder / METRICS_FILE)
     ]
     return pd.DataFrame(rows)

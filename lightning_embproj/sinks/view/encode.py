@@ -28,6 +28,7 @@ import numpy as np
 from lightning_embproj.reduce import REDUCERS as REDUCER_ORDER  # the one list of names
 
 RESERVED = ("sample_id", "epoch", "step", "val_index")
+RUN_FIELDS = (*RESERVED, "chain", "stage")  # a metrics row's identity, not metrics
 CATEGORICAL = ("label", "cluster", "dataloader_idx")  # always coloured as categories
 MAX_CATEGORIES = 50  # a text column with more distinct values is shown, not coloured by
 MAX_TEXT = 500  # characters kept of one text value (hover shows fewer)
@@ -307,7 +308,7 @@ def encode_metrics(metrics: Any, runs: list[dict[str, Any]] | None = None) -> di
     rc = run_column(metrics)
     metrics = metrics.sort_values(rc, kind="stable").drop_duplicates(rc, keep="last")
     values = {c: pd.to_numeric(metrics[c], errors="coerce").to_numpy(dtype=float)
-              for c in metrics.columns if c not in RESERVED}
+              for c in metrics.columns if c not in RUN_FIELDS}
     cols = [c for c, v in values.items() if np.isfinite(v).any()]  # skip empty or text columns
     steps = metrics["step"].tolist() if "step" in metrics.columns else [0] * len(metrics)
     labels = [f"epoch {int(e)} \u00b7 step {int(s)}"
