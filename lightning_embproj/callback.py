@@ -333,7 +333,7 @@ class EmbeddingProjector(CallbackBase):
 
     def _process(
         self, sample: EpochSample, val_index: int, epoch: int, step: int, log: bool,
-        chain: int = 0, stage: str = "fit",
+        chain_index: int = 0, stage: str = "fit",
     ) -> None:
         try:
             previous = self.previous.get(sample.name)
@@ -343,7 +343,7 @@ class EmbeddingProjector(CallbackBase):
                 device=self._metrics_device,
             )
             projection.val_index = val_index
-            projection.chain, projection.stage = chain, stage
+            projection.chain, projection.stage = chain_index, stage
             projection.movers = self._guarded(
                 "movers", "the movers table",
                 lambda: movers(projection, previous, device=self._metrics_device),
