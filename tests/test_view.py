@@ -12,7 +12,13 @@ import base64
 import json
 import os
 import re
+import shutil
+import subprocess
 import sys
+import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +26,9 @@ import numpy as np
 import pandas as pd
 import pytest
 from browser import launch_chromium
-from digits import load_example
+from digits import DigitsModel, load_example, loaders, trainer
 
+from lightning_embproj import EmbeddingProjector
 from lightning_embproj.sinks import local
 from lightning_embproj.sinks.local import read_metrics, read_projections, write_projection
 from lightning_embproj.sinks.view import build_payload, render_view, write_view
@@ -37,6 +44,7 @@ from lightning_embproj.sinks.view.encode import (
 from lightning_embproj.sinks.view.images import IMAGES_FILE, read_images
 from lightning_embproj.sinks.view.page import json_block
 from lightning_embproj.types import EpochSample, Projection
+from lightning_embproj.warn import ProjectorWarning
 
 REPO = Path(__file__).resolve().parents[1]
 SCREENSHOT = REPO / "docs" / "images" / "view.png"
@@ -124,6 +132,31 @@ def synthetic_points(n: int, runs: int, *, seed: int = 0) -> pd.DataFrame:
         "pca_x": rng.normal(size=n * runs), "pca_y": rng.normal(size=n * runs),
         "tsne_x": rng.normal(size=n * runs), "tsne_y": rng.normal(size=n * runs),
     })
+
+
+@contextmanager
+def read_only(folder: Path) -> Iterator[None]:
+    """``folder`` read-only: its mode bits, and as root (which ignores them) the immutable flag."""
+    def writable() -> bool:
+        try:
+            with tempfile.TemporaryFile(dir=folder):
+                return True
+        except OSError:
+            return False
+
+    folder.chmod(0o555)
+    immutable = False
+    try:
+        if writable() and shutil.which("chattr"):
+            immutable = subprocess.run(["chattr", "+i", str(folder)],
+                                       capture_output=True).returncode == 0
+        if writable():
+            pytest.skip("cannot make a folder read-only here (root without chattr +i)")
+        yield
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+        folder.chmod(0o755)
 
 
 # ----------------------------------------------------------------------------- pure parts
@@ -444,6 +477,34 @@ def test_view_3d_and_no_labels_in_browser(tmp_path: Path, browser: Any) -> None:
         assert problems == []
     finally:
         page.close()
+
+
+@pytest.mark.parametrize("fault", ["read-only folder", "a file in the way"])
+def test_unwritable_folder_warning_names_the_cause(tmp_path: Path, fault: str) -> None:
+    """The view's warning names the folder's own I/O error, as the CSV files' does, not the
+    missing CSV files that follow from it."""
+    out = tmp_path / "out"
+    if fault == "read-only folder":
+        out.mkdir()
+        guard: Any = read_only(out)
+    else:
+        out.write_text("a regular file where a folder should be")
+        guard = contextmanager(lambda: iter([None]))()
+    projector = EmbeddingProjector(reducers="pca", max_samples=20, output_dir=str(out))
+    train, val = loaders(n_train=64, n_val=40, batch_size=20)
+    t = trainer(tmp_path, [projector], max_epochs=2, limit_train_batches=2)
+    with guard, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        t.fit(DigitsModel(), train, val)
+        projector.flush(timeout=60)
+    warned = [str(w.message) for w in caught if issubclass(w.category, ProjectorWarning)]
+    local_files = [w for w in warned if "writing to local files failed" in w]
+    view = [w for w in warned if "writing to html view failed" in w]
+    assert len(local_files) == 1 and len(view) == 1, warned
+    cause = re.search(r"failed \((\w+Error: \[Errno \d+\] [^:]+):", local_files[0])
+    assert cause is not None, local_files[0]
+    assert f"failed ({cause[1]}: '{out}" in view[0], (local_files[0], view[0])
+    assert not any("read_projections" in w or "val_*.csv" in w for w in warned), warned
 
 
 # ----------------------------------------------------------------------------- screenshot

@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import os
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,15 @@ def read_lineage_or_none(root: str | os.PathLike[str], name: str | None) -> Any 
     return table if table is not None and len(table) else None
 
 
+def check_writable(folder: Path) -> None:
+    """Raise the OS's own error when ``folder`` cannot take a file (read-only, a file in the
+    way, no permission): the view reads the CSV files first, and their absence would hide the
+    cause."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=folder):
+        pass
+
+
 def write_view(root: str | os.PathLike[str], name: str, *, max_runs: int = 50,
                projection: Any | None = None) -> Path:
     """Render set ``name``'s local files to ``<root>/embproj/<name>/view.html``; returns it.
@@ -119,6 +129,7 @@ def write_view(root: str | os.PathLike[str], name: str, *, max_runs: int = 50,
     )
 
     folder = set_dir(root, name)
+    check_writable(folder)
     if projection is not None:
         try:
             write_thumbnails(folder, projection)
