@@ -134,6 +134,53 @@ def synthetic_points(n: int, runs: int, *, seed: int = 0) -> pd.DataFrame:
     })
 
 
+# Runs of very different scales (spread x centre), then a run with one outlier row that
+# uint16 codes over its range cannot resolve (float32 can), then one float32 cannot either.
+SCALES = ((1.0, 0.0), (1e-2, 0.0), (1e-3, 0.0), (1e-5, 0.0), (1e-3, 1e3))
+OUTLIERS = (1e4, 1e12)
+
+
+def scaled_layouts(n: int = 400, seed: int = 0) -> list[np.ndarray]:
+    """One (n, 2) pca layout per run: SCALES, then a unit run per OUTLIERS with row 0 out there."""
+    rng = np.random.default_rng(seed)
+    layouts = [rng.normal(size=(n, 2)) * s + c for s, c in SCALES]
+    for far in OUTLIERS:
+        xy = rng.normal(size=(n, 2))
+        xy[0] = [far, -far]
+        layouts.append(xy)
+    return layouts
+
+
+def spread_of(xy: np.ndarray) -> np.ndarray:
+    """A run's spread per axis: the range of its central 98% of points."""
+    p1, p99 = np.percentile(xy, [1, 99], axis=0)
+    return np.asarray(p99 - p1)
+
+
+def page_decode(run: dict[str, Any], dims: int) -> np.ndarray:
+    """A run's coordinates as the page's script computes them (float64, ``decode`` in JS)."""
+    kind = {"u2": "<u2", "f4": "<f4", "f8": "<f8"}[run["enc"]]
+    q = decode(run["data"], kind).reshape(-1, dims).astype(np.float64)
+    if run["enc"] != "u2":
+        return np.asarray(run["off"], dtype=np.float64) + q
+    lo = np.array([np.nan if v is None else v for v in run["lo"]])
+    hi = np.array([np.nan if v is None else v for v in run["hi"]])
+    return np.where(q == MISSING, np.nan, lo + q * (hi - lo) / LEVELS)
+
+
+def write_scaled_runs(root: Path, layouts: list[np.ndarray]) -> Path:
+    """The layouts as set ``emb``'s local files and view (ids s0, s1, ...); returns the view."""
+    n = len(layouts[0])
+    for v, xy in enumerate(layouts):
+        sample = EpochSample(name="emb", keys=np.arange(n, dtype=np.int64),
+                             sample_ids=[f"s{i}" for i in range(n)],
+                             embeddings=np.zeros((n, 4), np.float32),
+                             labels=np.arange(n) % 3, metadata={})
+        write_projection(root, Projection(sample=sample, epoch=v, step=10 * (v + 1),
+                                          val_index=v, layouts={"pca": xy}, metrics={}))
+    return write_view(root, "emb")
+
+
 @contextmanager
 def read_only(folder: Path) -> Iterator[None]:
     """``folder`` read-only: its mode bits, and as root (which ignores them) the immutable flag."""
@@ -190,15 +237,18 @@ def test_points_keyed_by_validation_run(tmp_path: Path) -> None:
     assert [r["label"] for r in data["runs"]][:3] == [
         "epoch 0 \u00b7 step 25", "epoch 0 \u00b7 step 50", "epoch 1 \u00b7 step 75"]
     assert data["n"] == 45 and data["ids"][0] == IMG_ID and data["keys"][1] == "s1"
-    # Coordinates: uint16 codes per run, within one quantisation step of the CSV values.
+    # Coordinates: uint16 codes over each run's own range, within one quantisation step of
+    # the CSV values.
     pca = data["reducers"]["pca"]
-    codes = decode(pca["data"], "<u2").reshape(5, 45, 2)
+    assert [r["enc"] for r in pca["runs"]] == ["u2"] * 5
+    codes = np.stack([decode(r["data"], "<u2").reshape(45, 2) for r in pca["runs"]])
     assert (codes[1:, 1] == MISSING).all() and codes[0, 1, 0] != MISSING  # s1: run 0 only
-    lo, hi = np.array(pca["lo"]), np.array(pca["hi"])
+    lo, hi = np.array(pca["runs"][3]["lo"]), np.array(pca["runs"][3]["hi"])
     got = lo + codes[3] * (hi - lo) / LEVELS
     want = points[points["val_index"] == 3].set_index("sample_id").loc[
         [k for i, k in enumerate(data["keys"]) if i != 1], ["pca_x", "pca_y"]].to_numpy()
     assert np.abs(np.delete(got, 1, axis=0) - want).max() <= (hi - lo).max() / LEVELS
+    assert np.allclose(lo, want.min(axis=0)) and np.allclose(hi, want.max(axis=0))
     # Metadata once when it never changes; the cluster column changes, so it is per run.
     cols = {c["name"]: c for c in data["columns"]}
     assert [c["name"] for c in data["columns"]][:2] == ["label", "cluster"]
@@ -209,6 +259,28 @@ def test_points_keyed_by_validation_run(tmp_path: Path) -> None:
     assert cols["weight"]["kind"] == "num" and cols["weight"]["colour"]
     assert not cols["text"]["colour"] or len(cols["text"]["values"]) <= 50
     assert cols["label"]["values"] == [IMG_LABEL, "cat", "dog"]  # raw: the page never parses
+
+
+def test_each_run_decodes_within_its_own_spread() -> None:
+    """Runs 100x, 1000x and 100,000x smaller than the largest, and runs with an outlier row,
+    decode (as the page does) within 0.1% of each run's own spread; only the outlier runs
+    pay for floats."""
+    layouts = scaled_layouts()
+    n = len(layouts[0])
+    points = pd.concat([pd.DataFrame({
+        "sample_id": np.arange(n), "val_index": v, "epoch": v, "step": v,
+        "pca_x": xy[:, 0], "pca_y": xy[:, 1]}) for v, xy in enumerate(layouts)])
+    pca = encode_points(points)["reducers"]["pca"]
+    errors = [float((np.abs(page_decode(run, 2) - xy) / spread_of(xy)).max())
+              for run, xy in zip(pca["runs"], layouts, strict=True)]
+    assert max(errors) <= 1e-3, errors
+    assert [r["enc"] for r in pca["runs"]] == ["u2"] * len(SCALES) + ["f4", "f8"]
+    # A run whose reducer failed (all NaN) stays missing and does not disturb the others.
+    gone = points.assign(pca_x=np.where(points["val_index"] == 1, np.nan, points["pca_x"]),
+                         pca_y=np.where(points["val_index"] == 1, np.nan, points["pca_y"]))
+    runs = encode_points(gone)["reducers"]["pca"]["runs"]
+    assert runs[1]["lo"] == [None, None] and np.isnan(page_decode(runs[1], 2)).all()
+    assert runs[2] == pca["runs"][2]
 
 
 @pytest.mark.parametrize(
@@ -474,6 +546,27 @@ def test_view_3d_and_no_labels_in_browser(tmp_path: Path, browser: Any) -> None:
         page.evaluate("window.embproj.select([0])")
         page.wait_for_function(f"{GD}._fullData[1].z.filter(v => v !== null).length === 2")
         assert page.evaluate(PWNED) == [None] * 6
+        assert problems == []
+    finally:
+        page.close()
+
+
+def test_tiny_runs_keep_their_positions_in_browser(tmp_path: Path, browser: Any) -> None:
+    """The positions the page plots, read back from plotly, are each run's own values within
+    0.1% of its spread, the 100,000x smaller run and the outlier runs included."""
+    layouts = scaled_layouts(n=300)
+    page, problems = open_view(browser, write_scaled_runs(tmp_path, layouts))
+    try:
+        keys = page.evaluate("window.embproj.keys")
+        assert keys == [f"s{i}" for i in range(300)]
+        errors = []
+        for f, xy in enumerate(layouts):
+            got = np.array(page.evaluate(f"""async () => {{
+                await window.embproj.setFrame({f});
+                const t = {GD}._fullData[0];
+                return [Array.from(t.x), Array.from(t.y)]; }}""")).T
+            errors.append(float((np.abs(got - xy) / spread_of(xy)).max()))
+        assert max(errors) <= 1e-3, errors
         assert problems == []
     finally:
         page.close()

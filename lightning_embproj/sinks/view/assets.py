@@ -115,10 +115,14 @@ const GL = webgl();
 const TYPED = {f4: Float32Array, i1: Int8Array, i2: Int16Array, i4: Int32Array};
 const cols = P.columns.map((c) => Object.assign(c, {arr: new TYPED[c.dtype](bytes(c.data))}));
 const colByName = Object.fromEntries(cols.map((c) => [c.name, c]));
+// Each run's layout comes with its own range (u2: uint16 codes over [lo, hi]) or as floats
+// (f4 / f8: offsets from `off`), so a small or outlier-free run keeps its precision.
+const ARRAYS = {u2: Uint16Array, f4: Float32Array, f8: Float64Array};
 const panels = D.panels.map((p) => {
   const reducers = {};
   for (const [r, v] of Object.entries(p.reducers)) {
-    reducers[r] = Object.assign({}, v, {codes: new Uint16Array(bytes(v.data))});
+    reducers[r] = {dims: v.dims, runs: v.runs.map((e) => Object.assign({}, e,
+      {arr: new ARRAYS[e.enc](bytes(e.data))}))};
   }
   return {title: p.title, reducers: reducers};
 });
@@ -134,19 +138,19 @@ function cellText(c, f, i) {
   if (c.kind === 'num') return fmt(v);
   return v < 0 ? '' : c.values[v];
 }
+function decode(E, q, j) {
+  if (E.enc !== 'u2') return E.off[j] + q;  // NaN stays NaN
+  return q === MISSING ? NaN : E.lo[j] + q * (E.hi[j] - E.lo[j]) / LEVELS;
+}
 function pos(p, r, f, i, j) {
-  const R = panels[p].reducers[r];
-  const q = R.codes[(f * N + i) * R.dims + j];
-  return q === MISSING ? NaN : R.lo[j] + q * (R.hi[j] - R.lo[j]) / LEVELS;
+  const R = panels[p].reducers[r], E = R.runs[f];
+  return decode(E, E.arr[i * R.dims + j], j);
 }
 function coords(p, r, f) {
-  const R = panels[p].reducers[r], out = [];
+  const R = panels[p].reducers[r], E = R.runs[f], out = [];
   for (let j = 0; j < R.dims; j++) {
-    const a = new Float32Array(N), span = (R.hi[j] - R.lo[j]) / LEVELS;
-    for (let i = 0; i < N; i++) {
-      const q = R.codes[(f * N + i) * R.dims + j];
-      a[i] = q === MISSING ? NaN : R.lo[j] + q * span;
-    }
+    const a = new Float64Array(N);
+    for (let i = 0; i < N; i++) a[i] = decode(E, E.arr[i * R.dims + j], j);
     out.push(a);
   }
   return out;
@@ -228,8 +232,15 @@ function drawLegend(legend) {
 
 // ------------------------------------------------------------------ scatter panels
 function range(R, j) {
-  const pad = 0.04 * (R.hi[j] - R.lo[j]) || 1;
-  return [R.lo[j] - pad, R.hi[j] + pad];
+  let lo = Infinity, hi = -Infinity;
+  for (const E of R.runs) {
+    if (E.lo[j] === null) continue;
+    lo = Math.min(lo, E.lo[j]);
+    hi = Math.max(hi, E.hi[j]);
+  }
+  if (lo > hi) return [0, 1];
+  const pad = 0.04 * (hi - lo) || 0.04 * Math.abs(lo) || 1;
+  return [lo - pad, hi + pad];
 }
 function scatterFigure(p, info) {
   const f = S.frame, r = S.reducer, R = panels[p].reducers[r], three = R.dims === 3;

@@ -2,8 +2,9 @@
 
 Pure functions from the local files' tables (``read_projections``, ``read_metrics``,
 ``read_lineage``) to one JSON-ready dict that the page's script decodes. Sizes at 20,000 points
-x 50 runs x 2 reducers: coordinates are uint16 codes (2 bytes an axis, base64), static texts are
-stored once as a dictionary plus int32 codes.
+x 50 runs x 2 reducers: coordinates are uint16 codes over each run's own range (2 bytes an axis,
+base64; float32 or float64 for a run whose outliers would leave its bulk too few codes), static
+texts are stored once as a dictionary plus int32 codes.
 
 Example:
     >>> import pandas as pd
@@ -33,7 +34,10 @@ CATEGORICAL = ("label", "cluster", "dataloader_idx")  # always coloured as categ
 MAX_CATEGORIES = 50  # a text column with more distinct values is shown, not coloured by
 MAX_TEXT = 500  # characters kept of one text value (hover shows fewer)
 MISSING = 65535  # uint16 code of a missing coordinate
-LEVELS = 65534  # codes 0..65534 span each axis' range
+LEVELS = 65534  # codes 0..65534 span each axis' range in one run
+# Largest decode error allowed, as a fraction of a run's spread on that axis (the README
+# promises 0.1%; the margin covers spreads measured on few points).
+MAX_ERROR = 2.5e-4
 PALETTE = (
     "#636EFA", "#EF553B", "#00CC96", "#AB63FA", "#FFA15A", "#19D3F3", "#FF6692", "#B6E880",
     "#FF97FF", "#FECB52", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b",
@@ -148,19 +152,68 @@ def point_keys(points: Any) -> Any:
     return key
 
 
-def _quantise(c: np.ndarray) -> tuple[np.ndarray, list[float], list[float]]:
-    """(runs, N, dims) floats -> uint16 codes and each axis' [lo, hi]; NaN -> MISSING."""
-    lo, hi = [], []
+def spread(values: np.ndarray) -> float:
+    """A run's spread on one axis: the range of its central 98% of points (an outlier row
+    does not widen it), or the whole range where that is 0.
+
+    >>> spread(np.r_[np.linspace(0, 1, 1000), 1e6])
+    0.98...
+    """
+    lo, hi = np.percentile(values, [1, 99])
+    return float(hi - lo) or float(values.max() - values.min())
+
+
+def decode_run(run: dict[str, Any], dims: int) -> np.ndarray:
+    """One encoded run back to (N, dims) float64, computed as the page's script does."""
+    raw = base64.b64decode(run["data"])
+    kind = run["enc"]
+    if kind == "u2":
+        q = np.frombuffer(raw, "<u2").reshape(-1, dims).astype(np.float64)
+        lo = np.array([np.nan if v is None else v for v in run["lo"]])
+        hi = np.array([np.nan if v is None else v for v in run["hi"]])
+        out = lo + q * (hi - lo) / LEVELS
+        out[q == MISSING] = np.nan
+        return out
+    q = np.frombuffer(raw, "<f4" if kind == "f4" else "<f8").reshape(-1, dims)
+    return np.asarray(run["off"], dtype=np.float64) + q.astype(np.float64)
+
+
+def encode_run(c: np.ndarray) -> dict[str, Any]:
+    """One run's (N, dims) layout -> ``{"enc", "lo", "hi", "data"}`` (+ ``"off"`` for floats).
+
+    ``enc`` is the smallest of ``u2`` (uint16 codes over this run's own [lo, hi] per axis;
+    NaN -> MISSING), ``f4`` (float32 offsets from the run's median) and ``f8`` whose decode
+    error is at most ``MAX_ERROR`` of the run's :func:`spread` on every axis. ``lo`` / ``hi``
+    are each axis' finite min / max (``None`` without any): the page's axis ranges.
+    """
+    dims = c.shape[1]
+    finite = np.isfinite(c)
+    lo: list[float | None] = [None] * dims
+    hi: list[float | None] = [None] * dims
+    tol = np.zeros(dims)
     codes = np.full(c.shape, MISSING, dtype=np.uint16)
-    for j in range(c.shape[2]):
-        axis = c[..., j]
-        finite = np.isfinite(axis)
-        a, b = (float(axis[finite].min()), float(axis[finite].max())) if finite.any() else (0, 1)
-        span = (b - a) or 1.0
-        codes[..., j][finite] = np.round((axis[finite] - a) / span * LEVELS).astype(np.uint16)
-        lo.append(a)
-        hi.append(a + span)
-    return codes, lo, hi
+    for j in range(dims):
+        ok = finite[:, j]
+        if not ok.any():
+            continue
+        axis = c[ok, j]
+        a, b = float(axis.min()), float(axis.max())
+        lo[j], hi[j], tol[j] = a, b, MAX_ERROR * spread(axis)
+        codes[ok, j] = np.round((axis - a) / ((b - a) or 1.0) * LEVELS).astype(np.uint16)
+
+    def fits(run: dict[str, Any]) -> bool:
+        err = np.abs(decode_run(run, dims) - c)
+        return bool(np.all(np.where(finite, err, 0.0) <= tol))
+
+    run = {"enc": "u2", "lo": lo, "hi": hi, "data": b64(codes, "<u2")}
+    if fits(run):
+        return run
+    off = [float(np.median(c[finite[:, j], j])) if finite[:, j].any() else 0.0
+           for j in range(dims)]
+    run = {"enc": "f4", "lo": lo, "hi": hi, "off": off, "data": b64(c - np.array(off), "<f4")}
+    if fits(run):
+        return run
+    return {"enc": "f8", "lo": lo, "hi": hi, "off": [0.0] * dims, "data": b64(c, "<f8")}
 
 
 def _is_numeric(series: Any) -> bool:
@@ -234,7 +287,7 @@ def encode_points(points: Any, *, max_runs: int = 50, runs: list[int] | None = N
 
     Returns:
         ``{"n", "keys", "ids", "runs": [{val_index, epoch, step, label}], "columns",
-        "reducers": {R: {"dims", "lo", "hi", "data"}}}``.
+        "reducers": {R: {"dims", "runs": [encode_run(...) per run]}}}``.
     """
     import pandas as pd
 
@@ -278,8 +331,9 @@ def encode_points(points: Any, *, max_runs: int = 50, runs: list[int] | None = N
         xyz = np.full((len(kept), n, dims), np.nan, dtype=np.float64)
         for j, a in enumerate("xyz"[:dims]):
             xyz[fi, slot, j] = df[f"{r}_{a}"].to_numpy(dtype=np.float64)
-        codes, lo, hi = _quantise(xyz)
-        coded[r] = {"dims": dims, "lo": lo, "hi": hi, "data": b64(codes, "<u2")}
+        # Each run its own range: one shared range gave a run 1000x smaller than the largest
+        # (or every run beside one with an outlier row) a few dozen distinct codes.
+        coded[r] = {"dims": dims, "runs": [encode_run(xyz[f]) for f in range(len(kept))]}
     return {"n": n, "keys": universe, "ids": ids, "runs": run_info, "columns": columns,
             "reducers": coded}
 
