@@ -572,6 +572,93 @@ def test_tiny_runs_keep_their_positions_in_browser(tmp_path: Path, browser: Any)
         page.close()
 
 
+def _fit_then_validate(root: Path, out: Path) -> None:
+    projector = EmbeddingProjector(label_key="labels", reducers="pca", max_samples=60,
+                                   output_dir=str(out))
+    train, val = loaders(n_train=120, n_val=60, batch_size=30)
+    t = trainer(root, [projector], max_epochs=3, limit_train_batches=2)
+    model = DigitsModel()
+    t.fit(model, train, val)
+    projector.flush(timeout=60)
+    t.validate(model, val)
+    projector.flush(timeout=60)
+
+
+def test_fit_then_validate_marks_a_new_chain_in_browser(tmp_path: Path, browser: Any) -> None:
+    """validate() after fit() is a new chain: marked on the slider, the label and the metric
+    panels; no trail, 'moved' value, curve or lineage flow crosses it; its axes are its own."""
+    out = tmp_path / "out"
+    _fit_then_validate(tmp_path, out)
+    metrics = read_metrics(out, "embeddings")
+    assert metrics["chain"].tolist() == [0, 0, 0, 1]
+    assert metrics["stage"].tolist() == ["fit"] * 3 + ["validate"]
+    points = read_projections(out, "embeddings")
+    page, problems = open_view(browser, out / "embproj" / "embeddings" / "view.html")
+    try:
+        assert page.evaluate("window.embproj.state.frame") == 3
+        assert "validate \u00b7 chain 1" in str(page.text_content("#run-label"))
+        assert page.is_visible("#chain-note")
+        assert "new chain" in str(page.text_content("#chain-note"))
+        marks = page.eval_on_selector_all(
+            ".chain-mark", "els => els.map(e => [e.textContent, e.dataset.frame])")
+        assert marks == [["chain 0 \u00b7 fit", "0"], ["chain 1 \u00b7 validate", "3"]]
+        boxes = [page.locator(".chain-mark").nth(k).bounding_box() for k in range(2)]
+        assert boxes[0]["x"] < boxes[1]["x"]
+        assert overlaps(page) == []
+        # The axes are the validate run's own range; chain 0's cover its three runs.
+        def axis_range(frame: int) -> list[float]:
+            return list(page.evaluate(f"""async () => {{
+                await window.embproj.setFrame({frame});
+                return {GD}._fullLayout.xaxis.range; }}"""))
+
+        def padded(runs: list[int]) -> list[float]:
+            x = points.loc[points["val_index"].isin(runs), "pca_x"]
+            pad = 0.04 * (x.max() - x.min())
+            return [x.min() - pad, x.max() + pad]
+
+        assert axis_range(3) == pytest.approx(padded([3]))
+        assert axis_range(2) == pytest.approx(padded([0, 1, 2]))
+        assert not page.is_visible("#chain-note")
+        # A followed point's trail: three runs in chain 0, one at the validate run.
+        page.evaluate("window.embproj.select([0])")
+        trail = f"{GD}._fullData[1].x.filter(v => v !== null).length"
+        page.wait_for_function(f"{trail} === 3")
+        page.evaluate("window.embproj.setFrame(3)")
+        page.wait_for_function(f"{trail} === 1")
+        # 'moved since previous run': nothing at the validate run (no previous run there).
+        page.select_option("#colour", "__moved__")
+        page.wait_for_function("document.getElementById('legend').textContent"
+                               ".includes('a new chain starts here')")
+        assert page.evaluate("Array.from(window.embproj.state.info.values)"
+                             ".every(v => Number.isNaN(v))")
+        page.evaluate("window.embproj.setFrame(2)")
+        page.wait_for_function("Array.from(window.embproj.state.info.values)"
+                               ".every(v => Number.isFinite(v))")
+        # Metric panels: a dashed line and a note at the chain start, no curve across it.
+        layout = page.evaluate("document.querySelector('.mplot')._fullLayout.shapes"
+                               ".map(s => [s.x0, s.line.dash])")
+        assert [2.5, "dash"] in layout
+        notes = page.evaluate("document.querySelector('.mplot')._fullLayout.annotations"
+                              ".map(a => a.text)")
+        assert notes == ["chain 1 \u00b7 validate"]
+        series = page.evaluate("document.querySelector('.mplot')._fullData[0]")
+        assert series["x"] == [0, 1, 2, 2.5, 3] and series["y"][3] is None
+        # Lineage: no flow from the last fit run's clusters into the validate run's.
+        # Lineage: chain 0's runs with their flows; the validate run, alone in its chain, has
+        # none (before, its clusters were joined to the last fit run's).
+        assert page.is_visible("#lineage-panel")
+        sankey = "document.getElementById('lineage')._fullData[0]"
+        hover = page.evaluate(f"{sankey}.node.customdata")
+        assert any("chain 0" in h for h in hover) and not any("validate" in h for h in hover)
+        assert page.evaluate(f"{sankey}.link.value.length") > 0
+        note = str(page.text_content("#lineage-note"))
+        assert re.search(r"alone in their chain \(no flows\): epoch 3 \u00b7 step \d+ \u00b7 "
+                         r"validate \u00b7 chain 1\.$", note), note
+        assert problems == []
+    finally:
+        page.close()
+
+
 @pytest.mark.parametrize("fault", ["read-only folder", "a file in the way"])
 def test_unwritable_folder_warning_names_the_cause(tmp_path: Path, fault: str) -> None:
     """The view's warning names the folder's own I/O error, as the CSV files' does, not the

@@ -25,6 +25,7 @@ from lightning_embproj.sinks.view.encode import (
     encode_metrics,
     encode_points,
     reducers_in,
+    run_chains,
     run_column,
     sorted_labels,
     thin_runs,
@@ -48,15 +49,20 @@ def build_payload(points: Any, metrics: Any | None, *, title: str, max_runs: int
                   n_runs: int | None = None, lineage: Any | None = None,
                   images: dict[str, str] | None = None) -> dict[str, Any]:
     """Everything the page draws, as plain JSON-ready data (see :func:`render_view`)."""
-    data = encode_points(points, max_runs=max_runs)
+    data = encode_points(points, max_runs=max_runs, chains=run_chains(points, metrics))
     shown = len(data["runs"])
     total = max(n_runs or 0, points[run_column(points)].nunique())
     what = (f"showing {shown} of {total} validation runs (max_runs={max_runs}: the first, the "
             "last and evenly spaced runs between)" if shown < total
             else f"{total} validation run{'s' * (total != 1)}")
+    chains = sum(r["start"] for r in data["runs"])
+    apart = (f" The runs form {chains} chains (every fit / validate call starts one): runs of "
+             "one chain are aligned to each other, a new chain's layout is independent, so "
+             "trails, 'moved' and the axes start afresh at each marked chain start."
+             if chains > 1 else "")
     note = (f"{what}; {data['n']} tracked points; reducers: {', '.join(data['reducers'])}. "
             "Drag the slider or press play to watch the layout change run by run; hover a "
-            "point for its data; click, lasso or search to follow points.")
+            "point for its data; click, lasso or search to follow points." + apart)
     thumbs = encode_images(images, data["keys"])
     return {
         "title": title, "note": note, "palette": list(PALETTE),

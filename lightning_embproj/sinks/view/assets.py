@@ -41,8 +41,14 @@ body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;color:#2
 img.thumb{width:48px;height:48px;object-fit:contain;image-rendering:pixelated;flex:none;
   background:#f4f4f4}
 #player{border-top:1px solid #eee;padding-top:6px}
-#slider{flex:1;min-width:160px}
+#track{flex:1;min-width:160px;display:flex;flex-direction:column}
+#slider{width:100%;margin:2px 0}
 #run-label{min-width:22ch;font-variant-numeric:tabular-nums}
+#chain-marks{position:relative;height:16px}
+.chain-mark{position:absolute;top:0;line-height:16px;font-size:11px;color:#b35900;
+  white-space:nowrap;border-left:2px solid #b35900;padding-left:3px}
+.chain-mark.end{border-left:0;border-right:2px solid #b35900;padding:0 3px 0 0}
+#chain-note{color:#b35900;font-size:12px}
 #lineage{height:320px}
 #metrics{display:grid;grid-template-columns:repeat(auto-fit,minmax(380px,1fr));gap:14px}
 .mplot{height:300px}
@@ -155,9 +161,21 @@ function coords(p, r, f) {
   }
   return out;
 }
+// Chains: every fit / validate call starts one; layouts of two chains are not aligned, so
+// nothing (trail, 'moved', axis range) reaches across a chain's first run.
+function chainOf(f) { return RUNS[f].chain || 0; }
+function chainStart(f) {
+  let g = f;
+  while (g > 0 && chainOf(g - 1) === chainOf(f)) g--;
+  return g;
+}
+function chainLabel(f) {
+  return 'chain ' + chainOf(f) + (RUNS[f].stage ? ' \u00b7 ' + RUNS[f].stage : '');
+}
+const SEVERAL = RUNS.some((run, f) => f > 0 && chainStart(f) === f);
 function moved(f) {
   const d = new Float32Array(N).fill(NaN);
-  if (f === 0) return d;
+  if (chainStart(f) === f) return d;
   const dims = panels[0].reducers[S.reducer].dims;
   for (let i = 0; i < N; i++) {
     let s = 0;
@@ -182,6 +200,7 @@ function colourInfo(f) {
     hi = fin.length ? fin[Math.floor(0.98 * (fin.length - 1))] || fin[fin.length - 1] : 1;
     title = 'moved since the previous run (' + S.reducer + ' layout units)';
     if (f === 0) title += ': the first run has no previous run';
+    else if (chainStart(f) === f) title += ': a new chain starts here, it has no previous run';
   } else {
     const c = colByName[S.colour];
     if (c.kind === 'cat') {
@@ -232,8 +251,10 @@ function drawLegend(legend) {
 
 // ------------------------------------------------------------------ scatter panels
 function range(R, j) {
+  // Fixed over the current run's chain: its layouts are aligned, so their scale compares.
   let lo = Infinity, hi = -Infinity;
-  for (const E of R.runs) {
+  for (let f = chainStart(S.frame); f < NR && chainOf(f) === chainOf(S.frame); f++) {
+    const E = R.runs[f];
     if (E.lo[j] === null) continue;
     lo = Math.min(lo, E.lo[j]);
     hi = Math.max(hi, E.hi[j]);
@@ -255,7 +276,7 @@ function scatterFigure(p, info) {
   const sel = {type: type, mode: 'markers', hoverinfo: 'none', showlegend: false, customdata: [],
     marker: {size: three ? 7 : 12, color: [], line: {color: '#111', width: 2}}};
   keys.forEach((k, j) => { main[k] = xyz[j]; trail[k] = []; sel[k] = []; });
-  const first = Math.max(0, f - S.trail + 1);
+  const first = Math.max(chainStart(f), f - S.trail + 1);
   for (const i of S.sel) {
     if (!Number.isFinite(xyz[0][i])) continue;
     keys.forEach((k, j) => { sel[k].push(xyz[j][i]); });
@@ -272,7 +293,7 @@ function scatterFigure(p, info) {
   const axis = (j) => ({range: range(R, j), zeroline: false,
     title: {text: esc(r + '_' + 'xyz'[j])}});
   const layout = {margin: {l: 48, r: 8, t: 34, b: 40}, hovermode: 'closest', showlegend: false,
-    uirevision: r, dragmode: three ? 'orbit' : 'zoom'};
+    uirevision: r + ' ' + chainOf(f), dragmode: three ? 'orbit' : 'zoom'};
   if (three) {
     layout.scene = {xaxis: axis(0), yaxis: axis(1), zaxis: axis(2), aspectmode: 'cube'};
   } else {
@@ -369,8 +390,16 @@ function search() {
 // ------------------------------------------------------------------ metrics, lineage, table
 const metricDivs = [];
 function metricMarker(x) {
-  return [{type: 'line', xref: 'x', yref: 'paper', x0: x, x1: x, y0: 0, y1: 1,
-    line: {color: '#555', dash: 'dot', width: 1}}];
+  const starts = (D.metrics && D.metrics.starts) || [];
+  return starts.map((s) => ({type: 'line', xref: 'x', yref: 'paper', x0: s.x, x1: s.x,
+    y0: 0, y1: 1, line: {color: '#b35900', dash: 'dash', width: 1.5}})).concat(
+    [{type: 'line', xref: 'x', yref: 'paper', x0: x, x1: x, y0: 0, y1: 1,
+      line: {color: '#555', dash: 'dot', width: 1}}]);
+}
+function chainNotes() {
+  return ((D.metrics && D.metrics.starts) || []).map((s) => ({x: s.x, xref: 'x', y: 1,
+    yref: 'paper', yanchor: 'top', xanchor: 'left', showarrow: false, font: {size: 10,
+      color: '#b35900'}, text: esc('chain ' + s.chain + ' \u00b7 ' + s.stage)}));
 }
 function wrapTitle(t) { return esc(t).replace(' (', '<br>('); }
 function drawMetrics() {
@@ -389,7 +418,8 @@ function drawMetrics() {
     const data = [], layout = {margin: {l: 64, r: 16, t: 8, b: 44}, hovermode: 'closest',
       showlegend: true, legend: {orientation: 'h', x: 0, y: 1, yanchor: 'bottom'},
       xaxis: {title: {text: 'validation run'}, zeroline: false},
-      shapes: metricMarker(RUNS[S.frame] ? RUNS[S.frame].val_index : 0)};
+      shapes: metricMarker(RUNS[S.frame] ? RUNS[S.frame].val_index : 0),
+      annotations: chainNotes()};
     for (const axis of panel.axes) {
       const right = axis.side === 'right';
       const key = right ? 'yaxis2' : 'yaxis';
@@ -417,7 +447,9 @@ function drawLineage() {
   $('lineage-panel').hidden = false;
   $('lineage-note').textContent = (L.clipped ? 'the last ' + L.runs.length + ' shown runs; ' : '')
     + 'from ' + (L.runs[0] || '') + ' to ' + (L.runs[L.runs.length - 1] || '')
-    + '; flows are members shared by consecutive runs.';
+    + '; flows are members shared by consecutive runs of one chain.'
+    + (L.alone && L.alone.length ? ' Not drawn, alone in their chain (no flows): '
+      + L.alone.join(', ') + '.' : '');
   const cc = colByName.cluster;  // the scatter's colour of each cluster
   const colour = L.nodes.label.map((c) => {
     const k = cc && cc.values ? cc.values.indexOf(c) : -1;
@@ -454,6 +486,10 @@ function render() {
   S.info = colourInfo(f);
   drawLegend(S.info.legend);
   $('run-label').textContent = RUNS[f].label + '  (' + (f + 1) + ' of ' + NR + ')';
+  const fresh = f > 0 && chainStart(f) === f;
+  $('chain-note').hidden = !fresh;
+  $('chain-note').textContent = fresh ? 'new chain (' + chainLabel(f) + '): not aligned to '
+    + 'the previous run; trails and \u2018moved\u2019 start here' : '';
   $('slider').value = String(f);
   const jobs = panels.map((p, k) => {
     const fig = scatterFigure(k, S.info);
@@ -510,7 +546,26 @@ function controls() {
   slider.addEventListener('input', () => { stop(); setFrame(+slider.value); });
   $('play').addEventListener('click', play);
   $('player').hidden = NR < 2;
+  drawChainMarks();
   $('plots').style.setProperty('--panels', String(panels.length));
+}
+function drawChainMarks() {
+  // A tick and a label under the slider at each chain's first run (thumb centres run from
+  // half a thumb in from either end).
+  const box = $('chain-marks');
+  box.replaceChildren();
+  box.hidden = !SEVERAL;
+  if (!SEVERAL) return;
+  for (let f = 0; f < NR; f++) {
+    if (chainStart(f) !== f) continue;
+    const at = NR > 1 ? f / (NR - 1) : 0, end = at > 0.5;  // right half: label to the left
+    const mark = el('span', {className: 'chain-mark' + (end ? ' end' : ''),
+      textContent: chainLabel(f), title: RUNS[f].label});
+    mark.dataset.frame = String(f);
+    if (end) mark.style.right = 'calc(8px + ' + (1 - at) + ' * (100% - 16px))';
+    else mark.style.left = 'calc(8px + ' + at + ' * (100% - 16px))';
+    box.append(mark);
+  }
 }
 function attach(k) {
   const div = $('plot-' + k);

@@ -22,6 +22,7 @@ import base64
 import json
 import math
 import re
+from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -29,7 +30,7 @@ import numpy as np
 from lightning_embproj.reduce import REDUCERS as REDUCER_ORDER  # the one list of names
 
 RESERVED = ("sample_id", "epoch", "step", "val_index")
-RUN_FIELDS = (*RESERVED, "chain", "stage")  # a metrics row's identity, not metrics
+RUN_FIELDS = (*RESERVED, "chain", "stage")  # a run's identity: neither metrics nor metadata
 CATEGORICAL = ("label", "cluster", "dataloader_idx")  # always coloured as categories
 MAX_CATEGORIES = 50  # a text column with more distinct values is shown, not coloured by
 MAX_TEXT = 500  # characters kept of one text value (hover shows fewer)
@@ -274,8 +275,49 @@ def _column(name: str, values: Any, fi: np.ndarray, slot: np.ndarray, n_runs: in
     return out
 
 
+def run_label(epoch: int, step: int, stage: str = "fit", chain: int | None = None) -> str:
+    """A run's slider label: ``epoch E · step S``, then its stage when not ``fit`` and its chain
+    when the page shows several.
+
+    >>> run_label(3, 90, "validate", 1)
+    'epoch 3 · step 90 · validate · chain 1'
+    """
+    parts = [f"epoch {epoch}", f"step {step}"]
+    parts += [stage] if stage != "fit" else []
+    parts += [f"chain {chain}"] if chain is not None else []
+    return " \u00b7 ".join(parts)
+
+
+def run_chains(points: Any, metrics: Any | None = None) -> dict[int, tuple[int, str]]:
+    """Run -> (chain, stage), from the points' own ``chain`` / ``stage`` columns, else from the
+    metrics rows (``read_metrics`` has them); runs found in neither are left out."""
+    import pandas as pd
+
+    out: dict[int, tuple[int, str]] = {}
+    for table in (metrics, points):  # the points' own columns win
+        if table is None or len(table) == 0 or "chain" not in table.columns:
+            continue
+        rc = run_column(table)
+        stages = table["stage"] if "stage" in table.columns else ["fit"] * len(table)
+        for run, chain, stage in zip(table[rc].tolist(), table["chain"].tolist(), stages,
+                                     strict=True):
+            if not pd.isna(chain):
+                out[int(run)] = (int(chain), stage if isinstance(stage, str) else "fit")
+    return out
+
+
+def _chain_info(kept: list[int], chains: dict[int, tuple[int, str]]) -> list[tuple[int, str]]:
+    """(chain, stage) of each kept run; a run without a record continues the run before it."""
+    out, last = [], (0, "fit")
+    for run in kept:
+        last = chains.get(run, last)
+        out.append(last)
+    return out
+
+
 def encode_points(points: Any, *, max_runs: int = 50, runs: list[int] | None = None,
-                  keys: list[str] | None = None) -> dict[str, Any]:
+                  keys: list[str] | None = None,
+                  chains: dict[int, tuple[int, str]] | None = None) -> dict[str, Any]:
     """Points, metadata columns and per-run layouts of one embedding set.
 
     Args:
@@ -284,10 +326,13 @@ def encode_points(points: Any, *, max_runs: int = 50, runs: list[int] | None = N
         max_runs: most runs kept (the first, the last and evenly spaced ones between).
         runs: keep exactly these runs (run column values), overriding ``max_runs``.
         keys: the point universe and its order (default: points in order of appearance).
+        chains: run -> (chain, stage) (see :func:`run_chains`; default: the points' own
+            ``chain`` / ``stage`` columns, else one chain of ``fit`` runs).
 
     Returns:
-        ``{"n", "keys", "ids", "runs": [{val_index, epoch, step, label}], "columns",
-        "reducers": {R: {"dims", "runs": [encode_run(...) per run]}}}``.
+        ``{"n", "keys", "ids", "runs": [{val_index, epoch, step, chain, stage, start,
+        label}], "columns", "reducers": {R: {"dims", "runs": [encode_run(...) per run]}}}``;
+        ``start`` marks the first shown run of each chain.
     """
     import pandas as pd
 
@@ -303,12 +348,15 @@ def encode_points(points: Any, *, max_runs: int = 50, runs: list[int] | None = N
     df = points[points[rc].isin(kept)].sort_values(rc, kind="stable").reset_index(drop=True)
     kept = [int(v) for v in np.unique(df[rc].to_numpy())]
     first = df.drop_duplicates(rc).set_index(rc)
+    info = _chain_info(kept, run_chains(points) if chains is None else chains)
+    several = len({c for c, _ in info}) > 1
     run_info = []
-    for run in kept:
+    for k, (run, (chain, stage)) in enumerate(zip(kept, info, strict=True)):
         epoch = int(first.at[run, "epoch"])
         step = int(first.at[run, "step"]) if "step" in df else 0
-        run_info.append({"val_index": run, "epoch": epoch, "step": step,
-                         "label": f"epoch {epoch} \u00b7 step {step}"})
+        run_info.append({"val_index": run, "epoch": epoch, "step": step, "chain": chain,
+                         "stage": stage, "start": k == 0 or info[k - 1][0] != chain,
+                         "label": run_label(epoch, step, stage, chain if several else None)})
     key = point_keys(df)
     universe = list(dict.fromkeys(key)) if keys is None else list(keys)
     slot = pd.Index(universe).get_indexer(key)
@@ -322,7 +370,7 @@ def encode_points(points: Any, *, max_runs: int = 50, runs: list[int] | None = N
     for k, row in zip(last.index.tolist(), last.tolist(), strict=True):
         ids[k] = text(sids[row], 200)
     layout_cols = {f"{r}_{a}" for r in reducers for a in "xyz"}
-    meta = [c for c in df.columns if c not in RESERVED and c not in layout_cols]
+    meta = [c for c in df.columns if c not in RUN_FIELDS and c not in layout_cols]
     order = [c for c in ("label", "cluster", "dataloader_idx") if c in meta]
     columns = [_column(c, df[c], fi, slot, len(kept), n)
                for c in order + [c for c in meta if c not in order]]
@@ -354,19 +402,38 @@ def encode_metrics(metrics: Any, runs: list[dict[str, Any]] | None = None) -> di
     >>> [p["title"] for p in encode_metrics(m)["panels"]]
     ['Scores (0..1, higher is better)', 'Drift & displacement since the previous run']
     """
-    empty: dict[str, Any] = {"x": [], "runs": [], "panels": []}
+    empty: dict[str, Any] = {"x": [], "runs": [], "panels": [], "starts": []}
     if metrics is None or len(metrics) == 0 or "epoch" not in metrics.columns:
         return empty
     import pandas as pd
 
     rc = run_column(metrics)
     metrics = metrics.sort_values(rc, kind="stable").drop_duplicates(rc, keep="last")
+    runs_x = [int(v) for v in metrics[rc]]
+    info = _chain_info(runs_x, run_chains(metrics))
+    several = len({c for c, _ in info}) > 1
+    steps = metrics["step"].tolist() if "step" in metrics.columns else [0] * len(metrics)
+    labels = [run_label(int(e), int(s), stage, chain if several else None)
+              for e, s, (chain, stage) in zip(metrics["epoch"].tolist(), steps, info, strict=True)]
+    # Before a chain's first run: a gap (x between the runs, y None) so that no curve joins
+    # two chains, and a marker line.
+    x: list[float] = []
+    rows: list[int | None] = []  # the metrics row of each x, None for a gap
+    starts = []
+    for k, run in enumerate(runs_x):
+        if k and info[k][0] != info[k - 1][0]:
+            x.append(run - 0.5)
+            rows.append(None)
+            starts.append({"x": run - 0.5, "chain": info[k][0], "stage": info[k][1]})
+        x.append(run)
+        rows.append(k)
+
+    def spaced(column: list[Any]) -> list[Any]:
+        return [None if k is None else column[k] for k in rows]
+
     values = {c: pd.to_numeric(metrics[c], errors="coerce").to_numpy(dtype=float)
               for c in metrics.columns if c not in RUN_FIELDS}
     cols = [c for c, v in values.items() if np.isfinite(v).any()]  # skip empty or text columns
-    steps = metrics["step"].tolist() if "step" in metrics.columns else [0] * len(metrics)
-    labels = [f"epoch {int(e)} \u00b7 step {int(s)}"
-              for e, s in zip(metrics["epoch"].tolist(), steps, strict=True)]
     panels = []
     for kind, title in PANELS:
         names = [c for c in cols if _kind(c) == kind]
@@ -393,9 +460,11 @@ def encode_metrics(metrics: Any, runs: list[dict[str, Any]] | None = None) -> di
             if kind == "scores":
                 unit = "score (unitless, 1 = best)"
             axes.append({"side": side, "title": unit,
-                         "series": [{"name": c, "y": _finite(values[c])} for c in group]})
+                         "series": [{"name": c, "y": spaced(_finite(values[c]))}
+                                    for c in group]})
         panels.append({"kind": kind, "title": title, "axes": axes})
-    return {"x": [int(v) for v in metrics[rc]], "runs": labels, "panels": panels}
+    return {"x": x, "runs": [lab or "" for lab in spaced(labels)], "panels": panels,
+            "starts": starts}
 
 
 def _from_list(value: Any) -> list[str]:
@@ -412,16 +481,22 @@ def encode_lineage(lineage: Any, points: Any, runs: list[dict[str, Any]],
     """Sankey nodes (a cluster in a run) and flows (members shared with the previous run).
 
     Flows count the tracked points that are in cluster ``a`` at one shown run and in ``b`` at
-    the next, from the ``cluster`` column; without it, a lineage row's ``size`` is split evenly
-    over its ``from_clusters``. Node hover: run, size, event, top labels. Only the last
-    ``max_runs`` shown runs are drawn. ``None`` without lineage rows.
+    the next of the same chain, from the ``cluster`` column; without it, a lineage row's
+    ``size`` is split evenly over its ``from_clusters``. Node hover: run, size, event, top
+    labels. Only the last ``max_runs`` shown runs are drawn; a run alone in its chain (a
+    ``validate()`` after ``fit()``) has no flows and is listed in ``alone`` instead. ``None``
+    without lineage rows.
     """
     if lineage is None or len(lineage) == 0 or "cluster" not in lineage.columns:
         return None
     rc = run_column(lineage)
     if rc not in lineage.columns:
         return None
-    shown = [r["val_index"] for r in runs][-max_runs:]
+    chain_of = {r["val_index"]: r.get("chain", 0) for r in runs}
+    per_chain = Counter(chain_of.values())
+    lone = [r for r in chain_of if per_chain[chain_of[r]] == 1] if len(runs) > 1 else []
+    drawn = [r for r in chain_of if r not in lone]
+    shown = drawn[-max_runs:]
     label_of = {r["val_index"]: r["label"] for r in runs}
     rows = lineage[lineage[rc].isin(shown)]
     if len(rows) == 0:
@@ -454,6 +529,8 @@ def encode_lineage(lineage: Any, points: Any, runs: list[dict[str, Any]],
             nodes["y"].append(0.001 + 0.998 * (i + 0.5) / max(len(clusters), 1))
     links: dict[str, list[Any]] = {"source": [], "target": [], "value": []}
     for prev, run in zip(shown, shown[1:], strict=False):
+        if chain_of[prev] != chain_of[run]:
+            continue  # a new chain's clusters do not come from the previous chain's
         if pts is not None:
             rcp = run_column(pts)
             a = pts[pts[rcp] == prev].assign(_k=lambda d: point_keys(d))
@@ -480,7 +557,7 @@ def encode_lineage(lineage: Any, points: Any, runs: list[dict[str, Any]],
                         members = float(row.get("size", 1) or 1)
                         links["value"].append(members / len(sources))
     return {"nodes": nodes, "links": links, "runs": [label_of.get(r, "") for r in shown],
-            "clipped": len(runs) > len(shown)}
+            "clipped": len(drawn) > len(shown), "alone": [label_of[r] for r in lone]}
 
 
 def encode_images(images: dict[str, str] | None, keys: list[str]) -> dict[str, str]:

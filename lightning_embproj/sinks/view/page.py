@@ -76,9 +76,10 @@ def render_page(payload: dict[str, Any], *, panels: int = 1) -> str:
         "their trail.</p><ol id=\"selected\"></ol></aside></div>\n"
         '<div id="player" class="bar">'
         '<button id="play" type="button" data-control>\u25b6 play</button>'
-        '<input id="slider" type="range" min="0" step="1" aria-label="validation run" '
-        "data-control>"
-        '<span id="run-label" data-control></span></div>\n'
+        '<div id="track"><input id="slider" type="range" min="0" step="1" '
+        'aria-label="validation run" data-control><div id="chain-marks" hidden></div></div>'
+        '<span id="run-label" data-control></span>'
+        '<span id="chain-note" data-control hidden></span></div>\n'
         '<section id="lineage-panel" hidden><h2>Cluster lineage</h2>'
         '<p id="lineage-note" class="hint"></p><div id="lineage"></div></section>\n'
         '<section id="table-panel" hidden><h2 id="table-title"></h2>'
