@@ -42,6 +42,7 @@ Example:
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -60,17 +61,44 @@ LINEAGE_COLUMNS: tuple[str, ...] = ("cluster", "event", "from_clusters", "size",
 _TOL = 1e-12  # 7 / 10 must count as >= 0.7
 
 
-def _check_thresholds(survive_threshold: float, split_threshold: float) -> None:
-    if not 0.5 < survive_threshold <= 1.0:
+def check_thresholds(survive_threshold: Any, split_threshold: Any) -> tuple[float, float]:
+    """The MONIC thresholds as floats; impossible or contradictory values raise a ValueError
+    that names the option, the allowed range and the given value.
+
+    ``survive_threshold`` must be in (0.5, 1]: above one half, so that a cluster survives into
+    at most one cluster (above 1 nothing could survive). ``split_threshold`` must be in
+    (0, 0.5]: a split has two or more parts, each holding at least ``split_threshold`` of the
+    cluster, so two parts must fit in one cluster (above 0.5 nothing could split); it is then
+    always below ``survive_threshold``.
+
+    Example:
+        >>> check_thresholds(0.7, 0.3)
+        (0.7, 0.3)
+        >>> check_thresholds(0.7, 0.6)
+        Traceback (most recent call last):
+        ...
+        ValueError: split_threshold must be in (0, 0.5]: ... got 0.6
+    """
+    survive = _fraction(survive_threshold, "survive_threshold", "(0.5, 1]")
+    split = _fraction(split_threshold, "split_threshold", "(0, 0.5]")
+    if not 0.5 < survive <= 1.0:
         raise ValueError(
-            "survive_threshold must be in (0.5, 1] so that a cluster feeds at most one "
-            f"successor, got {survive_threshold!r}"
+            f"survive_threshold must be in (0.5, 1]: above one half, so that a cluster survives "
+            f"into at most one cluster; got {survive_threshold!r}"
         )
-    if not 0.0 < split_threshold < survive_threshold:
+    if not 0.0 < split <= 0.5:
         raise ValueError(
-            f"split_threshold must be in (0, survive_threshold={survive_threshold}), "
-            f"got {split_threshold!r}"
+            "split_threshold must be in (0, 0.5]: a split needs two or more parts, each holding "
+            "at least split_threshold of the cluster's tracked members, so two parts must fit "
+            f"in one cluster; got {split_threshold!r}"
         )
+    return survive, split
+
+
+def _fraction(value: Any, option: str, allowed: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{option} must be a number in {allowed}, got {value!r}")
+    return float(value)
 
 
 def _row(cluster: int, event: str, sources: Sequence[int], size: int, overlap: float) -> dict:
@@ -105,7 +133,7 @@ def lineage_events(
         >>> [(r["cluster"], r["event"], r["from_clusters"], r["overlap"]) for r in rows]
         [(0, 'split', '0', 0.5), (5, 'split', '0', 0.5)]
     """
-    _check_thresholds(survive_threshold, split_threshold)
+    survive_threshold, split_threshold = check_thresholds(survive_threshold, split_threshold)
     prev_keys = check_keys(prev_keys, "prev_keys")
     prev_ids = check_ids(prev_ids, prev_keys.size, "prev_ids")
     keys = check_keys(keys, "keys")

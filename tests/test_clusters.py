@@ -274,7 +274,7 @@ def test_thresholds_decide_between_survive_split_and_vanish():
     ]
     with pytest.raises(ValueError, match=r"survive_threshold must be in \(0.5, 1\]"):
         lineage_events(keys, prev, keys, prev, survive_threshold=0.5)
-    with pytest.raises(ValueError, match=r"split_threshold must be in \(0, survive_threshold"):
+    with pytest.raises(ValueError, match=r"split_threshold must be in \(0, 0.5\]"):
         lineage_events(keys, prev, keys, prev, split_threshold=0.8)
 
 
