@@ -6,7 +6,7 @@ this run (the same points slightly moved, rows in another order). Times, all in 
 - ``tsne``: ``reduce("tsne", X, 2)`` cold; ``warm``: from the previous layout
   (``warm_init``), what the callback runs from the second run on.
 - ``kmeans`` / ``hdbscan``: :func:`cluster_points` with the labels (k = 10) / auto.
-- ``match+lineage``: :meth:`ClusterChain.update` then :func:`lineage_events`.
+- ``match+lineage``: :meth:`ClusterChain.update`: ids and lineage rows from one overlap matrix.
 - ``scores``: :func:`cluster_scores` (count, ARI to the previous run, NMI to labels).
 - ``health``: :func:`health_metrics` (RankMe, uniformity, CKA to the previous run).
 - ``per_label``: :func:`per_label_table` with the previous run, this run's kNN already
@@ -33,14 +33,14 @@ import numpy as np
 from bench_metrics import data, timed  # the same blobs, drifted copy and best-of timer
 
 from lightning_embproj import neighbours
-from lightning_embproj.clusters import ClusterChain, cluster_points
+from lightning_embproj.clusters import cluster_points
 from lightning_embproj.health import (
     StabilityPool,
     cluster_scores,
     health_metrics,
     per_label_table,
 )
-from lightning_embproj.lineage import lineage_events
+from lightning_embproj.lineage import ClusterChain
 from lightning_embproj.reduce import reduce, warm_init
 
 
@@ -64,8 +64,8 @@ def run(n: int, dim: int, repeat: int) -> dict[str, float]:
     prev_keys, prev_ids = chain.prev_keys, chain.prev_ids
 
     def match_lineage() -> tuple[np.ndarray, list]:
-        ids = ClusterChain.from_state_dict(state).update(keys1, raw)
-        return ids, lineage_events(prev_keys, prev_ids, keys1, ids)
+        step = ClusterChain.from_state_dict(state).update(keys1, raw)
+        return step.ids, step.rows
 
     out["match+lineage"], (ids, rows) = timed(match_lineage, repeat)
     out["survive_rows"] = float(sum(r["event"] == "survive" for r in rows))

@@ -1,19 +1,15 @@
-"""Cluster one run's embeddings and give the clusters ids that stay stable across runs.
+"""Cluster one run's embeddings: k-means or HDBSCAN (noise ``-1``), in tracking-key order.
 
-:func:`cluster_points` clusters one run (k-means or HDBSCAN, noise ``-1``);
-:func:`match_clusters` maps this run's raw cluster numbers to stable ids by a Hungarian
-assignment on the Jaccard overlap of shared members (matched on the tracking keys) with the
-previous run's clusters; :class:`ClusterChain` holds the state between runs (plain lists and
-ints, so it goes into a checkpoint as is).
+:func:`cluster_points` clusters one run; :func:`overlap_counts` and :func:`shared_rows` give
+the overlap of two runs' clusterings on the keys both runs track. The stable ids and the
+lineage across runs come from both in one step: :mod:`lightning_embproj.lineage`.
 
 Example:
     >>> rng = np.random.default_rng(0)
     >>> X = np.r_[rng.normal(0, 0.1, (20, 4)), rng.normal(5, 0.1, (20, 4))]
-    >>> keys = np.arange(40, dtype=np.int64)
-    >>> chain = ClusterChain()
-    >>> ids = chain.update(keys, cluster_points(X, n_clusters=2))
-    >>> ids[[0, -1]].tolist(), chain.update(keys, cluster_points(X, n_clusters=2))[[0, -1]].tolist()
-    ([0, 1], [0, 1])
+    >>> raw = cluster_points(X, n_clusters=2, keys=np.arange(40))
+    >>> raw[[0, -1]].tolist()
+    [0, 1]
 """
 
 from __future__ import annotations
@@ -21,7 +17,6 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -252,116 +247,3 @@ def overlap_counts(
     a = table.sum(axis=1)[keep_p]
     b = table.sum(axis=0)[keep_c]
     return prev_u[keep_p], cur_u[keep_c], table[np.ix_(keep_p, keep_c)], a, b
-
-
-def match_clusters(
-    prev_keys: np.ndarray | Sequence[int],
-    prev_ids: np.ndarray | Sequence[int],
-    keys: np.ndarray | Sequence[int],
-    raw_ids: np.ndarray | Sequence[int],
-    next_id: int,
-) -> tuple[np.ndarray, int]:
-    """Give this run's clusters stable ids: ``(ids, next_id)``.
-
-    On the keys present in both runs, the Jaccard overlap ``|P & C| / |P | C|`` of every
-    previous cluster ``P`` (by id) and current cluster ``C`` (by raw number) is maximised by a
-    Hungarian assignment (``scipy.optimize.linear_sum_assignment``); a current cluster
-    assigned to a previous one with overlap > 0 inherits its id, the others get fresh ids
-    ``next_id, next_id + 1, ...`` in the order of their raw numbers. Noise (``-1``) stays
-    ``-1``. Ids never come back once retired, and the same clustering gives the same ids.
-
-    Example:
-        >>> prev_keys, prev_ids = [1, 2, 3, 4], [0, 0, 1, 1]
-        >>> ids, nxt = match_clusters(prev_keys, prev_ids, [1, 2, 3, 4, 5], [1, 1, 0, 0, 2], 2)
-        >>> ids.tolist(), nxt
-        ([0, 0, 1, 1, 2], 3)
-    """
-    from scipy.optimize import linear_sum_assignment
-
-    prev_keys = check_keys(prev_keys, "prev_keys")
-    prev_ids = check_ids(prev_ids, prev_keys.size, "prev_ids")
-    keys = check_keys(keys, "keys")
-    raw_ids = check_ids(raw_ids, keys.size, "raw_ids")
-    if not isinstance(next_id, (int, np.integer)) or next_id < 0:
-        raise ValueError(f"next_id must be a non-negative int, got {next_id!r}")
-    if prev_ids.size and prev_ids.max() >= next_id:
-        raise ValueError(
-            f"next_id ({next_id}) must exceed every previous id (max {int(prev_ids.max())})"
-        )
-    ip, ic = shared_rows(prev_keys, keys)
-    inherited: dict[int, int] = {}
-    if ip.size:
-        prev_u, cur_u, n, a, b = overlap_counts(prev_ids[ip], raw_ids[ic])
-        if n.size:
-            jac = n / (a[:, None] + b[None, :] - n)
-            rows, cols = linear_sum_assignment(jac, maximize=True)
-            for r, c in zip(rows, cols, strict=True):
-                if n[r, c] > 0:
-                    inherited[int(cur_u[c])] = int(prev_u[r])
-    mapping: dict[int, int] = {}
-    for raw in np.unique(raw_ids[raw_ids != NOISE]).tolist():
-        if raw in inherited:
-            mapping[raw] = inherited[raw]
-        else:
-            mapping[raw] = int(next_id)
-            next_id += 1
-    ids = np.full(raw_ids.shape, NOISE, dtype=np.int64)
-    for raw, new in mapping.items():
-        ids[raw_ids == raw] = new
-    return ids, int(next_id)
-
-
-@dataclass
-class ClusterChain:
-    """The stable-id state between runs: the previous run's keys and ids, the id counter.
-
-    Plain lists and an int, so :meth:`state_dict` goes into a Lightning checkpoint as is.
-
-    Example:
-        >>> chain = ClusterChain()
-        >>> chain.update([10, 11, 12], [0, 0, 1]).tolist()
-        [0, 0, 1]
-        >>> ClusterChain.from_state_dict(chain.state_dict()) == chain
-        True
-    """
-
-    keys: list[int] = field(default_factory=list)
-    ids: list[int] = field(default_factory=list)
-    next_id: int = 0
-
-    def update(
-        self, keys: np.ndarray | Sequence[int], raw_ids: np.ndarray | Sequence[int]
-    ) -> np.ndarray:
-        """Stable ids for this run (:func:`match_clusters`); this run becomes the previous."""
-        ids, self.next_id = match_clusters(self.keys, self.ids, keys, raw_ids, self.next_id)
-        self.keys = check_keys(keys, "keys").tolist()
-        self.ids = ids.tolist()
-        return ids
-
-    @property
-    def prev_keys(self) -> np.ndarray:
-        return np.asarray(self.keys, dtype=np.int64)
-
-    @property
-    def prev_ids(self) -> np.ndarray:
-        return np.asarray(self.ids, dtype=np.int64)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"keys": list(self.keys), "ids": list(self.ids), "next_id": int(self.next_id)}
-
-    @classmethod
-    def from_state_dict(cls, state: dict[str, Any]) -> ClusterChain:
-        try:
-            keys = [int(k) for k in state["keys"]]
-            ids = [int(i) for i in state["ids"]]
-            next_id = int(state["next_id"])
-        except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(
-                "cluster chain state must be a dict with 'keys' and 'ids' (lists of ints of "
-                f"equal length) and 'next_id' (int); got {state!r:.200}"
-            ) from err
-        if len(keys) != len(ids):
-            raise ValueError(
-                f"cluster chain state has {len(keys)} keys but {len(ids)} ids: lengths must match"
-            )
-        return cls(keys, ids, next_id)

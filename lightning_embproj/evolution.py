@@ -7,11 +7,16 @@ history therefore keeps at most ``max_rows`` rows (default :data:`EVOLUTION_MAX_
 one chunk per validation run, keyed by the run's identity ``(val_index, epoch, step)`` (several
 runs can share an epoch, so an epoch key would let them overwrite each other), oldest first:
 
-- rows per run: the ``rows_per_run`` tracked points with the smallest keys, the same points in
-  every run (``max_rows // 2`` at most, so at least two runs fit);
-- runs: every ``stride``-th projected run is kept, plus the newest; when they no longer fit, the
-  stride doubles (1, 2, 4, ...) and the runs off the new stride are dropped, so the kept runs
-  stay evenly spaced from the first one and memory stays bounded.
+- points: every run keeps all its tracked points until one run has more than
+  ``max_rows // 2`` (so at least two runs fit). From then on every run, earlier ones too, keeps
+  only its points whose tracking key is below one cutoff: the ``max_rows // 2``-th smallest key
+  of the largest such run. The rows follow the same points from run to run (a point kept in one
+  run is kept in every run that tracks it), and the cutoff only ever goes down, so a point once
+  left out stays out. Runs with fewer points keep fewer rows; a run whose tracked points
+  changed to larger keys can keep few of them;
+- runs: every ``stride``-th projected run is kept, plus the newest; when their rows no longer
+  fit, the stride doubles (1, 2, 4, ...) and the runs off the new stride are dropped, so the
+  kept runs stay evenly spaced from the first one and memory stays bounded.
 
 Example:
     >>> h = EvolutionHistory(max_rows=12)
@@ -21,11 +26,18 @@ Example:
     [0, 2, 4, 5]
     >>> h.rows_per_run, h.stride
     (3, 2)
+    >>> grown = EvolutionHistory(max_rows=12)
+    >>> grown.add(0, {"sample_id": [0, 1]}, keys=[9, 1])  # two points: all of them
+    False
+    >>> grown.add(1, {"sample_id": list(range(8))}, keys=[7, 6, 5, 4, 3, 2, 1, 0])
+    True
+    >>> grown.columns()["sample_id"], grown.key_cutoff  # 6 per run; run 0 keeps key 1, not 9
+    ([1, 7, 6, 5, 4, 3, 2], 6)
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -54,49 +66,114 @@ def evolution_due(count: int) -> bool:
 
 
 class EvolutionHistory:
-    """Per-validation-run column chunks of one embedding set, thinned to fit ``max_rows``."""
+    """Per-validation-run column chunks of one embedding set, thinned to fit ``max_rows``.
+
+    ``key_cutoff``: rows are kept for the points whose tracking key is below it (None: all
+    points); ``stride``: every ``stride``-th run is kept, plus the newest; ``thinned``: rows or
+    runs were ever left out.
+    """
 
     def __init__(self, max_rows: int = EVOLUTION_MAX_ROWS) -> None:
         self.max_rows = max_rows
-        self.rows_per_run = 0
         self.stride = 1
+        self.key_cutoff: int | None = None
+        self.thinned = False
         self._count = 0  # runs added so far: their arrival index decides the stride
         self._chunks: dict[Hashable, dict[str, list[Any]]] = {}
+        self._keys: dict[Hashable, np.ndarray] = {}  # each chunk's keys, ascending like its rows
+        self._points: dict[Hashable, int] = {}  # each run's tracked points before thinning
         self._index: dict[Hashable, int] = {}
-        self.thinned = False
+
+    @property
+    def run_cap(self) -> int:
+        """The most rows one run may keep: half the table, so that at least two runs fit."""
+        return max(1, self.max_rows // 2)
 
     @property
     def runs(self) -> list[Hashable]:
         """The key of each kept run, oldest (first added) first."""
         return sorted(self._chunks, key=self._index.__getitem__)
 
+    @property
+    def rows_per_run(self) -> int:
+        """Rows the newest run keeps (all its points, or those below :attr:`key_cutoff`)."""
+        runs = self.runs
+        return int(self._keys[runs[-1]].size) if runs else 0
+
     def add(self, run: Hashable, columns: dict[str, list[Any]], keys: Sequence[int]) -> bool:
-        """Add one validation run's columns; True when this call thinned rows or runs.
+        """Add one validation run's columns; True when this call left out rows or runs.
 
         ``run`` identifies the run (the sink uses ``(val_index, epoch, step)``); adding a run
-        already kept replaces its rows.
+        already kept replaces its rows. ``keys``: the tracking key of each row.
         """
-        n = len(keys)
-        if not self.rows_per_run:
-            self.rows_per_run = min(n, max(1, self.max_rows // 2))
-        keep = np.argsort(np.asarray(keys), kind="stable")[: self.rows_per_run]
-        thinned = keep.size < n
+        keys_arr = np.asarray(keys, dtype=np.int64).reshape(-1)
+        order = np.argsort(keys_arr, kind="stable")
+        ordered = keys_arr[order]
+        if ordered.size > self.run_cap:
+            bound = int(ordered[self.run_cap])
+            if self.key_cutoff is None or bound < self.key_cutoff:
+                self.key_cutoff = bound
+        keep = order[: self._below_cutoff(ordered)]
+        thinned = keep.size < ordered.size
         self._chunks[run] = {c: [v[i] for i in keep] for c, v in columns.items()}
+        self._keys[run] = ordered[: keep.size]
+        self._points[run] = int(ordered.size)
         if run not in self._index:
             self._index[run] = self._count
             self._count += 1
-        max_runs = max(2, self.max_rows // max(1, self.rows_per_run))
-        while True:
-            on_stride = [r for r in self._chunks if self._index[r] % self.stride == 0]
-            if len(on_stride) < max_runs or (len(on_stride) == max_runs and run in on_stride):
-                break
+        for r in self._chunks:  # earlier runs follow a lowered cutoff: the same points
+            m = self._below_cutoff(self._keys[r])
+            if m < self._keys[r].size:
+                self._chunks[r] = {c: v[:m] for c, v in self._chunks[r].items()}
+                self._keys[r] = self._keys[r][:m]
+                thinned = True
+        while self._rows(r for r in self._chunks
+                         if self._index[r] % self.stride == 0 or r == run) > self.max_rows:
             self.stride *= 2
         for r in list(self._chunks):
             if self._index[r] % self.stride and r != run:
-                del self._chunks[r], self._index[r]
-                thinned = True
+                thinned |= self._keys[r].size > 0
+                del self._chunks[r], self._keys[r], self._points[r], self._index[r]
         self.thinned |= thinned
         return thinned
+
+    def _below_cutoff(self, ordered_keys: np.ndarray) -> int:
+        if self.key_cutoff is None:
+            return int(ordered_keys.size)
+        return int(np.searchsorted(ordered_keys, self.key_cutoff, side="left"))
+
+    def _rows(self, runs: Iterable[Hashable]) -> int:
+        return sum(int(self._keys[r].size) for r in runs)
+
+    def note(self) -> str:
+        """What the table keeps now, in words (the warning when it thins).
+
+        Example:
+            >>> h = EvolutionHistory(max_rows=4)
+            >>> _ = h.add(0, {"a": [1, 2, 3]}, keys=[3, 1, 2])
+            >>> h.note()  # doctest: +NORMALIZE_WHITESPACE
+            'is thinned to stay under 4 rows: every run keeps only its points whose tracking
+            key is below one cutoff, the same points in every run (at most 2 per run; the
+            newest run keeps 2 of its 3); the one run so far kept, and once they no longer fit,
+            every 2nd, 4th, ... run from the first, plus the newest'
+        """
+        runs = self.runs
+        if self.key_cutoff is None:
+            points = "every run keeps all its points"
+        else:
+            newest = (f"; the newest run keeps {self._keys[runs[-1]].size} of its "
+                      f"{self._points[runs[-1]]}") if runs else ""
+            points = (f"every run keeps only its points whose tracking key is below one cutoff, "
+                      f"the same points in every run (at most {self.run_cap} per run{newest})")
+        if self.stride == 1:
+            so_far = f"all {self._count} runs" if self._count > 1 else "the one run"
+            kept = (f"{so_far} so far kept, and once they no longer fit, every 2nd, 4th, ... "
+                    f"run from the first, plus the newest")
+        else:
+            kept = (f"every {_ordinal(self.stride)} run from the first is kept, plus the newest "
+                    f"({len(runs)} of {self._count} runs so far; the spacing doubles whenever "
+                    f"they no longer fit)")
+        return f"is thinned to stay under {self.max_rows} rows: {points}; {kept}"
 
     def columns(self) -> dict[str, list[Any]]:
         """The kept runs' rows, oldest first, as one set of columns.
@@ -110,10 +187,22 @@ class EvolutionHistory:
         out: dict[str, list[Any]] = {c: [] for c in names}
         for run in self.runs:
             chunk = self._chunks[run]
-            n = len(next(iter(chunk.values()), []))
+            n = int(self._keys[run].size)
             for col in names:
                 out[col].extend(chunk.get(col, [None] * n))
         return out
 
     def __len__(self) -> int:
-        return sum(len(next(iter(c.values()), [])) for c in self._chunks.values())
+        return self._rows(self._chunks)
+
+
+def _ordinal(n: int) -> str:
+    """``2nd``, ``4th``, ``32nd``, ...
+
+    Example:
+        >>> [_ordinal(n) for n in (2, 4, 11, 32, 1024)]
+        ['2nd', '4th', '11th', '32nd', '1024th']
+    """
+    if n % 100 in (11, 12, 13):
+        return f"{n}th"
+    return f"{n}{ {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"

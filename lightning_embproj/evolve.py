@@ -2,11 +2,11 @@
 
 After reduce / align / score, each projected validation run of a set gets:
 
-- ``cluster``: a stable cluster id per tracked point (k-means or HDBSCAN in the original space,
-  matched to the previous run's clusters by shared members, so "cluster 3" is the same group
-  across the whole chain; :mod:`lightning_embproj.clusters`);
-- lineage rows: ``survive`` / ``split`` / ``merge`` / ``emerge`` / ``vanish`` (MONIC,
-  :mod:`lightning_embproj.lineage`);
+- ``cluster``: a cluster id per tracked point (k-means or HDBSCAN in the original space,
+  :mod:`lightning_embproj.clusters`; HDBSCAN noise ``-1``), and lineage rows ``survive`` /
+  ``split`` / ``merge`` / ``emerge`` / ``vanish`` (MONIC), both from one overlap matrix with the
+  previous run (:func:`lightning_embproj.lineage.transition`): an id passes on only through
+  those events, an emerging cluster gets an id never used before in the chain;
 - metrics: ``clusters/*``, ``rankme``, ``uniformity``, ``cka_previous``, ``R/stability``
   (:mod:`lightning_embproj.health`), and a per-label table when labels are set.
 
@@ -35,14 +35,14 @@ from typing import Any
 
 import numpy as np
 
-from lightning_embproj.clusters import ClusterChain, cluster_points, shared_rows
+from lightning_embproj.clusters import cluster_points, shared_rows
 from lightning_embproj.health import (
     StabilityPool,
     cluster_scores,
     health_metrics,
     per_label_table,
 )
-from lightning_embproj.lineage import lineage_events
+from lightning_embproj.lineage import ClusterChain
 from lightning_embproj.types import Projection
 
 CLUSTER_METHODS = ("kmeans", "hdbscan")
@@ -74,8 +74,9 @@ class SetChain:
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> SetChain:
+        clusters = state.get("clusters")
         return cls(
-            clusters=ClusterChain.from_state_dict(state["clusters"]),
+            clusters=ClusterChain() if clusters is None else ClusterChain.from_state_dict(clusters),
             stability={
                 r: StabilityPool.from_state_dict(s) for r, s in state.get("stability", {}).items()
             },
@@ -150,15 +151,13 @@ def _clusters(projection: Projection, chain: SetChain, settings: EvolveSettings)
     )
     prev_keys, prev_ids = chain.clusters.prev_keys, chain.clusters.prev_ids
     first = prev_keys.size == 0
-    ids = chain.clusters.update(sample.keys, raw)
-    projection.clusters = ids
-    rows = lineage_events(
-        prev_keys, prev_ids, sample.keys, ids,
-        survive_threshold=settings.survive_threshold, split_threshold=settings.split_threshold,
+    step = chain.clusters.update(
+        sample.keys, raw, settings.survive_threshold, settings.split_threshold
     )
-    projection.lineage = rows
+    projection.clusters = step.ids
+    projection.lineage = step.rows
     projection.metrics.update(cluster_scores(
-        sample.keys, ids, sample.labels,
+        sample.keys, step.ids, sample.labels,
         None if first else prev_keys, None if first else prev_ids,
     ))
     return True

@@ -38,8 +38,10 @@ HEALTH_DOCS: dict[str, str] = {
     "clusters/count": "Number of clusters this run (noise excluded).",
     "clusters/noise_fraction": "Fraction of points HDBSCAN left as noise (0 with k-means).",
     "clusters/ari_previous": "Adjusted Rand index between this run's and the previous run's "
-    "clusters on the tracked points of both (1 = the same partition; noise is one group).",
-    "clusters/nmi_labels": "Normalized mutual information between clusters and labels (0..1).",
+    "clusters on the tracked points clustered in both (noise left out; 1 = the same "
+    "partition).",
+    "clusters/nmi_labels": "Normalized mutual information between clusters and labels on the "
+    "clustered points (noise left out), 0..1.",
     "<reducer>/temporal_stability": "Spearman correlation between each point's step length in the "
     "original space and in the aligned layout, pooled over points and consecutive runs "
     "(Vernier et al. 2020; 1 = the layout moves a point as much as the model does).",
@@ -213,10 +215,12 @@ def cluster_scores(
     """Cluster scores of one run, named as in :data:`HEALTH_DOCS`.
 
     ``clusters/count``, ``clusters/noise_fraction``, ``clusters/ari_previous``,
-    ``clusters/nmi_labels``. ``ari_previous``: ``sklearn.metrics.adjusted_rand_score`` of the
-    previous and current ids on the keys present in both runs (noise is one more group; NaN
-    without a previous run or with fewer than 2 shared keys). ``nmi_labels``:
-    ``normalized_mutual_info_score`` of labels and ids on all rows (NaN without labels).
+    ``clusters/nmi_labels``. Noise (``-1``) is no cluster: it is left out of the count and of
+    both scores, and measured by ``noise_fraction`` alone. ``ari_previous``:
+    ``sklearn.metrics.adjusted_rand_score`` of the previous and current ids on the keys
+    clustered in both runs (NaN without a previous run or with fewer than 2 such keys).
+    ``nmi_labels``: ``normalized_mutual_info_score`` of labels and ids on the clustered rows
+    (NaN without labels or without clustered rows).
 
     Example:
         >>> keys, labels = [1, 2, 3, 4], ["a", "a", "b", "b"]
@@ -237,12 +241,15 @@ def cluster_scores(
         pk = check_keys(prev_keys, "prev_keys")
         pids = check_ids(prev_ids, pk.size, "prev_ids")
         ip, ic = shared_rows(pk, keys)
-        if ip.size >= 2:
-            ari = float(adjusted_rand_score(pids[ip], ids[ic]))
+        both = (pids[ip] != NOISE) & (ids[ic] != NOISE)
+        if both.sum() >= 2:
+            ari = float(adjusted_rand_score(pids[ip][both], ids[ic][both]))
     out["clusters/ari_previous"] = ari
     nmi = math.nan
-    if labels is not None and ids.size:
-        nmi = float(normalized_mutual_info_score(_codes(labels, ids.size), ids))
+    clustered = ids != NOISE
+    if labels is not None and clustered.any():
+        codes = _codes(labels, ids.size)[clustered]
+        nmi = float(normalized_mutual_info_score(codes, ids[clustered]))
     out["clusters/nmi_labels"] = nmi
     return out
 

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from lightning_embproj.lineage import check_thresholds
 from lightning_embproj.reduce import REDUCERS as KNOWN_REDUCERS  # the one list of names
 
 POOLINGS = ("auto", "flatten", "mean", "first", "last", "max")
@@ -125,10 +126,9 @@ class ProjectorOptions:
             )
         if self.n_clusters is not None:
             self.n_clusters = _positive_int(self.n_clusters, "n_clusters")
-        for option in ("survive_threshold", "split_threshold"):
-            value = getattr(self, option)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
-                raise ValueError(f"{option} must be a fraction in (0, 1], got {value!r}")
+        self.survive_threshold, self.split_threshold = check_thresholds(
+            self.survive_threshold, self.split_threshold
+        )
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {list(POOLINGS)}, got {self.pooling!r}")
         _check_key(self.mask_key, "mask_key")

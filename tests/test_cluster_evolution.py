@@ -196,3 +196,31 @@ def test_rankme_falls_when_embeddings_collapse(tmp_path):
     assert rankme[2] < 0.5 * rankme[1], rankme
     assert "clusters/count" not in metrics
     assert "cluster" not in read_projections(tmp_path)
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"survive_threshold": 0.5}, r"^survive_threshold must be in \(0\.5, 1\]: .*; got 0\.5$"),
+    ({"survive_threshold": 1.2}, r"^survive_threshold must be in \(0\.5, 1\]: .*; got 1\.2$"),
+    ({"split_threshold": 0.7}, r"^split_threshold must be in \(0, 0\.5\]: .*; got 0\.7$"),
+    ({"survive_threshold": 0.8, "split_threshold": 0.9},
+     r"^split_threshold must be in \(0, 0\.5\]: .*; got 0\.9$"),
+    # below survive_threshold, but two parts of 60% each cannot fit in one cluster
+    ({"split_threshold": 0.6}, r"^split_threshold must be in \(0, 0\.5\]: .*; got 0\.6$"),
+    ({"split_threshold": 0.0}, r"^split_threshold must be in \(0, 0\.5\]: .*; got 0\.0$"),
+    ({"survive_threshold": "0.7"},
+     r"^survive_threshold must be a number in \(0\.5, 1\], got '0\.7'$"),
+    ({"split_threshold": True}, r"^split_threshold must be a number in \(0, 0\.5\], got True$"),
+])
+def test_impossible_thresholds_are_refused_when_the_callback_is_built(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        EmbeddingProjector(**kwargs)
+
+
+def test_thresholds_at_the_edges_are_accepted_and_used(tmp_path):
+    """split_threshold 0.5 is the largest that still allows a split (50 / 50): blob 0 of
+    Blobs splits exactly in half at epoch 2, and it is recorded as a split."""
+    EmbeddingProjector(survive_threshold=1.0, split_threshold=0.5)
+    blob_fit(tmp_path, epochs=3, clusters="kmeans", label_key="labels",
+             survive_threshold=0.51, split_threshold=0.5)
+    events = events_by_run(tmp_path)
+    assert [e for e, _ in events[2]].count("split") == 2

@@ -11,15 +11,15 @@ import torch
 from sklearn.datasets import load_digits
 from sklearn.metrics import adjusted_rand_score
 
-from lightning_embproj.clusters import (
-    ClusterChain,
-    canonical,
-    cluster_points,
-    default_n_clusters,
-    match_clusters,
-)
+from lightning_embproj.clusters import canonical, cluster_points, default_n_clusters
 from lightning_embproj.health import cluster_scores, health_metrics
-from lightning_embproj.lineage import EVENTS, LINEAGE_COLUMNS, event_counts, lineage_events
+from lightning_embproj.lineage import (
+    EVENTS,
+    LINEAGE_COLUMNS,
+    ClusterChain,
+    event_counts,
+    transition,
+)
 
 
 def blobs(sizes, centres, spread=0.3, dim=16, seed=0):
@@ -143,42 +143,55 @@ def test_bad_embeddings_are_named():
         cluster_points(np.full((3, 2), np.nan))
 
 
-# ---------------------------------------------------------------- match_clusters
+# ---------------------------------------------------------------- ids across runs
 
 def test_same_clustering_keeps_ids_whatever_the_raw_numbering():
     keys = np.array([7, 3, 9, 1, 4, 8], dtype=np.int64)
-    ids0, nxt = match_clusters([], [], keys, [0, 0, 1, 1, -1, 2], 0)
+    ids0, _, nxt = transition([], [], keys, [0, 0, 1, 1, -1, 2], 0)
     assert ids0.tolist() == [0, 0, 1, 1, -1, 2] and nxt == 3
     # same partition, raw numbers permuted, rows in another order
     order = np.array([5, 4, 3, 2, 1, 0])
     raw = np.array([2, 2, 0, 0, -1, 1])[order]
-    ids1, nxt1 = match_clusters(keys, ids0, keys[order], raw, nxt)
+    ids1, rows, nxt1 = transition(keys, ids0, keys[order], raw, nxt)
     assert ids1.tolist() == ids0[order].tolist() and nxt1 == 3
+    assert [(r["cluster"], r["event"], r["from_clusters"]) for r in rows] == [
+        (0, "survive", "0"), (1, "survive", "1"), (2, "survive", "2"),
+    ]
 
 
 def test_new_clusters_get_fresh_ids_and_retired_ids_never_come_back():
-    ids, nxt = match_clusters([1, 2, 3, 4], [0, 0, 1, 1], [1, 2, 5, 6], [0, 0, 1, 1], 2)
+    ids, _, nxt = transition([1, 2, 3, 4], [0, 0, 1, 1], [1, 2, 5, 6], [0, 0, 1, 1], 2)
     assert ids.tolist() == [0, 0, 2, 2] and nxt == 3  # cluster 1 left with its keys
-    ids, nxt = match_clusters([1, 2, 5, 6], ids, [3, 4, 5, 6], [0, 0, 1, 1], nxt)
+    ids, rows, nxt = transition([1, 2, 5, 6], ids, [3, 4, 5, 6], [0, 0, 1, 1], nxt)
     assert ids.tolist() == [3, 3, 2, 2] and nxt == 4  # keys 3, 4 are back: not id 1
+    assert [(r["cluster"], r["event"]) for r in rows] == [
+        (0, "vanish"), (2, "survive"), (3, "emerge"),
+    ]
 
 
-def test_hungarian_gives_the_id_to_the_best_jaccard_match():
-    # previous cluster 0 = keys 0..9 splits 3 / 7: the bigger part keeps the id
+def test_the_larger_part_of_a_split_keeps_the_id():
+    # previous cluster 0 = keys 0..9 splits 4 / 6: the bigger part keeps the id
     prev_keys = np.arange(10)
-    ids, nxt = match_clusters(prev_keys, [0] * 10, prev_keys, [0, 0, 0] + [1] * 7, 1)
-    assert ids.tolist() == [1, 1, 1] + [0] * 7 and nxt == 2
+    ids, rows, nxt = transition(prev_keys, [0] * 10, prev_keys, [0] * 4 + [1] * 6, 1)
+    assert ids.tolist() == [1] * 4 + [0] * 6 and nxt == 2
+    assert [(r["cluster"], r["event"], r["from_clusters"], r["size"]) for r in rows] == [
+        (0, "split", "0", 6), (1, "split", "0", 4),
+    ]
 
 
-def test_match_errors_name_the_argument():
+def test_transition_errors_name_the_argument():
     with pytest.raises(ValueError, match="next_id .1. must exceed every previous id .max 4."):
-        match_clusters([1], [4], [1], [0], 1)
+        transition([1], [4], [1], [0], 1)
     with pytest.raises(ValueError, match="keys must be unique"):
-        match_clusters([], [], [1, 1], [0, 0], 0)
+        transition([], [], [1, 1], [0, 0], 0)
     with pytest.raises(ValueError, match=r"raw_ids must have shape \(2,\)"):
-        match_clusters([], [], [1, 2], [0], 0)
+        transition([], [], [1, 2], [0], 0)
     with pytest.raises(ValueError, match="prev_ids must be >= 0 .or -1 for noise., got -3"):
-        match_clusters([1], [-3], [1], [0], 0)
+        transition([1], [-3], [1], [0], 0)
+    with pytest.raises(ValueError, match="next_id must be a non-negative int, got -1"):
+        transition([], [], [1], [0], -1)
+    with pytest.raises(ValueError, match=r"survive_threshold must be in \(0.5, 1\]"):
+        transition([], [], [1], [0], 0, survive_threshold=0.5)
 
 
 def test_chain_state_survives_a_checkpoint_round_trip():
@@ -192,7 +205,8 @@ def test_chain_state_survives_a_checkpoint_round_trip():
     buf.seek(0)
     resumed = ClusterChain.from_state_dict(torch.load(buf, weights_only=True)["chain"])
     raw = cluster_points(X[::-1], n_clusters=3)
-    assert np.array_equal(straight.update(keys[::-1], raw), resumed.update(keys[::-1], raw))
+    a, b = straight.update(keys[::-1], raw), resumed.update(keys[::-1], raw)
+    assert np.array_equal(a.ids, b.ids) and a.rows == b.rows and a.next_id == b.next_id
     assert straight == resumed
     with pytest.raises(ValueError, match="cluster chain state must be a dict with 'keys'"):
         ClusterChain.from_state_dict({"keys": [1]})
@@ -227,9 +241,10 @@ def test_split_at_run_2_and_merge_at_run_4_and_nothing_else(method):
     chain = ClusterChain()
     events = []
     for t, (keys, X) in enumerate(sequence_split_then_merge(seed=10)):
-        prev_keys, prev_ids = chain.prev_keys, chain.prev_ids
-        ids = chain.update(keys, cluster_points(X, method, n_clusters=n_clusters[t], keys=keys))
-        rows = lineage_events(prev_keys, prev_ids, keys, ids)
+        prev_ids = chain.prev_ids
+        ids, rows, _ = chain.update(
+            keys, cluster_points(X, method, n_clusters=n_clusters[t], keys=keys)
+        )
         accounted(rows, prev_ids, ids)
         events.append(rows)
     by_key = dict(zip(keys.tolist(), ids.tolist(), strict=True))
@@ -262,42 +277,48 @@ def test_thresholds_decide_between_survive_split_and_vanish():
     keys = np.arange(10)
     prev = np.zeros(10, dtype=np.int64)
     six_four = np.array([0] * 6 + [1] * 4)
-    assert [r["event"] for r in lineage_events(keys, prev, keys, six_four)] == ["split", "split"]
-    rows = lineage_events(keys, prev, keys, six_four, survive_threshold=0.6)
+    assert [r["event"] for r in transition(keys, prev, keys, six_four, 1).rows] == [
+        "split", "split",
+    ]
+    rows = transition(keys, prev, keys, six_four, 1, survive_threshold=0.6).rows
     assert [(r["cluster"], r["event"], r["from_clusters"]) for r in rows] == [
         (0, "survive", "0"), (1, "emerge", ""),
     ]
-    # 5 stay together, 5 become noise: no successor holds 70%, one part only: vanish
-    rows = lineage_events(keys, prev, keys, np.array([3] * 5 + [-1] * 5))
+    # 5 stay together, 5 become noise: no successor holds 70%, one part only: vanish, and the
+    # 5 that stayed are a new cluster with a new id
+    ids, rows, _ = transition(keys, prev, keys, np.array([3] * 5 + [-1] * 5), 1)
     assert [(r["cluster"], r["event"], r["size"], r["overlap"]) for r in rows] == [
-        (0, "vanish", 10, 0.5), (3, "emerge", 5, 0.5),
+        (0, "vanish", 10, 0.5), (1, "emerge", 5, 0.5),
     ]
+    assert ids.tolist() == [1] * 5 + [-1] * 5
     with pytest.raises(ValueError, match=r"survive_threshold must be in \(0.5, 1\]"):
-        lineage_events(keys, prev, keys, prev, survive_threshold=0.5)
-    with pytest.raises(ValueError, match=r"split_threshold must be in \(0, survive_threshold"):
-        lineage_events(keys, prev, keys, prev, split_threshold=0.8)
+        transition(keys, prev, keys, prev, 1, survive_threshold=0.5)
+    with pytest.raises(ValueError, match=r"split_threshold must be in \(0, 0.5\]"):
+        transition(keys, prev, keys, prev, 1, split_threshold=0.8)
 
 
 def test_first_run_emerges_and_leaving_keys_vanish():
-    rows = lineage_events([], [], [5, 6, 7], [0, 0, 1])
+    rows = transition([], [], [5, 6, 7], [0, 0, 1], 0).rows
     assert [(r["cluster"], r["event"], r["size"], r["overlap"]) for r in rows] == [
         (0, "emerge", 2, 0.0), (1, "emerge", 1, 0.0),
     ]
-    rows = lineage_events([5, 6, 7], [0, 0, 1], [5, 6, 8], [0, 0, 2])
+    rows = transition([5, 6, 7], [0, 0, 1], [5, 6, 8], [0, 0, 1], 2).rows
     assert [(r["cluster"], r["event"]) for r in rows] == [(0, "survive"), (1, "vanish"),
                                                           (2, "emerge")]
 
 
-def test_small_cluster_absorbed_into_a_bigger_continuation_is_documented_behaviour():
-    # P0: 10 keys, all into C; P1: 100 keys, 60 into C and 40 into D. Jaccard gives C id 1.
+def test_a_survivor_keeps_its_id_even_when_it_is_also_a_split_part():
+    # P0: 10 keys, all into C (survive); P1: 100 keys, 60 into C and 40 into D (split). C
+    # continues P0, so it keeps id 0; P1's id goes to its part that continues nothing, D.
+    # (Jaccard matching gave C id 1, with a row saying C survived 0: the two disagreed.)
     prev_keys = np.arange(110)
     prev_ids = np.r_[np.zeros(10, int), np.ones(100, int)]
     raw = np.r_[np.zeros(70, int), np.ones(40, int)]
-    ids, _ = match_clusters(prev_keys, prev_ids, prev_keys, raw, 2)
-    rows = lineage_events(prev_keys, prev_ids, prev_keys, ids)
+    ids, rows, nxt = transition(prev_keys, prev_ids, prev_keys, raw, 2)
     assert [(r["cluster"], r["event"], r["from_clusters"]) for r in rows] == [
-        (1, "survive", "0"), (1, "split", "1"), (2, "split", "1"),
+        (0, "survive", "0"), (0, "split", "1"), (1, "split", "1"),
     ]
+    assert ids.tolist() == [0] * 70 + [1] * 40 and nxt == 2
     accounted(rows, prev_ids, ids)
 
 
@@ -307,12 +328,11 @@ def test_small_cluster_absorbed_into_a_bigger_continuation_is_documented_behavio
 def test_frozen_digits_keep_ids_only_survive_ari_1_cka_1(method):
     keys, X, y = digits()
     chain = ClusterChain()
-    ids0 = chain.update(keys, cluster_points(X, method, labels=y, keys=keys))
+    ids0 = chain.update(keys, cluster_points(X, method, labels=y, keys=keys)).ids
     # the same embeddings again, rows in another order (as another gather might deliver them)
     perm = np.random.default_rng(0).permutation(keys.size)
-    ids1 = chain.update(keys[perm], cluster_points(X[perm], method, labels=y[perm],
-                                                   keys=keys[perm]))
-    rows = lineage_events(keys, ids0, keys[perm], ids1)
+    ids1, rows, _ = chain.update(keys[perm], cluster_points(X[perm], method, labels=y[perm],
+                                                            keys=keys[perm]))
     assert {r["event"] for r in rows} == {"survive"}
     assert all(r["overlap"] == 1.0 for r in rows)
     assert np.array_equal(ids1, ids0[perm])
@@ -362,8 +382,7 @@ def test_a_real_training_run_is_fully_accounted_for_and_clusters_get_closer_to_l
     nmi = []
     for X in outs:
         prev_keys, prev_ids = chain.prev_keys, chain.prev_ids
-        ids = chain.update(keys, cluster_points(X, labels=y))
-        rows = lineage_events(prev_keys, prev_ids, keys, ids)
+        ids, rows, _ = chain.update(keys, cluster_points(X, labels=y))
         accounted(rows, prev_ids, ids)
         s = cluster_scores(keys, ids, y, prev_keys, prev_ids)
         nmi.append(s["clusters/nmi_labels"])

@@ -293,10 +293,8 @@ class WandbSink:
         if history.add(run, columns, p.sample.keys.tolist()):
             self.warn(
                 f"wandb:evolution:{p.name}",
-                f"the evolution table of {p.name!r} is thinned to stay under {self.max_rows} "
-                f"rows: {history.rows_per_run} points per validation run, every "
-                f"{history.stride}. run kept (plus the newest); the per-run tables and local "
-                f"files keep all",
+                f"the evolution table of {p.name!r} {history.note()}; the per-run tables and "
+                f"local files keep all",
             )
         self.evolution_step[p.name] = p.step
         self.projected[p.name] = count = self.projected.get(p.name, 0) + 1
