@@ -291,6 +291,14 @@ class EmbeddingProjector(CallbackBase):
                 f"{collector.nonfinite} tracked rows had NaN or Inf embeddings in validation run "
                 f"{val_index} (epoch {epoch}, step {step}) and were left out of that run",
             )
+        if collector.overflow and self._is_zero:
+            self.warn(
+                f"overflow:{val_index}",
+                f"{collector.overflow} tracked rows had embedding values beyond float16's range "
+                f"(|value| >= 65,520 would be stored as Inf with storage_dtype='float16') in "
+                f"validation run {val_index} (epoch {epoch}, step {step}) and were left out of "
+                f"that run; use storage_dtype='float32' to keep them",
+            )
         samples = collector.samples()
         for name in self.options.set_names:
             sample = gather_samples(

@@ -78,6 +78,47 @@ def test_nonfinite_rows_dropped_with_one_counted_warning(tmp_path):
     assert read_metrics(t.log_dir)["silhouette"].notna().all()
 
 
+@pytest.mark.parametrize("path", ["host-scheduled", "host-streaming", "device"])
+def test_float16_storage_leaves_out_rows_beyond_its_range_with_one_warning_per_run(
+    tmp_path, monkeypatch, path
+):
+    """Issue 16: values above 65,504 passed the finiteness check as float32 and became Inf in
+    the float16 buffer, and then every output of every run was empty."""
+    def overflow(out, batch_idx):
+        z = out["embeddings"]
+        out["id"] = torch.arange(16 * batch_idx, 16 * batch_idx + len(z))
+        if batch_idx == 1:
+            z[0, 3] = 70_000.0
+            z[1, 0] = -1e6
+            z[2, 1] = 65_504.0  # float16's largest value: kept
+        if batch_idx == 2:
+            z[5, :] = 1e5
+
+    monkeypatch.setenv("EMBPROJ_DEVICE_PATH", "1" if path == "device" else "0")
+    projector = EmbeddingProjector(
+        label_key="labels", reducers=["pca", "tsne"], max_samples=64, storage_dtype="float16",
+        id_key="id" if path == "host-streaming" else None, background=False,
+    )
+    t, caught = _fit(tmp_path, projector, Tweaked(overflow), epochs=2)
+    df = read_projections(t.log_dir)
+    # 64 validation points, 3 beyond float16's range each run: the other 61 are logged
+    assert df.groupby("epoch").size().to_dict() == {0: 61, 1: 61}
+    assert set(range(64)) - set(df[df.epoch == 0].sample_id) == {16, 17, 37}
+    assert np.isfinite(df[["pca_x", "pca_y", "tsne_x", "tsne_y"]].to_numpy()).all()
+    assert df["cluster"].notna().all()
+    metrics = read_metrics(t.log_dir)
+    assert metrics["silhouette"].notna().all() and metrics["pca/trustworthiness"].notna().all()
+    kept = projector.previous["embeddings"].sample
+    assert kept.embeddings.dtype == np.float16 and np.isfinite(kept.embeddings).all()
+    assert kept.embeddings.max() == 65_504.0
+    warned = [m for m in _messages(caught) if "float16" in m]
+    assert len(warned) == 2, _messages(caught)  # one per validation run
+    assert all(m.startswith("lightning-embproj: 3 tracked rows had embedding values beyond "
+                            "float16's range") for m in warned)
+    assert all("storage_dtype='float32'" in m for m in warned)
+    assert not [m for m in _messages(caught) if "NaN or Inf" in m]
+
+
 def test_all_rows_nonfinite_logs_nothing_and_warns(tmp_path):
     def poison(out, batch_idx):
         out["embeddings"] = torch.full_like(out["embeddings"], float("nan"))

@@ -41,7 +41,7 @@ def test_device_hash_is_bit_identical_to_the_host_hash(dtype):
 
 # -- the three paths on the same batches ------------------------------------------------------
 def _batches(n_rows: int, batch: int, seed: int, *, dtype=torch.float32, nan_every: int = 0,
-             seq: bool = False, ids: Any = None) -> list[tuple[dict, dict]]:
+             big_every: int = 0, seq: bool = False, ids: Any = None) -> list[tuple[dict, dict]]:
     g = torch.Generator().manual_seed(seed)
     out = []
     for start in range(0, n_rows, batch):
@@ -49,6 +49,12 @@ def _batches(n_rows: int, batch: int, seed: int, *, dtype=torch.float32, nan_eve
         z = torch.randn(n, 6, 5, generator=g) if seq else torch.randn(n, 5, generator=g)
         if nan_every:
             z[torch.arange(n) % nan_every == 1] = float("nan")
+        if big_every:  # beyond float16 (left out with float16 storage), at its edge (kept)
+            z[torch.arange(n) % big_every == 2, 0] = 1e5
+            z[torch.arange(n) % big_every == 3, -1] = -65_536.0
+            # float16's largest value; in bfloat16 65,504 rounds to 65,536: the one below
+            edge = 65_280.0 if dtype == torch.bfloat16 else 65_504.0
+            z[torch.arange(n) % big_every == 4, 1] = edge
         outputs = {
             "y": torch.randint(0, 4, (n,), generator=g),
             "text": [f"row {start + i} " + "x" * (i % 7) for i in range(n)],
@@ -73,6 +79,7 @@ def _run(batches: list, device_path: bool, where: Placement | None = None, dl_of
 
 def _same(a: Collector, b: Collector) -> None:
     assert a.nonfinite == b.nonfinite
+    assert a.overflow == b.overflow
     sa, sb = a.samples(), b.samples()
     assert sa.keys() == sb.keys() and sa
     for name in sa:
@@ -103,6 +110,10 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "fp16-store": dict(n_rows=300, batch=64, max_samples=40, storage_dtype="float16"),
     "batch-over-k": dict(n_rows=400, batch=64, max_samples=10),
     "nan-rows": dict(n_rows=400, batch=50, max_samples=30, nan_every=9),
+    "fp16-overflow": dict(n_rows=400, batch=50, max_samples=30, big_every=7, nan_every=11,
+                          storage_dtype="float16"),
+    "bf16-fp16-overflow": dict(n_rows=300, batch=64, max_samples=40, big_every=5,
+                               dtype=torch.bfloat16, storage_dtype="float16"),
     "sequence-masked": dict(n_rows=300, batch=32, max_samples=40, seq=True, pooling="mean",
                             mask_key="mask"),
     "sequence-last": dict(n_rows=300, batch=32, max_samples=40, seq=True, pooling="last",
@@ -112,7 +123,8 @@ SCENARIOS: dict[str, dict[str, Any]] = {
 
 
 def _split(spec: dict) -> tuple[dict, dict]:
-    data = {k: spec[k] for k in ("n_rows", "batch", "dtype", "nan_every", "seq") if k in spec}
+    data = {k: spec[k] for k in ("n_rows", "batch", "dtype", "nan_every", "big_every", "seq")
+            if k in spec}
     return data, {k: v for k, v in spec.items() if k not in data}
 
 
@@ -131,6 +143,12 @@ def test_device_and_scheduled_paths_match_streaming(name):
     _same(streaming, device)
     if name == "nan-rows":
         assert scheduled.nonfinite > 0 and scheduled._streaming  # the NaN batch streamed
+    elif "overflow" in name:
+        # rows float16 would hold as Inf are left out and counted, on every path
+        assert scheduled.overflow > 0 and scheduled._streaming
+        s = device.samples()["embeddings"]
+        assert s.embeddings.dtype == np.float16 and np.isfinite(s.embeddings).all()
+        assert np.abs(s.embeddings).max() >= 65_280  # the largest values float16 holds stay
     else:
         np.testing.assert_array_equal(scheduled.samples()["embeddings"].keys,
                                       _expected_keys(np.arange(n), opts["max_samples"]))
@@ -281,7 +299,10 @@ class SeqDigits(DigitsModel):
 
 
 def _fit(tmp_path, monkeypatch, path: str, calls: list[str],
-         mask_values: tuple[float, float] | None = None) -> list[tuple[Any, dict]]:
+         mask_values: tuple[float, float] | None = None, storage_dtype: str = "float32",
+         huge_every: int = 0) -> list[tuple[Any, dict]]:
+    """``huge_every``: validation samples ``i % huge_every == 0`` are scaled by 1e6, so both
+    layers give values far beyond float16's range for them."""
     monkeypatch.setenv("EMBPROJ_DEVICE_PATH", path)
     recorded: list[tuple[Any, dict]] = []
 
@@ -295,11 +316,14 @@ def _fit(tmp_path, monkeypatch, path: str, calls: list[str],
     monkeypatch.setattr(callback_module, "Collector", Recording)
     x, y = digits_tensors(500)
     train = DataLoader(DictDigits(x[:200], y[:200]), batch_size=50, shuffle=True)
-    val = DataLoader(DictDigits(x[200:500], y[200:500], offset=10_000), batch_size=64)
+    xv = x[200:500].clone()
+    if huge_every:
+        xv[::huge_every] *= 1e6
+    val = DataLoader(DictDigits(xv, y[200:500], offset=10_000), batch_size=64)
     proj = EmbeddingProjector(
         layers=["encoder", "tokens"], label_key="labels", id_key="id", pooling="mean",
         mask_key="mask", metadata_keys=["text", "image", "score"], max_samples=120,
-        reducers="pca", background=False,
+        reducers="pca", background=False, storage_dtype=storage_dtype,
     )
     watch_batches(proj, calls, monkeypatch)
     L.seed_everything(0, verbose=False)
@@ -333,6 +357,26 @@ def test_real_bf16_fit_makes_no_host_sync_in_batches_and_matches_the_host_path(
                 np.testing.assert_array_equal(a.metadata[col], b.metadata[col])
             assert a.metadata["text"][0].startswith("digit ")
             assert a.metadata["image"].dtype == np.uint8
+
+
+def test_float16_storage_leaves_out_overflowing_rows_on_the_device_without_a_sync(
+    tmp_path, monkeypatch
+):
+    """Rows beyond float16's range are left out on the device path as on the host path (issue
+    16), and the range check adds no host sync per batch."""
+    calls: list[str] = []
+    device = _fit(tmp_path, monkeypatch, "1", calls, storage_dtype="float16", huge_every=3)
+    assert calls == []
+    host = _fit(tmp_path / "host", monkeypatch, "0", [], storage_dtype="float16", huge_every=3)
+    assert [mode for mode, _ in device] == ["device", "device"]
+    for (_, d), (_, h) in zip(device, host, strict=True):
+        for name in ("encoder", "tokens"):
+            a, b = d[name], h[name]
+            assert a.sample_ids == b.sample_ids
+            np.testing.assert_array_equal(a.embeddings, b.embeddings)
+            assert a.embeddings.dtype == np.float16 and np.isfinite(a.embeddings).all()
+            assert not [i for i in a.sample_ids if (i - 10_000) % 3 == 0]
+            assert len(a) == 120  # 200 of the 300 samples can be stored: the sample is full
 
 
 def test_a_float_mask_on_the_device_costs_no_sync_and_gives_the_bool_masks_sample(
