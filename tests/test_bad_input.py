@@ -379,6 +379,12 @@ def _tokens(out: dict, batch_idx: int) -> None:
          r"-inf to 0\.0; an additive attention mask"),
         ({"mask_key": "mask"},
          lambda out, i: out.update(embeddings=out["embeddings"].view(-1, 4, 4),
+                                   mask=torch.arange(64).view(16, 4) + 100),
+         r"mask_key='mask': expected bools or 0/1 values \(1 = real token\), got integer "
+         r"values from 100 to 163; is it the token ids or lengths instead of the attention "
+         r"mask\?"),
+        ({"mask_key": "mask"},
+         lambda out, i: out.update(embeddings=out["embeddings"].view(-1, 4, 4),
                                    mask=torch.ones(16, 5, dtype=torch.bool)),
          r"mask_key='mask': expected shape \(B, T\) = \(16, 4\) to match embeddings "
          r"'embeddings' of shape \(16, 4, 4\), got shape \(16, 5\)"),
@@ -389,7 +395,7 @@ def _tokens(out: dict, batch_idx: int) -> None:
          r"label_key='onehot': expected one label per row, shape \(B,\), got shape \(16, 10\)"),
     ],
     ids=["token-metadata", "declared-image-2d", "flatten-varying-T", "first-of-fmap",
-         "additive-mask", "mask-shape", "fractional-ids", "onehot-labels"],
+         "additive-mask", "token-ids-mask", "mask-shape", "fractional-ids", "onehot-labels"],
 )
 def test_bad_shapes_and_dtypes_raise_naming_the_option(tmp_path, options, tweak, match):
     projector = EmbeddingProjector(reducers="pca", max_samples=8, **options)

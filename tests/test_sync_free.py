@@ -285,7 +285,7 @@ class SeqDigits(DigitsModel):
     def __init__(self, mask_values: tuple[float, float] | None = None) -> None:
         super().__init__(dict_batches=True)
         self.tokens = nn.Linear(8, 16)
-        self.mask_values = mask_values  # a float mask of these (pad, real) values; None: bool
+        self.mask_values = mask_values  # a mask of these (pad, real) numbers; None: bool
 
     def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict:
         out = super().validation_step(batch, batch_idx)
@@ -379,38 +379,53 @@ def test_float16_storage_leaves_out_overflowing_rows_on_the_device_without_a_syn
             assert len(a) == 120  # 200 of the 300 samples can be stored: the sample is full
 
 
-def test_a_float_mask_on_the_device_costs_no_sync_and_gives_the_bool_masks_sample(
-    tmp_path, monkeypatch
+@pytest.mark.parametrize("values", [(0.0, 1.0), (0, 1)], ids=["float", "int"])
+def test_a_float_or_int_mask_on_the_device_costs_no_sync_and_gives_the_bool_masks_sample(
+    tmp_path, monkeypatch, values
 ):
     calls: list[str] = []
-    floats = _fit(tmp_path / "float", monkeypatch, "1", calls, mask_values=(0.0, 1.0))
+    numbers = _fit(tmp_path / "numbers", monkeypatch, "1", calls, mask_values=values)
     assert calls == []
     bools = _fit(tmp_path / "bool", monkeypatch, "1", [])
-    for (_, f), (_, b) in zip(floats, bools, strict=True):
+    for (_, f), (_, b) in zip(numbers, bools, strict=True):
         for name in ("encoder", "tokens"):
             np.testing.assert_array_equal(f[name].embeddings, b[name].embeddings)
 
 
-def test_a_bad_float_mask_on_the_device_fails_at_the_end_of_the_sanity_check(
-    tmp_path, monkeypatch
+FLOAT_MASK = (r"mask_key='mask': expected bools or 0/1 values \(1 = real token\), got values "
+              r"from {} to {}; an additive attention mask")
+INT_MASK = (r"mask_key='mask': expected bools or 0/1 values \(1 = real token\), got integer "
+            r"values from {} to {}; is it the token ids")
+
+
+@pytest.mark.parametrize(
+    ("values", "message", "seen", "mask", "seen_in_batch"),
+    [
+        # Real tokens marked 0.5: every batch is bad (the two sanity batches have no padding).
+        ((0.0, 0.5), FLOAT_MASK, ("0.5", "0.5"),
+         torch.tensor([[0.0, float("-inf")], [0.0, 0.0]]), ("-inf", "0.0")),
+        # Token ids passed as the mask (issue 16): not every token is real.
+        ((0, 50256), INT_MASK, ("50256", "50256"),
+         torch.tensor([[101, 2023], [101, 0]]), ("0", "2023")),
+    ],
+    ids=["float", "int"],
+)
+def test_a_bad_float_or_int_mask_on_the_device_fails_at_the_end_of_the_sanity_check(
+    tmp_path, monkeypatch, values, message, seen, mask, seen_in_batch
 ):
     """Checked once per run instead of per batch, but still before training starts, with the
     message the host path gives at once."""
-    message = (r"mask_key='mask': expected bools or 0/1 values \(1 = real token\), got values "
-               r"from {} to {}; an additive attention mask")
     steps: list[int] = []
     monkeypatch.setattr(SeqDigits, "training_step",
                         lambda self, batch, i: steps.append(i) or DigitsModel.training_step(
                             self, batch, i))
-    # Real tokens marked 0.5: every batch is bad (the two sanity batches have no padding).
-    with pytest.raises(ValueError, match=message.format("0.5", "0.5")):
-        _fit(tmp_path, monkeypatch, "1", [], mask_values=(0.0, 0.5))
+    with pytest.raises(ValueError, match=message.format(*seen)):
+        _fit(tmp_path, monkeypatch, "1", [], mask_values=values)
     assert steps == []  # the sanity check raised it
     host = Collector(ProjectorOptions(mask_key="mask", pooling="mean"), device_path=False)
     device = Collector(ProjectorOptions(mask_key="mask", pooling="mean"), device_path=True)
-    mask = torch.tensor([[0.0, float("-inf")], [0.0, 0.0]])
-    with pytest.raises(ValueError, match=message.format("-inf", "0.0")):
+    with pytest.raises(ValueError, match=message.format(*seen_in_batch)):
         host.add_batch({"embeddings": torch.randn(2, 2, 3)}, {"mask": mask}, None, 0)
     device.add_batch({"embeddings": torch.randn(2, 2, 3)}, {"mask": mask}, None, 0)
-    with pytest.raises(ValueError, match=message.format("-inf", "0.0")):
+    with pytest.raises(ValueError, match=message.format(*seen_in_batch)):
         device.samples()
