@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from lightning_embproj.columns import generated_column
 from lightning_embproj.reduce import REDUCERS as KNOWN_REDUCERS  # the one list of names
 
 POOLINGS = ("auto", "flatten", "mean", "first", "last", "max")
@@ -155,13 +156,14 @@ class ProjectorOptions:
         else:
             items = [(key if isinstance(key, str) else f"batch_{key}", key)
                      for key in _as_list(value, "metadata_keys")]
-        reserved = {"sample_id", "epoch", "step", "val_index", "label", "dataloader_idx", "cluster"}
         for col, key in items:
             _check_key(key, "metadata_keys")
-            if col in reserved:
+            generated = generated_column(col)
+            if generated is not None:
                 raise ValueError(
-                    f"metadata_keys: column {col!r} clashes with a column the projector writes "
-                    f"({sorted(reserved)}); pass a dict such as {{'my_{col}': {key!r}}} to rename"
+                    f"metadata_keys: column {col!r} clashes with {generated}, which the "
+                    f"projector writes itself (one would silently replace the other); pass a "
+                    f"dict such as {{'my_{col.lstrip('_')}': {key!r}}} to rename it"
                 )
         return dict(items)
 

@@ -336,6 +336,55 @@ def test_constructor_refuses_nonsense(kwargs, match):
         EmbeddingProjector(**kwargs)
 
 
+@pytest.mark.parametrize(
+    ("column", "what"),
+    [
+        ("pca_x", "a layout column"), ("tsne_y", "a layout column"),
+        ("umap_z", "a layout column"),  # every known reducer, chosen or not, 2-D or 3-D
+        ("kind", "a column of the movers table"), ("overlap", "a column of the movers table"),
+        ("foreign_fraction", "a column of the movers table"),
+        ("sample_id", "an identity column"), ("val_index", "an identity column"),
+        ("dataloader_idx", "an identity column"), ("cluster", "the cluster column"),
+        ("label", "the label column"), ("__embeddings", "the projector's internal columns"),
+    ],
+)
+@pytest.mark.parametrize("form", ["list", "dict"])
+def test_a_metadata_column_named_like_a_generated_column_is_refused(column, what, form):
+    """Issue 16: such a column was silently replaced by the layout, or overwrote the movers
+    table's own kind / overlap."""
+    metadata = [column] if form == "list" else {column: "score"}
+    key = column if form == "list" else "score"
+    with pytest.raises(ValueError) as info:
+        EmbeddingProjector(metadata_keys=metadata, reducers="pca")
+    message = str(info.value)
+    assert message.startswith(f"metadata_keys: column {column!r} clashes with {what}")
+    assert f"pass a dict such as {{'my_{column.lstrip('_')}': {key!r}}} to rename it" in message
+
+
+def test_metadata_columns_renamed_from_generated_names_keep_their_values(tmp_path):
+    """The dict form renames a clashing key; and a column named ``embeddings`` is one more
+    column: it used to replace the collected vectors (the buffer's own column had that name)."""
+    def extra(out, batch_idx):
+        out["kind"] = [f"kind {batch_idx}-{i}" for i in range(len(out["labels"]))]
+
+    projector = EmbeddingProjector(
+        label_key="labels", metadata_keys={"embeddings": "score", "my_kind": "kind"},
+        reducers="pca", max_samples=64, background=False,
+    )
+    t, caught = _fit(tmp_path, projector, Tweaked(extra), epochs=2)
+    assert not _messages(caught), _messages(caught)
+    s = projector.previous["embeddings"].sample
+    assert s.embeddings.shape == (64, 16)
+    np.testing.assert_allclose(s.metadata["embeddings"], np.linalg.norm(s.embeddings, axis=1),
+                               rtol=1e-5)
+    df = read_projections(t.log_dir)
+    assert len(df) == 128 and df["pca_x"].std() > 0
+    np.testing.assert_allclose(df[df.epoch == 1]["embeddings"], s.metadata["embeddings"],
+                               rtol=1e-5)
+    for sid, kind in zip(df["sample_id"], df["my_kind"], strict=True):
+        assert kind == f"kind {sid // 16}-{sid % 16}"
+
+
 def test_unknown_layer_fails_at_setup_with_close_matches(tmp_path):
     model = Tweaked(lambda out, i: None)
     projector = EmbeddingProjector(layers=["encodr"], reducers="pca")
