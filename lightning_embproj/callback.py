@@ -22,7 +22,7 @@ from lightning_embproj.gather import gather_samples
 from lightning_embproj.options import ProjectorOptions
 from lightning_embproj.pipeline import ReduceSettings, project_epoch
 from lightning_embproj.progress import finish_with_progress, job_label, show_progress
-from lightning_embproj.ranks import placement
+from lightning_embproj.ranks import check_position_ids, placement
 from lightning_embproj.runs import RunCounter, warn_if_never_projected
 from lightning_embproj.sample import HASH_VERSION
 from lightning_embproj.score import movers
@@ -239,6 +239,10 @@ class EmbeddingProjector(CallbackBase):
         # fails before the first training epoch instead of after it.
         self._run = None
         self._placements = {}
+        if self.options.id_key is None:  # ids are positions: a shuffled loader fails here
+            note = check_position_ids(trainer.val_dataloaders)
+            if note is not None and self._is_zero:
+                self.warn("sampler", note)
         if trainer.sanity_checking:
             self._collector = Collector(self.options, warn=self.warn)
             return
