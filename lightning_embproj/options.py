@@ -88,10 +88,18 @@ class ProjectorOptions:
     max_text_length: int = 1000
     seed: int = 0
     n_jobs: int = 1
+    name: str | None = None
 
     def __post_init__(self) -> None:
         _check_key(self.embedding_key, "embedding_key")
-        if self.layers is None and isinstance(self.embedding_key, str):
+        if self.name is not None:
+            if not isinstance(self.name, str) or not self.name:
+                raise TypeError(
+                    f"name must be a non-empty string (it names the embedding sets: folder "
+                    f"embproj/<name>/ and W&B keys embproj/<name>/...), got {self.name!r}"
+                )
+            _check_set_name(self.name, "name")
+        elif self.layers is None and isinstance(self.embedding_key, str):
             _check_set_name(self.embedding_key, "embedding_key")
         _check_key(self.label_key, "label_key")
         _check_key(self.id_key, "id_key")
@@ -179,6 +187,47 @@ class ProjectorOptions:
         return names
 
     @property
+    def sets(self) -> dict[str, str]:
+        """Set name -> where its embeddings come from (a layer, or the ``embedding_key``).
+
+        One set per layer, named ``<name>_<layer>`` (the layer name without ``name``), or the
+        single set of the ``embedding_key``, named ``name`` (the ``embedding_key`` without).
+
+        Example:
+            >>> ProjectorOptions(layers=["encoder", "head"], name="mlp").sets
+            {'mlp_encoder': 'encoder', 'mlp_head': 'head'}
+            >>> ProjectorOptions(name="z_umap").sets
+            {'z_umap': 'embeddings'}
+        """
+        if self.layers:
+            prefix = f"{self.name}_" if self.name is not None else ""
+            return {f"{prefix}{layer}": layer for layer in self.layers}
+        return {self.name if self.name is not None else self.embedding_key: self.embedding_key}
+
+    @property
     def set_names(self) -> list[str]:
-        """One embedding set per layer, or the single ``embedding_key`` set."""
-        return list(self.layers) if self.layers else [self.embedding_key]
+        """The names of the embedding sets (see :attr:`sets`): folders and W&B keys."""
+        return list(self.sets)
+
+
+def check_unique_sets(mine: ProjectorOptions, others: Sequence[ProjectorOptions]) -> None:
+    """Refuse a set name that another projector of the same Trainer also writes: their
+    folders ``embproj/<set>/`` and W&B keys would mix.
+
+    Example:
+        >>> check_unique_sets(ProjectorOptions(), [ProjectorOptions(name="other")])
+        >>> check_unique_sets(ProjectorOptions(), [ProjectorOptions(reducers="umap")])
+        Traceback (most recent call last):
+        ...
+        ValueError: name: two EmbeddingProjectors in this Trainer write the embedding set ...
+    """
+    for other in others:
+        shared = [n for n in mine.set_names if n in other.set_names]
+        if shared:
+            raise ValueError(
+                f"name: two EmbeddingProjectors in this Trainer write the embedding set "
+                f"{shared[0]!r} (folder embproj/{shared[0]}/, W&B keys embproj/{shared[0]}/...): "
+                f"their files, tables and metrics would mix. Give each its own `name`, e.g. "
+                f"EmbeddingProjector(..., name={shared[0] + '_' + '_'.join(mine.reducers)!r}) "
+                f"(with `layers`, the sets are named <name>_<layer>)"
+            )

@@ -268,7 +268,8 @@ def _fit_steps(tmp_path: Any, projector: Any) -> tuple[Any, list[int], Any]:
     model = DigitsModel()
     steps: list[int] = []
     original = model.training_step
-    model.training_step = lambda batch, i: steps.append(i) or original(batch, i)
+    model.training_step = lambda batch, batch_idx: steps.append(batch_idx) or original(
+        batch, batch_idx)
     return trainer(tmp_path, [projector], max_epochs=2, limit_train_batches=2), steps, model
 
 
