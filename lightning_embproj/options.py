@@ -224,10 +224,12 @@ def check_unique_sets(mine: ProjectorOptions, others: Sequence[ProjectorOptions]
     for other in others:
         shared = [n for n in mine.set_names if n in other.set_names]
         if shared:
+            reducers = "_".join(mine.reducers)
+            example = reducers if mine.layers else f"{mine.set_names[0]}_{reducers}"
             raise ValueError(
                 f"name: two EmbeddingProjectors in this Trainer write the embedding set "
                 f"{shared[0]!r} (folder embproj/{shared[0]}/, W&B keys embproj/{shared[0]}/...): "
                 f"their files, tables and metrics would mix. Give each its own `name`, e.g. "
-                f"EmbeddingProjector(..., name={shared[0] + '_' + '_'.join(mine.reducers)!r}) "
-                f"(with `layers`, the sets are named <name>_<layer>)"
+                f"EmbeddingProjector(..., name={example!r}) (with `layers`, the sets are named "
+                f"<name>_<layer>)"
             )
