@@ -115,7 +115,7 @@ class Collector:
         # Rows whose values float16 storage would turn into Inf are left out and counted.
         self._limit = FLOAT16_OVERFLOW if options.storage_dtype == "float16" else None
         self._bad: Any = None  # (non-finite, overflow) counts on the device
-        self._masks_later: list[Any] = []  # float masks on the device, checked at the end
+        self._masks_later: list[Any] = []  # float / int masks on the device, checked at the end
         self._nonfinite = 0
         self._overflow = 0
         self._schedule: Schedule | None = None
@@ -174,8 +174,8 @@ class Collector:
             value = as_embeddings(value, name)
             mask = None
             if mask_key is not None and value.ndim == 3:
-                # On an accelerator (or the forced device path) a float mask is checked at the
-                # end of the run: checking it here would wait for the device every batch.
+                # On an accelerator (or the forced device path) a float or int mask is checked
+                # at the end of the run: checking it here would wait for the device every batch.
                 device = getattr(mask_value, "device", None)
                 later = (self._masks_later if device is not None and hasattr(device, "type")
                          and (device.type != "cpu" or self.device_path) else None)
@@ -479,8 +479,8 @@ class Collector:
         return np.concatenate(pieces)[np.argsort(np.concatenate(order))]
 
     def check(self) -> None:
-        """Raise what per-batch checks left for the end of the run (float masks on the device:
-        checking them per batch would wait for the device every batch)."""
+        """Raise what per-batch checks left for the end of the run (float / int masks on the
+        device: checking them per batch would wait for the device every batch)."""
         later, self._masks_later = self._masks_later, []
         if self.options.mask_key is not None:
             check_masks(self.options.mask_key, later)
