@@ -23,8 +23,9 @@ import numpy as np
 
 from lightning_embproj.extract import host_numpy
 
-EMBEDDINGS = "embeddings"
-"""Name of the column that holds the vectors (stored in ``float_dtype``)."""
+EMBEDDINGS = "__embeddings"
+"""Name of the column that holds the vectors (stored in ``float_dtype``); internal (``__``), so
+a metadata column named ``embeddings`` is one more column, not the vectors."""
 
 
 class SampleBuffer:

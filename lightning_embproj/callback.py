@@ -19,10 +19,10 @@ from lightning_embproj.compat import CallbackBase
 from lightning_embproj.evolve import EvolveSettings, SetChain, evolve
 from lightning_embproj.extract import lookup
 from lightning_embproj.gather import gather_samples
-from lightning_embproj.options import ProjectorOptions
+from lightning_embproj.options import ProjectorOptions, check_unique_sets
 from lightning_embproj.pipeline import ReduceSettings, project_epoch
 from lightning_embproj.progress import finish_with_progress, job_label, show_progress
-from lightning_embproj.ranks import placement
+from lightning_embproj.ranks import check_position_ids, placement
 from lightning_embproj.runs import RunCounter, warn_if_never_projected
 from lightning_embproj.sample import HASH_VERSION
 from lightning_embproj.score import movers
@@ -85,6 +85,12 @@ class EmbeddingProjector(CallbackBase):
         n_clusters: k for k-means without labels.
         survive_threshold: fraction of a cluster that must stay together to ``survive``.
         split_threshold: fraction each part must get for a ``split``.
+        name: names the embedding set(s): folder ``embproj/<name>/`` and W&B keys
+            ``embproj/<name>/...``; with ``layers`` each layer's set is ``<name>_<layer>``.
+            Default: the ``embedding_key``, or each layer name. Two projectors in one Trainer
+            need different set names: on one key (say with other reducers) give each a
+            ``name``. A clash is refused at ``setup``; two identical projectors already when
+            the Trainer is built, by Lightning (one ``state_key``).
 
     Example:
         >>> projector = EmbeddingProjector(label_key="labels")
@@ -118,6 +124,7 @@ class EmbeddingProjector(CallbackBase):
         max_text_length: int = 1000,
         seed: int = 0,
         n_jobs: int = 1,
+        name: str | None = None,
     ) -> None:
         self.options = ProjectorOptions(
             embedding_key=embedding_key, layers=layers,  # type: ignore[arg-type]
@@ -129,7 +136,7 @@ class EmbeddingProjector(CallbackBase):
             pooling=pooling, mask_key=mask_key, image_keys=image_keys,
             perplexity=perplexity, storage_dtype=storage_dtype,
             background=background, max_queued_epochs=max_queued_epochs, output_dir=output_dir,
-            max_text_length=max_text_length, seed=seed, n_jobs=n_jobs,
+            max_text_length=max_text_length, seed=seed, n_jobs=n_jobs, name=name,
         )
         self.settings = ReduceSettings(
             list(self.options.reducers), n_components, float(perplexity), seed
@@ -168,13 +175,18 @@ class EmbeddingProjector(CallbackBase):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(
+        key: dict[str, Any] = dict(
             sets=self.options.set_names, reducers=self.settings.reducers,
             n_components=self.settings.n_components,
         )
+        if self.options.name is not None:  # without one, the key of earlier checkpoints
+            key["name"] = self.options.name
+        return self._generate_state_key(**key)
 
     # -- setup / teardown ---------------------------------------------------------------
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        check_unique_sets(self.options, [c.options for c in trainer.callbacks
+                                         if isinstance(c, EmbeddingProjector) and c is not self])
         log_dir = trainer.log_dir  # a collective under DDP: every rank calls it
         self._is_zero = trainer.is_global_zero
         stage = str(getattr(stage, "value", stage))  # Lightning passes a TrainerFn str enum
@@ -239,6 +251,10 @@ class EmbeddingProjector(CallbackBase):
         # fails before the first training epoch instead of after it.
         self._run = None
         self._placements = {}
+        if self.options.id_key is None:  # ids are positions: a shuffled loader fails here
+            note = check_position_ids(trainer.val_dataloaders)
+            if note is not None and self._is_zero:
+                self.warn("sampler", note)
         if trainer.sanity_checking:
             self._collector = Collector(self.options, warn=self.warn)
             return
@@ -261,16 +277,17 @@ class EmbeddingProjector(CallbackBase):
             return
         if self._capture is not None:
             self._capture.active = False
-            missing = [n for n in self.options.set_names if n not in self._capture.outputs]
+            captured = self._capture.outputs
+            missing = [layer for layer in self.options.sets.values() if layer not in captured]
             if missing:
                 raise RuntimeError(
                     f"layers: {missing} did not run during validation batch {batch_idx}; "
                     f"only layers called in validation_step can be captured"
                 )
-            raw = dict(self._capture.outputs)
+            raw = {name: captured[layer] for name, layer in self.options.sets.items()}
         else:
-            key = self.options.embedding_key
-            raw = {key: lookup(key, outputs, batch, "embedding_key")}
+            ((name, key),) = self.options.sets.items()
+            raw = {name: lookup(key, outputs, batch, "embedding_key")}
         where = self._placements.get(dataloader_idx)
         if where is None:  # the same for every batch of a loader in one validation run
             where = self._placements[dataloader_idx] = placement(
@@ -290,6 +307,14 @@ class EmbeddingProjector(CallbackBase):
                 f"nonfinite:{val_index}",
                 f"{collector.nonfinite} tracked rows had NaN or Inf embeddings in validation run "
                 f"{val_index} (epoch {epoch}, step {step}) and were left out of that run",
+            )
+        if collector.overflow and self._is_zero:
+            self.warn(
+                f"overflow:{val_index}",
+                f"{collector.overflow} tracked rows had embedding values beyond float16's range "
+                f"(|value| >= 65,520 would be stored as Inf with storage_dtype='float16') in "
+                f"validation run {val_index} (epoch {epoch}, step {step}) and were left out of "
+                f"that run; use storage_dtype='float32' to keep them",
             )
         samples = collector.samples()
         for name in self.options.set_names:

@@ -67,6 +67,9 @@ _INT_DTYPES = ("torch.int8", "torch.int16", "torch.int32", "torch.int64", "torch
 _VIEWABLE: dict[str, frozenset[Any]] = {}
 LARGE_BUFFER_BYTES = 256_000_000
 """A set whose buffer may grow past this (``max_samples`` x D x bytes) gets one warning."""
+FLOAT16_OVERFLOW = 65520.0
+"""The smallest magnitude that float16 rounds to Inf (its largest finite value is 65,504): with
+``storage_dtype="float16"`` a row holding such a value is left out like a NaN / Inf row."""
 
 
 @dataclass
@@ -109,9 +112,12 @@ class Collector:
         self._device_cols: set[str] | None = None
         self._host_batches: list[tuple[int, dict[str, Any]]] = []  # (first row, host columns)
         self._layouts: dict[str, ImageLayout | None] = {}
-        self._bad: Any = None  # non-finite count on the device
-        self._masks_later: list[Any] = []  # float masks on the device, checked at the end
+        # Rows whose values float16 storage would turn into Inf are left out and counted.
+        self._limit = FLOAT16_OVERFLOW if options.storage_dtype == "float16" else None
+        self._bad: Any = None  # (non-finite, overflow) counts on the device
+        self._masks_later: list[Any] = []  # float / int masks on the device, checked at the end
         self._nonfinite = 0
+        self._overflow = 0
         self._schedule: Schedule | None = None
         self._schedule_dl = -1
         self._streaming = False  # the scheduled path was left (or never applied)
@@ -168,8 +174,8 @@ class Collector:
             value = as_embeddings(value, name)
             mask = None
             if mask_key is not None and value.ndim == 3:
-                # On an accelerator (or the forced device path) a float mask is checked at the
-                # end of the run: checking it here would wait for the device every batch.
+                # On an accelerator (or the forced device path) a float or int mask is checked
+                # at the end of the run: checking it here would wait for the device every batch.
                 device = getattr(mask_value, "device", None)
                 later = (self._masks_later if device is not None and hasattr(device, "type")
                          and (device.type != "cpu" or self.device_path) else None)
@@ -223,11 +229,29 @@ class Collector:
     def nonfinite(self) -> int:
         """Rows that could have entered a sample but had NaN / Inf embeddings (left out).
 
-        On the device path reading it copies one number to the host."""
-        if self._bad is not None:
-            self._nonfinite += int(self._bad)
-            self._bad = None
+        On the device path reading it copies two numbers to the host."""
+        self._read_counts()
         return self._nonfinite
+
+    @property
+    def overflow(self) -> int:
+        """Rows that could have entered a sample but hold a value that ``storage_dtype``
+        float16 would store as Inf (|value| >= 65,520; left out). Always 0 with float32."""
+        self._read_counts()
+        return self._overflow
+
+    def _read_counts(self) -> None:
+        if self._bad is not None:
+            nonfinite, overflow = (int(v) for v in self._bad.tolist())
+            self._nonfinite += nonfinite
+            self._overflow += overflow
+            self._bad = None
+
+    def _storable(self, rows: np.ndarray) -> np.ndarray:
+        """Per row: finite, and within float16's range when that is the storage dtype."""
+        if self._limit is None:
+            return np.isfinite(rows).all(axis=1)
+        return (np.abs(rows) < self._limit).all(axis=1)  # False for NaN and Inf too
 
     def add_batch(
         self,
@@ -278,10 +302,12 @@ class Collector:
             if idx.size == 0:
                 continue
             rows = {EMBEDDINGS: self._take(vec, idx)}
-            finite = np.isfinite(rows[EMBEDDINGS]).all(axis=1)
-            if not finite.all():
+            ok = self._storable(rows[EMBEDDINGS])
+            if not ok.all():
+                finite = np.isfinite(rows[EMBEDDINGS]).all(axis=1)
                 self._nonfinite += int((~finite).sum())
-                idx, rows[EMBEDDINGS] = idx[finite], rows[EMBEDDINGS][finite]
+                self._overflow += int((finite & ~ok).sum())
+                idx, rows[EMBEDDINGS] = idx[ok], rows[EMBEDDINGS][ok]
                 if idx.size == 0:
                     continue
             rows[_ID] = ids[idx]
@@ -327,17 +353,21 @@ class Collector:
         plan = schedule.plan(start, end)
         candidates = {}
         for name, vec in vectors.items():
-            # Only the rows the streaming buffer would look at: a NaN / Inf among them is
-            # counted and changes which rows stay, so that batch streams instead. One sum
-            # instead of a test per value (NaN / Inf propagate; a finite overflow only sends
-            # the batch down the streaming path, which tests every row).
+            # Only the rows the streaming buffer would look at: a NaN / Inf among them (or a
+            # value float16 storage cannot hold) is counted and changes which rows stay, so
+            # that batch streams instead. One sum instead of a test per value (NaN / Inf
+            # propagate; a finite overflow only sends the batch down the streaming path, which
+            # tests every row); with float16 storage, its max and min.
             view = _host_view(vec)
             if plan.looked is None:
                 looked = view if view is not None else self._take(vec, np.arange(n))
             else:
                 looked = view[plan.looked] if view is not None else self._take(vec, plan.looked)
-            if not np.isfinite(looked.sum()):
-                return False
+            if self._limit is None:
+                if not np.isfinite(looked.sum()):
+                    return False
+            elif looked.size and not (looked.max() < self._limit and looked.min() > -self._limit):
+                return False  # NaN fails both comparisons
             candidates[name] = looked
         shared = {_ID: plan.ids, _DL: plan.dataloader}
         if plan.local.size:
@@ -406,8 +436,12 @@ class Collector:
             self._host_batches.append((self.seen, host))
         for name, vec in vectors.items():
             finite = torch.isfinite(vec).all(dim=1)
+            # `abs() < limit` is False for NaN / Inf too. In bfloat16 the limit rounds to
+            # 65,536, the next bfloat16 above 65,504: still exactly the values float16 loses.
+            ok = finite if self._limit is None else (vec.abs() < self._limit).all(dim=1)
             buffer = self._device.setdefault(name, DeviceBuffer(self.options.max_samples))
-            bad = buffer.offer(keys, {EMBEDDINGS: vec, **columns}, finite)
+            left = buffer.offer(keys, {EMBEDDINGS: vec, **columns}, ok)
+            bad = torch.stack([(left & ~finite).sum(), (left & finite).sum()])
             self._bad = bad if self._bad is None else self._bad + bad
         return True
 
@@ -445,8 +479,8 @@ class Collector:
         return np.concatenate(pieces)[np.argsort(np.concatenate(order))]
 
     def check(self) -> None:
-        """Raise what per-batch checks left for the end of the run (float masks on the device:
-        checking them per batch would wait for the device every batch)."""
+        """Raise what per-batch checks left for the end of the run (float / int masks on the
+        device: checking them per batch would wait for the device every batch)."""
         later, self._masks_later = self._masks_later, []
         if self.options.mask_key is not None:
             check_masks(self.options.mask_key, later)

@@ -9,15 +9,16 @@ incoming rows into the evicted slots in place. Empty slots hold the largest int6
 come to the host once, in :meth:`DeviceBuffer.to_host`.
 
 The result is the host :class:`~lightning_embproj.buffer.SampleBuffer`'s: the same keys, the
-same first copy of a repeated key, the same count of non-finite rows among those that could enter.
+same first copy of a repeated key, the same rows left out (non-finite) among those that could
+enter.
 
 Example:
     >>> import torch
     >>> buf = DeviceBuffer(2)
-    >>> bad = buf.offer(torch.tensor([5, 1, 9]), {"e": torch.eye(3)}, torch.ones(3, dtype=bool))
+    >>> left = buf.offer(torch.tensor([5, 1, 9]), {"e": torch.eye(3)}, torch.ones(3, dtype=bool))
     >>> keys, cols = buf.to_host()
-    >>> keys.tolist(), cols["e"].tolist(), int(bad)
-    ([1, 5], [[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]], 0)
+    >>> keys.tolist(), cols["e"].tolist(), left.tolist()
+    ([1, 5], [[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]], [False, False, False])
 """
 
 from __future__ import annotations
@@ -45,13 +46,15 @@ class DeviceBuffer:
         self.rows: dict[str, Any] = {}
 
     def offer(self, keys: Any, rows: dict[str, Any], finite: Any) -> Any:
-        """Offer a batch; returns the number of non-finite rows that could have entered, as a
-        0-d tensor on the device (summed by the caller, read once at the end).
+        """Offer a batch; returns the ``(n,)`` bool mask, on the device, of the rows that could
+        have entered but were left out because ``finite`` is False for them (the caller counts
+        them by reason and reads the counts once at the end).
 
         Args:
             keys: ``(n,)`` int64 keys on the device.
             rows: column -> ``(n, ...)`` tensor on the device.
-            finite: ``(n,)`` bool, False for a row that must not enter (NaN / Inf embeddings).
+            finite: ``(n,)`` bool, False for a row that must not enter (NaN / Inf embeddings,
+                or values the storage dtype cannot hold).
         """
         import torch
 
@@ -72,7 +75,7 @@ class DeviceBuffer:
         if n > k:  # the host buffer looks at the k smallest candidates of a batch only
             low = torch.sort(torch.where(could, keys, EMPTY), stable=True)[1][:k]
             could = could & torch.zeros_like(could).index_fill_(0, low, True)
-        nonfinite = (could & ~finite).sum()
+        left_out = could & ~finite
         masked = torch.where(finite & fresh, keys, EMPTY)
         # A sort, not topk: topk degrades on the many equal EMPTY keys of a buffer filling up.
         keep = torch.sort(torch.cat([self.keys, masked]), stable=True)[1][:k]
@@ -89,7 +92,7 @@ class DeviceBuffer:
             target = self.rows[c]
             pick = new.view(-1, *([1] * (target.ndim - 1)))
             target[slots] = torch.where(pick, v[incoming].to(target.dtype), target[slots])
-        return nonfinite
+        return left_out
 
     def _check(self, rows: dict[str, Any]) -> None:
         import torch

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from lightning_embproj.columns import generated_column
 from lightning_embproj.lineage import check_thresholds
 from lightning_embproj.reduce import REDUCERS as KNOWN_REDUCERS  # the one list of names
 
@@ -88,10 +89,18 @@ class ProjectorOptions:
     max_text_length: int = 1000
     seed: int = 0
     n_jobs: int = 1
+    name: str | None = None
 
     def __post_init__(self) -> None:
         _check_key(self.embedding_key, "embedding_key")
-        if self.layers is None and isinstance(self.embedding_key, str):
+        if self.name is not None:
+            if not isinstance(self.name, str) or not self.name:
+                raise TypeError(
+                    f"name must be a non-empty string (it names the embedding sets: folder "
+                    f"embproj/<name>/ and W&B keys embproj/<name>/...), got {self.name!r}"
+                )
+            _check_set_name(self.name, "name")
+        elif self.layers is None and isinstance(self.embedding_key, str):
             _check_set_name(self.embedding_key, "embedding_key")
         _check_key(self.label_key, "label_key")
         _check_key(self.id_key, "id_key")
@@ -155,13 +164,14 @@ class ProjectorOptions:
         else:
             items = [(key if isinstance(key, str) else f"batch_{key}", key)
                      for key in _as_list(value, "metadata_keys")]
-        reserved = {"sample_id", "epoch", "step", "val_index", "label", "dataloader_idx", "cluster"}
         for col, key in items:
             _check_key(key, "metadata_keys")
-            if col in reserved:
+            generated = generated_column(col)
+            if generated is not None:
                 raise ValueError(
-                    f"metadata_keys: column {col!r} clashes with a column the projector writes "
-                    f"({sorted(reserved)}); pass a dict such as {{'my_{col}': {key!r}}} to rename"
+                    f"metadata_keys: column {col!r} clashes with {generated}, which the "
+                    f"projector writes itself (one would silently replace the other); pass a "
+                    f"dict such as {{'my_{col.lstrip('_')}': {key!r}}} to rename it"
                 )
         return dict(items)
 
@@ -177,6 +187,49 @@ class ProjectorOptions:
         return names
 
     @property
+    def sets(self) -> dict[str, str]:
+        """Set name -> where its embeddings come from (a layer, or the ``embedding_key``).
+
+        One set per layer, named ``<name>_<layer>`` (the layer name without ``name``), or the
+        single set of the ``embedding_key``, named ``name`` (the ``embedding_key`` without).
+
+        Example:
+            >>> ProjectorOptions(layers=["encoder", "head"], name="mlp").sets
+            {'mlp_encoder': 'encoder', 'mlp_head': 'head'}
+            >>> ProjectorOptions(name="z_umap").sets
+            {'z_umap': 'embeddings'}
+        """
+        if self.layers:
+            prefix = f"{self.name}_" if self.name is not None else ""
+            return {f"{prefix}{layer}": layer for layer in self.layers}
+        return {self.name if self.name is not None else self.embedding_key: self.embedding_key}
+
+    @property
     def set_names(self) -> list[str]:
-        """One embedding set per layer, or the single ``embedding_key`` set."""
-        return list(self.layers) if self.layers else [self.embedding_key]
+        """The names of the embedding sets (see :attr:`sets`): folders and W&B keys."""
+        return list(self.sets)
+
+
+def check_unique_sets(mine: ProjectorOptions, others: Sequence[ProjectorOptions]) -> None:
+    """Refuse a set name that another projector of the same Trainer also writes: their
+    folders ``embproj/<set>/`` and W&B keys would mix.
+
+    Example:
+        >>> check_unique_sets(ProjectorOptions(), [ProjectorOptions(name="other")])
+        >>> check_unique_sets(ProjectorOptions(), [ProjectorOptions(reducers="umap")])
+        Traceback (most recent call last):
+        ...
+        ValueError: name: two EmbeddingProjectors in this Trainer write the embedding set ...
+    """
+    for other in others:
+        shared = [n for n in mine.set_names if n in other.set_names]
+        if shared:
+            reducers = "_".join(mine.reducers)
+            example = reducers if mine.layers else f"{mine.set_names[0]}_{reducers}"
+            raise ValueError(
+                f"name: two EmbeddingProjectors in this Trainer write the embedding set "
+                f"{shared[0]!r} (folder embproj/{shared[0]}/, W&B keys embproj/{shared[0]}/...): "
+                f"their files, tables and metrics would mix. Give each its own `name`, e.g. "
+                f"EmbeddingProjector(..., name={example!r}) (with `layers`, the sets are named "
+                f"<name>_<layer>)"
+            )

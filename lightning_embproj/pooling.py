@@ -2,8 +2,8 @@
 device, with an optional token mask.
 
 A sequence is averaged over T and a feature map over its spatial dims by default
-(``pooling="auto"``); half tensors pool in float32. A float mask must hold 0 / 1 only: checked at
-once, or (on an accelerator, where reading it back would wait for the device) left for
+(``pooling="auto"``); half tensors pool in float32. A float or integer mask must hold 0 / 1 only:
+checked at once, or (on an accelerator, where reading it back would wait for the device) left for
 :func:`check_masks` at the end of the run.
 
 Example:
@@ -85,14 +85,19 @@ def as_mask(
 ) -> Any:
     """A ``(B, T)`` bool tensor on ``device`` from a bool / 0-1 mask (1 = real token).
 
-    A float mask must hold only 0 and 1. Checking that reads a value back from the mask's device;
-    with ``later`` (a list) it is not read: ``(count of other values, min, max)`` as a tensor on
-    the mask's device is appended instead, for :func:`check_masks` at the end.
+    A float or integer mask must hold only 0 and 1 (token ids passed by mistake must not pass as
+    "every token is real"). Checking that reads a value back from the mask's device; with
+    ``later`` (a list) it is not read: ``((count of other values, min, max) as a tensor on the
+    mask's device, is_integer)`` is appended instead, for :func:`check_masks` at the end.
 
     Example:
         >>> import torch
         >>> as_mask(torch.tensor([[1, 0]]), "m", "z", (1, 2, 4), "cpu").tolist()
         [[True, False]]
+        >>> as_mask(torch.tensor([[101, 2023]]), "m", "z", (1, 2, 4), "cpu")
+        Traceback (most recent call last):
+        ...
+        ValueError: mask_key='m': expected bools or 0/1 ... got integer values from 101 to 2023; ...
     """
     import torch
 
@@ -109,14 +114,16 @@ def as_mask(
     mask = value.detach() if _is_tensor(value) else torch.from_numpy(np.asarray(value))
     if mask.dtype == torch.bool:
         return mask.to(device)
-    if mask.is_floating_point():
-        other = ~((mask == 0) | (mask == 1))
-        if later is not None:
-            if mask.numel():
-                later.append(torch.stack([other.sum().float(), mask.min().float(),
-                                          mask.max().float()]))
-        elif bool(other.any()):
-            _bad_mask(key, float(mask.min()), float(mask.max()))
+    if mask.is_complex():
+        raise TypeError(f"mask_key={key!r}: expected bools or 0/1 values, got dtype {mask.dtype}")
+    integer = not mask.is_floating_point()
+    other = ~((mask == 0) | (mask == 1))
+    if later is not None:
+        if mask.numel():
+            stats = torch.stack([other.sum().float(), mask.min().float(), mask.max().float()])
+            later.append((stats, integer))
+    elif bool(other.any()):
+        _bad_mask(key, float(mask.min()), float(mask.max()), integer)
     return (mask != 0).to(device)
 
 
@@ -126,18 +133,25 @@ def check_masks(key: Key, later: list[Any]) -> None:
 
     Example:
         >>> import torch
-        >>> check_masks("m", [torch.tensor([0.0, 0.0, 1.0])])  # only 0 / 1 seen: no error
+        >>> check_masks("m", [(torch.tensor([0.0, 0.0, 1.0]), True)])  # only 0 / 1: no error
     """
     if not later:
         return
     import torch
 
-    stats = torch.stack(later).cpu()
+    stats = torch.stack([s for s, _ in later]).cpu()
     if float(stats[:, 0].sum()) > 0:
-        _bad_mask(key, float(stats[:, 1].min()), float(stats[:, 2].max()))
+        integer = all(i for _, i in later)
+        _bad_mask(key, float(stats[:, 1].min()), float(stats[:, 2].max()), integer)
 
 
-def _bad_mask(key: Key, low: float, high: float) -> None:
+def _bad_mask(key: Key, low: float, high: float, integer: bool = False) -> None:
+    if integer:
+        raise ValueError(
+            f"mask_key={key!r}: expected bools or 0/1 values (1 = real token), got integer "
+            f"values from {low:.0f} to {high:.0f}; is it the token ids or lengths instead of the "
+            f"attention mask? Pass the (B, T) attention mask (e.g. `input_ids != pad_id`)"
+        )
     raise ValueError(
         f"mask_key={key!r}: expected bools or 0/1 values (1 = real token), got values from "
         f"{low} to {high}; an additive attention mask (0 = keep, -inf = pad) must be turned "

@@ -8,6 +8,9 @@ Lightning turns the validation loaders (one loader, a list, a dict, nested colle
 ``CombinedLoader``) into one flat list and numbers them in that order: ``dataloader_idx`` is a
 position in that list. :func:`flat_loaders` flattens the same way, in either Lightning namespace.
 
+Without ``id_key`` an id is a position in the validation run, which names a dataset sample only
+when the loader does not shuffle: :func:`check_position_ids` refuses shuffling samplers.
+
 Example:
     >>> from torch.utils.data import DataLoader
     >>> loaders = {"a": DataLoader(range(30)), "b": [DataLoader(range(7))]}
@@ -86,6 +89,105 @@ def dataset_length(loaders: Any, dataloader_idx: int) -> int | None:
         return int(len(dataset))
     except (TypeError, NotImplementedError):
         return None
+
+
+def loader_order(loader: Any) -> tuple[str, str]:
+    """How a loader orders its dataset: ``("sequential" | "shuffled" | "other", sampler)``.
+
+    ``"sequential"``: dataset order (a ``SequentialSampler``, an unshuffled
+    ``DistributedSampler`` over the loader's dataset, an ``IterableDataset``, no sampler);
+    ``"shuffled"``: a random order (``RandomSampler``, i.e. ``shuffle=True``,
+    ``SubsetRandomSampler``, ``WeightedRandomSampler``, ``DistributedSampler(shuffle=True)``,
+    also inside a batch sampler or Lightning's ``DistributedSamplerWrapper``); ``"other"``: a
+    sampler this cannot tell.
+
+    Example:
+        >>> from torch.utils.data import DataLoader
+        >>> loader_order(DataLoader(range(8), shuffle=True))
+        ('shuffled', 'RandomSampler (shuffle=True)')
+        >>> loader_order(DataLoader(range(8)))
+        ('sequential', 'SequentialSampler')
+    """
+    from torch.utils.data import (
+        BatchSampler,
+        DistributedSampler,
+        IterableDataset,
+        RandomSampler,
+        SequentialSampler,
+        SubsetRandomSampler,
+        WeightedRandomSampler,
+    )
+
+    if isinstance(getattr(loader, "dataset", None), IterableDataset):
+        return "sequential", "IterableDataset"
+    sampler = getattr(loader, "sampler", None)
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    if batch_sampler is not None and type(batch_sampler) is not BatchSampler:
+        # A custom batch sampler decides the order; its inner sampler, if any, tells more.
+        sampler = getattr(batch_sampler, "sampler", batch_sampler)
+    elif batch_sampler is not None:
+        sampler = batch_sampler.sampler
+    inner = sampler
+    while inner is not None:
+        name = type(inner).__name__
+        if isinstance(inner, RandomSampler):
+            return "shuffled", f"{name} (shuffle=True)"
+        if isinstance(inner, (SubsetRandomSampler, WeightedRandomSampler)):
+            return "shuffled", name
+        if isinstance(inner, DistributedSampler):
+            if getattr(inner, "shuffle", False):
+                return "shuffled", f"{name}(shuffle=True)"
+            # Lightning's DistributedSamplerWrapper spreads a user's sampler over the ranks.
+            wrapped = getattr(getattr(inner, "dataset", None), "_sampler", None)
+            if wrapped is None:
+                return "sequential", f"{name}(shuffle=False)"
+            inner = wrapped
+            continue
+        if isinstance(inner, SequentialSampler):
+            return "sequential", name
+        return "other", name
+    return "sequential", "no sampler"
+
+
+def check_position_ids(loaders: Any) -> str | None:
+    """Refuse validation loaders whose positions are not dataset indices, for ids derived
+    without ``id_key``; returns a warning for a sampler it cannot tell (else None).
+
+    Raises:
+        ValueError: a loader draws its samples in a random order (see :func:`loader_order`),
+            naming ``id_key``, the sampler and both fixes.
+
+    Example:
+        >>> from torch.utils.data import DataLoader
+        >>> check_position_ids([DataLoader(range(8)), DataLoader(range(4), shuffle=True)])
+        Traceback (most recent call last):
+        ...
+        ValueError: EmbeddingProjector needs `id_key` for validation dataloader 1: ...Random...
+    """
+    notes = []
+    for idx, loader in enumerate(flat_loaders(loaders)):
+        order, sampler = loader_order(loader)
+        if order == "shuffled":
+            raise ValueError(
+                f"EmbeddingProjector needs `id_key` for validation dataloader {idx}: it draws "
+                f"its samples with {sampler}, but without `id_key` a point's sample_id is its "
+                f"position in the validation run, which is its dataset index only when the "
+                f"loader does not shuffle: every run would track other samples under the same "
+                f"ids (wrong sample_ids, drift where nothing changed). Either pass `id_key` (the "
+                f"key of a stable id per sample in the validation_step outputs or the batch), "
+                f"or make the validation loader sequential (shuffle=False, no random sampler)."
+            )
+        if order == "other":
+            notes.append(f"{idx} ({sampler})")
+    if not notes:
+        return None
+    return (
+        f"validation dataloader {', '.join(notes)} uses a sampler the projector does not know: "
+        f"without `id_key` a point's sample_id is its position in the validation run, the "
+        f"dataset index only for a sequential sampler. If the sampler reorders or subsets the "
+        f"dataset, sample_ids do not name the real samples (and shuffled, runs do not track "
+        f"the same ones): pass `id_key`"
+    )
 
 
 def placement(trainer: Any, dataloader_idx: int, *, ids_derived: bool = True) -> Placement:

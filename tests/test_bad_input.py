@@ -78,6 +78,47 @@ def test_nonfinite_rows_dropped_with_one_counted_warning(tmp_path):
     assert read_metrics(t.log_dir)["silhouette"].notna().all()
 
 
+@pytest.mark.parametrize("path", ["host-scheduled", "host-streaming", "device"])
+def test_float16_storage_leaves_out_rows_beyond_its_range_with_one_warning_per_run(
+    tmp_path, monkeypatch, path
+):
+    """Issue 16: values above 65,504 passed the finiteness check as float32 and became Inf in
+    the float16 buffer, and then every output of every run was empty."""
+    def overflow(out, batch_idx):
+        z = out["embeddings"]
+        out["id"] = torch.arange(16 * batch_idx, 16 * batch_idx + len(z))
+        if batch_idx == 1:
+            z[0, 3] = 70_000.0
+            z[1, 0] = -1e6
+            z[2, 1] = 65_504.0  # float16's largest value: kept
+        if batch_idx == 2:
+            z[5, :] = 1e5
+
+    monkeypatch.setenv("EMBPROJ_DEVICE_PATH", "1" if path == "device" else "0")
+    projector = EmbeddingProjector(
+        label_key="labels", reducers=["pca", "tsne"], max_samples=64, storage_dtype="float16",
+        id_key="id" if path == "host-streaming" else None, background=False,
+    )
+    t, caught = _fit(tmp_path, projector, Tweaked(overflow), epochs=2)
+    df = read_projections(t.log_dir)
+    # 64 validation points, 3 beyond float16's range each run: the other 61 are logged
+    assert df.groupby("epoch").size().to_dict() == {0: 61, 1: 61}
+    assert set(range(64)) - set(df[df.epoch == 0].sample_id) == {16, 17, 37}
+    assert np.isfinite(df[["pca_x", "pca_y", "tsne_x", "tsne_y"]].to_numpy()).all()
+    assert df["cluster"].notna().all()
+    metrics = read_metrics(t.log_dir)
+    assert metrics["silhouette"].notna().all() and metrics["pca/trustworthiness"].notna().all()
+    kept = projector.previous["embeddings"].sample
+    assert kept.embeddings.dtype == np.float16 and np.isfinite(kept.embeddings).all()
+    assert kept.embeddings.max() == 65_504.0
+    warned = [m for m in _messages(caught) if "float16" in m]
+    assert len(warned) == 2, _messages(caught)  # one per validation run
+    assert all(m.startswith("lightning-embproj: 3 tracked rows had embedding values beyond "
+                            "float16's range") for m in warned)
+    assert all("storage_dtype='float32'" in m for m in warned)
+    assert not [m for m in _messages(caught) if "NaN or Inf" in m]
+
+
 def test_all_rows_nonfinite_logs_nothing_and_warns(tmp_path):
     def poison(out, batch_idx):
         out["embeddings"] = torch.full_like(out["embeddings"], float("nan"))
@@ -295,6 +336,55 @@ def test_constructor_refuses_nonsense(kwargs, match):
         EmbeddingProjector(**kwargs)
 
 
+@pytest.mark.parametrize(
+    ("column", "what"),
+    [
+        ("pca_x", "a layout column"), ("tsne_y", "a layout column"),
+        ("umap_z", "a layout column"),  # every known reducer, chosen or not, 2-D or 3-D
+        ("kind", "a column of the movers table"), ("overlap", "a column of the movers table"),
+        ("foreign_fraction", "a column of the movers table"),
+        ("sample_id", "an identity column"), ("val_index", "an identity column"),
+        ("dataloader_idx", "an identity column"), ("cluster", "the cluster column"),
+        ("label", "the label column"), ("__embeddings", "the projector's internal columns"),
+    ],
+)
+@pytest.mark.parametrize("form", ["list", "dict"])
+def test_a_metadata_column_named_like_a_generated_column_is_refused(column, what, form):
+    """Issue 16: such a column was silently replaced by the layout, or overwrote the movers
+    table's own kind / overlap."""
+    metadata = [column] if form == "list" else {column: "score"}
+    key = column if form == "list" else "score"
+    with pytest.raises(ValueError) as info:
+        EmbeddingProjector(metadata_keys=metadata, reducers="pca")
+    message = str(info.value)
+    assert message.startswith(f"metadata_keys: column {column!r} clashes with {what}")
+    assert f"pass a dict such as {{'my_{column.lstrip('_')}': {key!r}}} to rename it" in message
+
+
+def test_metadata_columns_renamed_from_generated_names_keep_their_values(tmp_path):
+    """The dict form renames a clashing key; and a column named ``embeddings`` is one more
+    column: it used to replace the collected vectors (the buffer's own column had that name)."""
+    def extra(out, batch_idx):
+        out["kind"] = [f"kind {batch_idx}-{i}" for i in range(len(out["labels"]))]
+
+    projector = EmbeddingProjector(
+        label_key="labels", metadata_keys={"embeddings": "score", "my_kind": "kind"},
+        reducers="pca", max_samples=64, background=False,
+    )
+    t, caught = _fit(tmp_path, projector, Tweaked(extra), epochs=2)
+    assert not _messages(caught), _messages(caught)
+    s = projector.previous["embeddings"].sample
+    assert s.embeddings.shape == (64, 16)
+    np.testing.assert_allclose(s.metadata["embeddings"], np.linalg.norm(s.embeddings, axis=1),
+                               rtol=1e-5)
+    df = read_projections(t.log_dir)
+    assert len(df) == 128 and df["pca_x"].std() > 0
+    np.testing.assert_allclose(df[df.epoch == 1]["embeddings"], s.metadata["embeddings"],
+                               rtol=1e-5)
+    for sid, kind in zip(df["sample_id"], df["my_kind"], strict=True):
+        assert kind == f"kind {sid // 16}-{sid % 16}"
+
+
 def test_unknown_layer_fails_at_setup_with_close_matches(tmp_path):
     model = Tweaked(lambda out, i: None)
     projector = EmbeddingProjector(layers=["encodr"], reducers="pca")
@@ -338,6 +428,12 @@ def _tokens(out: dict, batch_idx: int) -> None:
          r"-inf to 0\.0; an additive attention mask"),
         ({"mask_key": "mask"},
          lambda out, i: out.update(embeddings=out["embeddings"].view(-1, 4, 4),
+                                   mask=torch.arange(64).view(16, 4) + 100),
+         r"mask_key='mask': expected bools or 0/1 values \(1 = real token\), got integer "
+         r"values from 100 to 163; is it the token ids or lengths instead of the attention "
+         r"mask\?"),
+        ({"mask_key": "mask"},
+         lambda out, i: out.update(embeddings=out["embeddings"].view(-1, 4, 4),
                                    mask=torch.ones(16, 5, dtype=torch.bool)),
          r"mask_key='mask': expected shape \(B, T\) = \(16, 4\) to match embeddings "
          r"'embeddings' of shape \(16, 4, 4\), got shape \(16, 5\)"),
@@ -348,7 +444,7 @@ def _tokens(out: dict, batch_idx: int) -> None:
          r"label_key='onehot': expected one label per row, shape \(B,\), got shape \(16, 10\)"),
     ],
     ids=["token-metadata", "declared-image-2d", "flatten-varying-T", "first-of-fmap",
-         "additive-mask", "mask-shape", "fractional-ids", "onehot-labels"],
+         "additive-mask", "token-ids-mask", "mask-shape", "fractional-ids", "onehot-labels"],
 )
 def test_bad_shapes_and_dtypes_raise_naming_the_option(tmp_path, options, tweak, match):
     projector = EmbeddingProjector(reducers="pca", max_samples=8, **options)

@@ -41,7 +41,7 @@ def test_device_hash_is_bit_identical_to_the_host_hash(dtype):
 
 # -- the three paths on the same batches ------------------------------------------------------
 def _batches(n_rows: int, batch: int, seed: int, *, dtype=torch.float32, nan_every: int = 0,
-             seq: bool = False, ids: Any = None) -> list[tuple[dict, dict]]:
+             big_every: int = 0, seq: bool = False, ids: Any = None) -> list[tuple[dict, dict]]:
     g = torch.Generator().manual_seed(seed)
     out = []
     for start in range(0, n_rows, batch):
@@ -49,6 +49,12 @@ def _batches(n_rows: int, batch: int, seed: int, *, dtype=torch.float32, nan_eve
         z = torch.randn(n, 6, 5, generator=g) if seq else torch.randn(n, 5, generator=g)
         if nan_every:
             z[torch.arange(n) % nan_every == 1] = float("nan")
+        if big_every:  # beyond float16 (left out with float16 storage), at its edge (kept)
+            z[torch.arange(n) % big_every == 2, 0] = 1e5
+            z[torch.arange(n) % big_every == 3, -1] = -65_536.0
+            # float16's largest value; in bfloat16 65,504 rounds to 65,536: the one below
+            edge = 65_280.0 if dtype == torch.bfloat16 else 65_504.0
+            z[torch.arange(n) % big_every == 4, 1] = edge
         outputs = {
             "y": torch.randint(0, 4, (n,), generator=g),
             "text": [f"row {start + i} " + "x" * (i % 7) for i in range(n)],
@@ -73,6 +79,7 @@ def _run(batches: list, device_path: bool, where: Placement | None = None, dl_of
 
 def _same(a: Collector, b: Collector) -> None:
     assert a.nonfinite == b.nonfinite
+    assert a.overflow == b.overflow
     sa, sb = a.samples(), b.samples()
     assert sa.keys() == sb.keys() and sa
     for name in sa:
@@ -103,6 +110,10 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "fp16-store": dict(n_rows=300, batch=64, max_samples=40, storage_dtype="float16"),
     "batch-over-k": dict(n_rows=400, batch=64, max_samples=10),
     "nan-rows": dict(n_rows=400, batch=50, max_samples=30, nan_every=9),
+    "fp16-overflow": dict(n_rows=400, batch=50, max_samples=30, big_every=7, nan_every=11,
+                          storage_dtype="float16"),
+    "bf16-fp16-overflow": dict(n_rows=300, batch=64, max_samples=40, big_every=5,
+                               dtype=torch.bfloat16, storage_dtype="float16"),
     "sequence-masked": dict(n_rows=300, batch=32, max_samples=40, seq=True, pooling="mean",
                             mask_key="mask"),
     "sequence-last": dict(n_rows=300, batch=32, max_samples=40, seq=True, pooling="last",
@@ -112,7 +123,8 @@ SCENARIOS: dict[str, dict[str, Any]] = {
 
 
 def _split(spec: dict) -> tuple[dict, dict]:
-    data = {k: spec[k] for k in ("n_rows", "batch", "dtype", "nan_every", "seq") if k in spec}
+    data = {k: spec[k] for k in ("n_rows", "batch", "dtype", "nan_every", "big_every", "seq")
+            if k in spec}
     return data, {k: v for k, v in spec.items() if k not in data}
 
 
@@ -131,6 +143,12 @@ def test_device_and_scheduled_paths_match_streaming(name):
     _same(streaming, device)
     if name == "nan-rows":
         assert scheduled.nonfinite > 0 and scheduled._streaming  # the NaN batch streamed
+    elif "overflow" in name:
+        # rows float16 would hold as Inf are left out and counted, on every path
+        assert scheduled.overflow > 0 and scheduled._streaming
+        s = device.samples()["embeddings"]
+        assert s.embeddings.dtype == np.float16 and np.isfinite(s.embeddings).all()
+        assert np.abs(s.embeddings).max() >= 65_280  # the largest values float16 holds stay
     else:
         np.testing.assert_array_equal(scheduled.samples()["embeddings"].keys,
                                       _expected_keys(np.arange(n), opts["max_samples"]))
@@ -267,7 +285,7 @@ class SeqDigits(DigitsModel):
     def __init__(self, mask_values: tuple[float, float] | None = None) -> None:
         super().__init__(dict_batches=True)
         self.tokens = nn.Linear(8, 16)
-        self.mask_values = mask_values  # a float mask of these (pad, real) values; None: bool
+        self.mask_values = mask_values  # a mask of these (pad, real) numbers; None: bool
 
     def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict:
         out = super().validation_step(batch, batch_idx)
@@ -281,7 +299,10 @@ class SeqDigits(DigitsModel):
 
 
 def _fit(tmp_path, monkeypatch, path: str, calls: list[str],
-         mask_values: tuple[float, float] | None = None) -> list[tuple[Any, dict]]:
+         mask_values: tuple[float, float] | None = None, storage_dtype: str = "float32",
+         huge_every: int = 0) -> list[tuple[Any, dict]]:
+    """``huge_every``: validation samples ``i % huge_every == 0`` are scaled by 1e6, so both
+    layers give values far beyond float16's range for them."""
     monkeypatch.setenv("EMBPROJ_DEVICE_PATH", path)
     recorded: list[tuple[Any, dict]] = []
 
@@ -295,11 +316,14 @@ def _fit(tmp_path, monkeypatch, path: str, calls: list[str],
     monkeypatch.setattr(callback_module, "Collector", Recording)
     x, y = digits_tensors(500)
     train = DataLoader(DictDigits(x[:200], y[:200]), batch_size=50, shuffle=True)
-    val = DataLoader(DictDigits(x[200:500], y[200:500], offset=10_000), batch_size=64)
+    xv = x[200:500].clone()
+    if huge_every:
+        xv[::huge_every] *= 1e6
+    val = DataLoader(DictDigits(xv, y[200:500], offset=10_000), batch_size=64)
     proj = EmbeddingProjector(
         layers=["encoder", "tokens"], label_key="labels", id_key="id", pooling="mean",
         mask_key="mask", metadata_keys=["text", "image", "score"], max_samples=120,
-        reducers="pca", background=False,
+        reducers="pca", background=False, storage_dtype=storage_dtype,
     )
     watch_batches(proj, calls, monkeypatch)
     L.seed_everything(0, verbose=False)
@@ -335,38 +359,73 @@ def test_real_bf16_fit_makes_no_host_sync_in_batches_and_matches_the_host_path(
             assert a.metadata["image"].dtype == np.uint8
 
 
-def test_a_float_mask_on_the_device_costs_no_sync_and_gives_the_bool_masks_sample(
+def test_float16_storage_leaves_out_overflowing_rows_on_the_device_without_a_sync(
     tmp_path, monkeypatch
 ):
+    """Rows beyond float16's range are left out on the device path as on the host path (issue
+    16), and the range check adds no host sync per batch."""
     calls: list[str] = []
-    floats = _fit(tmp_path / "float", monkeypatch, "1", calls, mask_values=(0.0, 1.0))
+    device = _fit(tmp_path, monkeypatch, "1", calls, storage_dtype="float16", huge_every=3)
+    assert calls == []
+    host = _fit(tmp_path / "host", monkeypatch, "0", [], storage_dtype="float16", huge_every=3)
+    assert [mode for mode, _ in device] == ["device", "device"]
+    for (_, d), (_, h) in zip(device, host, strict=True):
+        for name in ("encoder", "tokens"):
+            a, b = d[name], h[name]
+            assert a.sample_ids == b.sample_ids
+            np.testing.assert_array_equal(a.embeddings, b.embeddings)
+            assert a.embeddings.dtype == np.float16 and np.isfinite(a.embeddings).all()
+            assert not [i for i in a.sample_ids if (i - 10_000) % 3 == 0]
+            assert len(a) == 120  # 200 of the 300 samples can be stored: the sample is full
+
+
+@pytest.mark.parametrize("values", [(0.0, 1.0), (0, 1)], ids=["float", "int"])
+def test_a_float_or_int_mask_on_the_device_costs_no_sync_and_gives_the_bool_masks_sample(
+    tmp_path, monkeypatch, values
+):
+    calls: list[str] = []
+    numbers = _fit(tmp_path / "numbers", monkeypatch, "1", calls, mask_values=values)
     assert calls == []
     bools = _fit(tmp_path / "bool", monkeypatch, "1", [])
-    for (_, f), (_, b) in zip(floats, bools, strict=True):
+    for (_, f), (_, b) in zip(numbers, bools, strict=True):
         for name in ("encoder", "tokens"):
             np.testing.assert_array_equal(f[name].embeddings, b[name].embeddings)
 
 
-def test_a_bad_float_mask_on_the_device_fails_at_the_end_of_the_sanity_check(
-    tmp_path, monkeypatch
+FLOAT_MASK = (r"mask_key='mask': expected bools or 0/1 values \(1 = real token\), got values "
+              r"from {} to {}; an additive attention mask")
+INT_MASK = (r"mask_key='mask': expected bools or 0/1 values \(1 = real token\), got integer "
+            r"values from {} to {}; is it the token ids")
+
+
+@pytest.mark.parametrize(
+    ("values", "message", "seen", "mask", "seen_in_batch"),
+    [
+        # Real tokens marked 0.5: every batch is bad (the two sanity batches have no padding).
+        ((0.0, 0.5), FLOAT_MASK, ("0.5", "0.5"),
+         torch.tensor([[0.0, float("-inf")], [0.0, 0.0]]), ("-inf", "0.0")),
+        # Token ids passed as the mask (issue 16): not every token is real.
+        ((0, 50256), INT_MASK, ("50256", "50256"),
+         torch.tensor([[101, 2023], [101, 0]]), ("0", "2023")),
+    ],
+    ids=["float", "int"],
+)
+def test_a_bad_float_or_int_mask_on_the_device_fails_at_the_end_of_the_sanity_check(
+    tmp_path, monkeypatch, values, message, seen, mask, seen_in_batch
 ):
     """Checked once per run instead of per batch, but still before training starts, with the
     message the host path gives at once."""
-    message = (r"mask_key='mask': expected bools or 0/1 values \(1 = real token\), got values "
-               r"from {} to {}; an additive attention mask")
     steps: list[int] = []
     monkeypatch.setattr(SeqDigits, "training_step",
                         lambda self, batch, i: steps.append(i) or DigitsModel.training_step(
                             self, batch, i))
-    # Real tokens marked 0.5: every batch is bad (the two sanity batches have no padding).
-    with pytest.raises(ValueError, match=message.format("0.5", "0.5")):
-        _fit(tmp_path, monkeypatch, "1", [], mask_values=(0.0, 0.5))
+    with pytest.raises(ValueError, match=message.format(*seen)):
+        _fit(tmp_path, monkeypatch, "1", [], mask_values=values)
     assert steps == []  # the sanity check raised it
     host = Collector(ProjectorOptions(mask_key="mask", pooling="mean"), device_path=False)
     device = Collector(ProjectorOptions(mask_key="mask", pooling="mean"), device_path=True)
-    mask = torch.tensor([[0.0, float("-inf")], [0.0, 0.0]])
-    with pytest.raises(ValueError, match=message.format("-inf", "0.0")):
+    with pytest.raises(ValueError, match=message.format(*seen_in_batch)):
         host.add_batch({"embeddings": torch.randn(2, 2, 3)}, {"mask": mask}, None, 0)
     device.add_batch({"embeddings": torch.randn(2, 2, 3)}, {"mask": mask}, None, 0)
-    with pytest.raises(ValueError, match=message.format("-inf", "0.0")):
+    with pytest.raises(ValueError, match=message.format(*seen_in_batch)):
         device.samples()

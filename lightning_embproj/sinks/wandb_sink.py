@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from lightning_embproj.columns import layout_columns, mover_columns, table_columns
+from lightning_embproj.columns import MOVER_COLUMNS, layout_columns, mover_columns, table_columns
 from lightning_embproj.evolution import (
     EVOLUTION_MAX_ROWS,
     WANDB_MAX_ROWS,
@@ -246,7 +246,7 @@ class WandbSink:
             return
         head = mover_columns(p)
         index = [int(i) for i in p.movers["index"]]
-        cols = {k: head[k] for k in ("kind", "overlap", "foreign_fraction")}
+        cols = {k: head[k] for k in MOVER_COLUMNS}
         cols.update({c: [values[i] for i in index] for c, values in columns.items()})
         out[metric_key(p.name, "movers")] = build_table(cols, p.sample.image_columns())
 
