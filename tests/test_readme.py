@@ -74,6 +74,7 @@ def closure(root, extras):
 BLOCKER = CLOSURE + '''
 
 import importlib.abc
+import importlib.util
 import json
 import runpy
 import sys
@@ -83,16 +84,25 @@ owners = {module: {canonical(d) for d in dists}
           for module, dists in md.packages_distributions().items()}
 
 
+def blocked(fullname):
+    top = fullname.partition(".")[0]
+    return top in owners and not owners[top] & allowed
+
+
 class NotInstalled(importlib.abc.MetaPathFinder):
-    """What a fresh venv with only the package's requirements would say."""
+    """What a fresh venv with only the package's requirements would say on import."""
 
     def find_spec(self, fullname, path=None, target=None):
-        top = fullname.partition(".")[0]
-        if top in owners and not owners[top] & allowed:
-            raise ModuleNotFoundError(f"No module named {top!r}", name=top)
+        if blocked(fullname):
+            raise ModuleNotFoundError(f"No module named {fullname.partition('.')[0]!r}",
+                                      name=fullname.partition(".")[0])
         return None
 
 
+# ...and when asked whether a module exists (torch probes optional packages this way): None.
+_find_spec = importlib.util.find_spec
+importlib.util.find_spec = lambda name, package=None: (
+    None if blocked(name) else _find_spec(name, package))
 sys.meta_path.insert(0, NotInstalled())
 names = runpy.run_path(sys.argv[3], run_name="__main__")
 try:
