@@ -6,7 +6,11 @@ threads: after a :meth:`Worker.close` whose wait ran out, the thread still runni
 reused by the next :meth:`Worker.submit` (the new job waits behind it), and a thread started
 after an old one has left its loop first waits for that one to end. When a set already
 has ``max_pending`` jobs waiting, the oldest waiting one is dropped with a warning: the newest
-epochs matter most, and memory stays bounded. A job that raises becomes one warning.
+epochs matter most, and memory stays bounded. A job that raises becomes one warning. Every job
+that is dropped (by that policy, or at a :meth:`Worker.drain` deadline) is reported to
+``on_drop(token, reason)``, so its owner can say which run it was and why. A running job can be
+asked to stop (:meth:`Worker.cancel`): it calls :meth:`Worker.check_cancelled` at points where
+stopping is safe, which raises :class:`JobCancelled`.
 
 The thread runs at a lower CPU priority (``nice``, Linux per-thread): on 2 cores a t-SNE in a
 plain thread cost the training loop ~1/3 of its steps, at nice +10 about none, as much as a
@@ -40,6 +44,15 @@ from typing import NamedTuple
 from lightning_embproj.warn import WarnOnce
 
 Job = Callable[[], None]
+QUEUE_POLICY = "queue policy"
+DEADLINE = "deadline"
+
+
+class JobCancelled(BaseException):
+    """Raised inside a job by :meth:`Worker.check_cancelled` after :meth:`Worker.cancel`.
+
+    A ``BaseException``: the stages that isolate their failures (``except Exception``) must
+    not take a requested stop for a failure of theirs."""
 
 
 class Progress(NamedTuple):
@@ -64,12 +77,16 @@ class Worker:
         max_pending: int = 2,
         warn: WarnOnce | None = None,
         nice: int = 10,
+        on_drop: Callable[[object, str], None] | None = None,
     ) -> None:
         self.background = background
+        self.on_drop = on_drop
         self.max_pending = max_pending
         self.nice = nice
         self.warn = warn or WarnOnce()
-        self._queue: collections.deque[tuple[str, Job, str]] = collections.deque()
+        # (key, job, label, token, droppable)
+        self._queue: collections.deque[tuple[str, Job, str, object, bool]] = collections.deque()
+        self._cancel = False
         self._cond = threading.Condition()
         self._busy = False
         self._label: str | None = None
@@ -124,20 +141,29 @@ class Worker:
             if self._tid is not None and self._base_nice is not None:
                 _set_nice(self._tid, self._base_nice)
 
-    def submit(self, key: str, job: Job, label: str | None = None) -> None:
+    def submit(
+        self, key: str, job: Job, label: str | None = None, token: object = None,
+        droppable: bool = True,
+    ) -> None:
         """Queue ``job`` for set ``key`` (or run it now when not in background mode).
 
-        ``label`` describes the job in progress reports (default: ``key``).
+        ``label`` describes the job in progress reports (default: ``key``); ``token`` is what
+        ``on_drop`` gets if the job is dropped; a job that is not ``droppable`` (work accepted
+        earlier, such as runs restored from a checkpoint) is never dropped by the queue policy
+        and does not count towards ``max_pending``.
         """
         label = key if label is None else label
         if not self.background:
+            self._cancel = False
             self._run(key, job)
             with self._cond:
                 self._completed += 1
             return
+        gone: list[object] = []
         with self._cond:
-            waiting = [i for i, (k, _, _) in enumerate(self._queue) if k == key]
+            waiting = [i for i, entry in enumerate(self._queue) if entry[0] == key and entry[4]]
             if len(waiting) >= self.max_pending:
+                gone.append(self._queue[waiting[0]][3])
                 del self._queue[waiting[0]]
                 self.dropped += 1
                 self.warn(
@@ -146,7 +172,7 @@ class Worker:
                     f"oldest waiting epoch was skipped (more may be, without further warnings). "
                     f"Raise every_n_epochs or lower max_samples to avoid this.",
                 )
-            self._queue.append((key, job, label))
+            self._queue.append((key, job, label, token, droppable))
             self._closed = False  # a closed worker is reopened (fit after fit)
             if not self._running:
                 # The previous thread (if any) has left its loop; the new one joins it first.
@@ -156,10 +182,38 @@ class Worker:
                 )
                 self._thread.start()
             self._cond.notify_all()
+        self._report(gone, QUEUE_POLICY)
+
+    def _report(self, tokens: list[object], reason: str) -> None:
+        if self.on_drop is not None:
+            for token in tokens:
+                self.on_drop(token, reason)
+
+    def cancel(self) -> None:
+        """Ask the running job to stop at its next :meth:`check_cancelled`."""
+        with self._cond:
+            self._cancel = True
+
+    def check_cancelled(self) -> None:
+        """Raise :class:`JobCancelled` in a job whose stop was asked for (:meth:`cancel`).
+
+        Example:
+            >>> w = Worker(background=False)
+            >>> w.check_cancelled()
+            >>> w.cancel()
+            >>> w.check_cancelled()
+            Traceback (most recent call last):
+            ...
+            lightning_embproj.worker.JobCancelled: the job was asked to stop
+        """
+        if self._cancel:
+            raise JobCancelled("the job was asked to stop")
 
     def _run(self, key: str, job: Job) -> None:
         try:
             job()
+        except JobCancelled:
+            pass  # asked for: the job's owner says what became of it
         except Exception as err:  # noqa: BLE001 - never let a projector job kill training
             self.warn(
                 f"worker:error:{key}:{type(err).__name__}",
@@ -185,8 +239,9 @@ class Worker:
                     self._tid = self._base_nice = None
                     self._cond.notify_all()
                     return
-                key, job, self._label = self._queue.popleft()
+                key, job, self._label, _, _ = self._queue.popleft()
                 self._busy = True
+                self._cancel = False
                 self._cond.notify_all()  # progress: a new job started
             try:
                 self._run(key, job)
@@ -210,7 +265,7 @@ class Worker:
     def _snapshot(self) -> Progress:
         return Progress(
             self._completed, self._label if self._busy else None,
-            tuple(label for _, _, label in self._queue),
+            tuple(entry[2] for entry in self._queue),
         )
 
     def wait_progress(self, seen: Progress, timeout: float | None = None) -> Progress:
@@ -237,8 +292,9 @@ class Worker:
     def drain(self, timeout: float | None = None) -> bool:
         """Finish the queued jobs and stop the thread, all within one ``timeout``.
 
-        When the deadline passes first, the jobs still waiting are dropped and False is returned;
-        a job already running cannot be interrupted and finishes on its own (a later
+        When the deadline passes first, the jobs still waiting are dropped (each reported to
+        ``on_drop`` with reason :data:`DEADLINE`) and False is returned; a job already running
+        is not interrupted here (see :meth:`cancel`) and finishes on its own (a later
         :meth:`submit` queues behind it, on the same thread).
 
         Example:
@@ -257,22 +313,32 @@ class Worker:
         """
         if cancel:
             with self._cond:
+                gone = [entry[3] for entry in self._queue]
                 self._queue.clear()
+            self._report(gone, DEADLINE)
         return self._stop(timeout, drop_late=False)
 
     def _stop(self, timeout: float | None, drop_late: bool) -> bool:
         """Close, wait up to ``timeout`` for the thread to leave its loop, then join it;
         ``drop_late``: drop the waiting jobs if it did not."""
+        gone: list[object] = []
         with self._cond:
             self._closed = True
             self._cond.notify_all()
             stopped = self._cond.wait_for(lambda: not self._running, timeout)
             if not stopped and drop_late:
+                gone = [entry[3] for entry in self._queue]
                 self._queue.clear()
             thread = self._thread
+        self._report(gone, DEADLINE)
         if stopped and thread is not None:
             thread.join()  # it left its loop under the lock: only its return is left
         return stopped
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until no job runs (the queue may hold jobs); False if ``timeout`` ran out."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._busy, timeout)
 
 
 def _nice_of(tid: int) -> int | None:
