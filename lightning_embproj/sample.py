@@ -112,6 +112,28 @@ def hash_ids(ids: np.ndarray | Sequence[Any], dataloader_idx: int) -> np.ndarray
     return (splitmix64(raw ^ salt) & _MASK63).view(np.int64)
 
 
+def keys_of(ids: Sequence[Any], loaders: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
+    """The tracking keys of rows from their ids and dataloader indices (None: all loader 0),
+    as the collector makes them; a column of Python ints hashes as ints.
+
+    Example:
+        >>> bool((keys_of([3, 4]) == hash_ids(np.array([3, 4]), 0)).all())
+        True
+    """
+    n = len(ids)
+    dls = np.zeros(n, dtype=np.int64) if loaders is None else np.asarray(loaders, np.int64)
+    column = np.empty(n, dtype=object)
+    column[:] = list(ids)
+    keys = np.empty(n, dtype=np.int64)
+    for dl in np.unique(dls):
+        rows = np.flatnonzero(dls == dl)
+        part = column[rows]
+        if all(isinstance(v, (int, np.integer)) for v in part):
+            part = part.astype(np.int64)
+        keys[rows] = hash_ids(part, int(dl))
+    return keys
+
+
 def loader_salt(dataloader_idx: int) -> int:
     """The per-loader salt XOR-ed into every raw id before mixing, as a signed int64 value.
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lightning_embproj.sample import hash_ids
+from lightning_embproj.sample import keys_of
 from lightning_embproj.types import EpochSample, Projection
 
 
@@ -45,20 +45,7 @@ def _unpack(value: Any) -> Any:
 
 def rehash(sample: EpochSample) -> EpochSample:
     """Recompute ``sample.keys`` from its ids with the current hash (in place; returns it)."""
-    loaders = (
-        np.zeros(len(sample), dtype=np.int64) if sample.dataloader_idx is None
-        else np.asarray(sample.dataloader_idx)
-    )
-    ids = np.empty(len(sample), dtype=object)
-    ids[:] = sample.sample_ids
-    keys = np.empty(len(sample), dtype=np.int64)
-    for dl in np.unique(loaders):
-        rows = np.flatnonzero(loaders == dl)
-        column = ids[rows]
-        if all(isinstance(v, (int, np.integer)) for v in column):
-            column = column.astype(np.int64)
-        keys[rows] = hash_ids(column, int(dl))
-    sample.keys = keys
+    sample.keys = keys_of(sample.sample_ids, sample.dataloader_idx)
     return sample
 
 
