@@ -175,6 +175,12 @@ class EvolutionHistory:
                     f"they no longer fit)")
         return f"is thinned to stay under {self.max_rows} rows: {points}; {kept}"
 
+    def forget(self, val_indexes: set[int]) -> None:
+        """Drop the kept runs whose key starts with one of ``val_indexes`` (runs a resumed fit
+        performs again); the others keep their rows and spacing."""
+        for r in [r for r in self._chunks if isinstance(r, tuple) and r[0] in val_indexes]:
+            del self._chunks[r], self._keys[r], self._points[r], self._index[r]
+
     def columns(self) -> dict[str, list[Any]]:
         """The kept runs' rows, oldest first, as one set of columns.
 
@@ -206,3 +212,54 @@ def _ordinal(n: int) -> str:
     if n % 100 in (11, 12, 13):
         return f"{n}th"
     return f"{n}{ {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
+
+
+class SetHistory:
+    """One set's history in one W&B run: the evolution rows, every lineage row so far, how many
+    runs were logged, and whether the newest ones still wait to be sent."""
+
+    def __init__(self, max_rows: int = EVOLUTION_MAX_ROWS) -> None:
+        self.evolution = EvolutionHistory(max_rows)
+        self.lineage: list[list[Any]] = []  # (val_index, epoch, step, *event fields)
+        self.projected = 0
+        self.behind = False  # the evolution / lineage tables lack the newest runs
+        self.step = 0  # trainer/global_step of the newest run
+
+    def forget(self, val_indexes: set[int]) -> None:
+        """Drop runs a resumed fit performs again, from both tables."""
+        if any(isinstance(r, tuple) and r[0] in val_indexes for r in self.evolution.runs):
+            self.evolution.forget(val_indexes)
+            self.behind = True
+        kept = [r for r in self.lineage if r[0] not in val_indexes]
+        self.behind |= len(kept) != len(self.lineage)
+        self.lineage = kept
+
+    def add_lineage(self, val_index: int, rows: list[list[Any]], max_rows: int) -> None:
+        """Replace run ``val_index``'s lineage rows; keep the newest ``max_rows`` rows."""
+        kept = [r for r in self.lineage if r[0] != val_index] + rows
+        kept.sort(key=lambda r: r[0])
+        self.lineage = kept[-max_rows:]
+
+
+class WandbHistory:
+    """What the W&B sink carries across validation runs of one W&B run, per set.
+
+    Owned by :class:`~lightning_embproj.chain.ChainState` (it spans ``fit`` / ``validate``
+    calls logging to the same W&B run) and rebuilt from the local files when a resumed fit
+    logs to the W&B run its checkpoint logged to.
+
+    Example:
+        >>> h = WandbHistory("abc123")
+        >>> h.of("z").projected
+        0
+    """
+
+    def __init__(self, run_id: str, max_rows: int = EVOLUTION_MAX_ROWS) -> None:
+        self.run_id = run_id
+        self.max_rows = max_rows
+        self.sets: dict[str, SetHistory] = {}
+
+    def of(self, name: str) -> SetHistory:
+        if name not in self.sets:
+            self.sets[name] = SetHistory(self.max_rows)
+        return self.sets[name]

@@ -22,21 +22,25 @@ LOCAL_SINKS = frozenset({"local files", "html view"})
 
 @dataclass
 class Sinks:
-    """Named ``write(projection)`` callables, and ``finish()`` callables for the run's end."""
+    """Named ``write(projection)`` callables, and ``finish()`` callables for the run's end;
+    ``wandb_run``: the id of the W&B run written to ("" without W&B)."""
 
     writers: list[tuple[str, Writer]] = field(default_factory=list)
     finishers: list[tuple[str, Callable[[], None]]] = field(default_factory=list)
+    wandb_run: str = ""
+    remember: Writer | None = None  # W&B: add a run to the history without logging it
 
 
 def build(
     trainer: Any, root: str, warn: WarnOnce, max_text_length: int = 1000,
-    settings: Any = None,
+    settings: Any = None, wandb_history: Callable[[str], Any] | None = None,
 ) -> Sinks:
     """The sinks for this trainer, local files first (they must survive any other failure).
 
     ``settings`` (a :class:`~lightning_embproj.pipeline.ReduceSettings`) tells W&B the
     configured reducers and ``n_components``, so its tables keep the same columns when a
-    reducer fails in one run.
+    reducer fails in one run. ``wandb_history(run_id)`` gives the W&B sink the history it
+    carries on (see :class:`~lightning_embproj.evolution.WandbHistory`).
     """
     from lightning_embproj.sinks.local import write_projection
 
@@ -44,7 +48,8 @@ def build(
     has_view = importlib.util.find_spec("plotly") is not None
     makers: list[tuple[str, Callable[[], Any]]] = [
         ("html view", lambda: _html_view(root) if has_view else None),
-        ("W&B", lambda: _wandb(trainer, warn, root if has_view else None, settings)),
+        ("W&B", lambda: _wandb(trainer, warn, root if has_view else None, settings,
+                               wandb_history)),
         ("TensorBoard", lambda: _tensorboard(trainer, max_text_length)),
     ]
     for name, make in makers:
@@ -56,6 +61,8 @@ def build(
         if sink is None:
             continue
         sinks.writers.append((name, getattr(sink, "write", sink)))
+        if name == "W&B":
+            sinks.wandb_run, sinks.remember = sink.run_id, sink.remember
         if hasattr(sink, "finish"):
             sinks.finishers.append((name, sink.finish))
     return sinks
@@ -67,7 +74,10 @@ def _html_view(root: str) -> Writer:
     return lambda p: _ignore(write_view(root, p.name, projection=p))
 
 
-def _wandb(trainer: Any, warn: WarnOnce, view_root: str | None, settings: Any = None) -> Any:
+def _wandb(
+    trainer: Any, warn: WarnOnce, view_root: str | None, settings: Any = None,
+    wandb_history: Callable[[str], Any] | None = None,
+) -> Any:
     from lightning_embproj.compat import find_logger
 
     logger = find_logger(trainer, "WandbLogger")
@@ -75,10 +85,12 @@ def _wandb(trainer: Any, warn: WarnOnce, view_root: str | None, settings: Any = 
         return None
     from lightning_embproj.sinks.wandb_sink import WandbSink
 
+    run = logger.experiment
+    history = wandb_history(str(getattr(run, "id", ""))) if wandb_history is not None else None
     return WandbSink(
-        logger.experiment, warn, view_root=view_root,
+        run, warn, view_root=view_root,
         reducers=list(getattr(settings, "reducers", ())),
-        n_components=int(getattr(settings, "n_components", 2)),
+        n_components=int(getattr(settings, "n_components", 2)), history=history,
     )
 
 

@@ -27,7 +27,7 @@ from lightning_embproj.columns import MOVER_COLUMNS, layout_columns, mover_colum
 from lightning_embproj.evolution import (
     EVOLUTION_MAX_ROWS,
     WANDB_MAX_ROWS,
-    EvolutionHistory,
+    WandbHistory,
     evolution_due,
 )
 from lightning_embproj.sinks.local import LINEAGE_COLUMNS
@@ -126,7 +126,8 @@ class WandbSink:
     matplotlib: fixed axes and colours across runs, for W&B's image slider), ``R_3d`` clouds in
     3-D, and the evolution table ``embproj/NAME/evolution``: every kept validation run's rows
     (no images), thinned by :class:`EvolutionHistory` to stay below the run-file row limit,
-    logged at a set's runs 1-4, 6, 8, 12, 16, ... (:func:`evolution_due`) and, complete, by
+    with the lineage table ``embproj/NAME/lineage`` (every run's cluster events), both logged
+    at a set's runs 1-4, 6, 8, 12, 16, ... (:func:`evolution_due`) and, complete, by
     :meth:`finish`.
     With ``view_root``, :meth:`finish` logs each set's final slider view
     (``<view_root>/embproj/NAME/view.html``) as ``wandb.Html`` under ``embproj/NAME/view``:
@@ -140,12 +141,14 @@ class WandbSink:
         reducers: the configured reducers: their columns are in every table.
         n_components: 2 or 3, the layout columns per reducer.
         plots: log the ``R_plot`` pictures.
+        history: the evolution and lineage rows logged to this W&B run so far (kept by the
+            chain owner across ``fit`` / ``validate`` calls; a new one when None).
     """
 
     def __init__(
         self, run: Any, warn: WarnOnce | None = None, max_rows: int = EVOLUTION_MAX_ROWS,
         view_root: str | None = None, reducers: Sequence[str] = (), n_components: int = 2,
-        plots: bool = True,
+        plots: bool = True, history: WandbHistory | None = None,
     ) -> None:
         self.run = run
         self.warn = warn or WarnOnce()
@@ -155,29 +158,44 @@ class WandbSink:
         self.reducers = list(reducers)
         self.n_components = n_components
         self.plots = plots
-        self.history: dict[str, EvolutionHistory] = {}
-        self.projected: dict[str, int] = {}  # runs written per set
-        self.evolution_behind: set[str] = set()  # sets whose newest runs are not logged yet
-        self.evolution_step: dict[str, int] = {}  # step of each set's newest run
-        self.last_step: dict[str, int] = {}
+        self.history = history or WandbHistory(str(getattr(run, "id", "")), self.max_rows)
+        if not self.history.sets:
+            self.history.max_rows = self.max_rows
+        self.last_step: dict[str, int] = {}  # sets written by this sink: their views are logged
         self.limits: dict[tuple[str, str], Limits] = {}
         self.palettes: dict[str, Palette] = {}
-        self.lineage: dict[str, list[list[Any]]] = {}
         # finish may run on the training thread while a late job still writes (an exception
         # whose drain timed out): one at a time.
         self._lock = threading.Lock()
+
+    @property
+    def run_id(self) -> str:
+        """The W&B run's id."""
+        return str(getattr(self.run, "id", "") or "")
 
     def write(self, projection: Projection) -> None:
         """Log one validation run of one set (the ``run.log`` call itself may raise)."""
         with self._lock:
             self._write(projection)
 
-    def _write(self, projection: Projection) -> None:
-        name = projection.name
+    def remember(self, projection: Projection) -> None:
+        """Add a run this W&B run already got (before a kill) to the evolution and lineage
+        history without logging it again; :meth:`finish` sends the tables."""
+        with self._lock:
+            columns = fixed_columns(projection, self._reducers_of(projection), self.n_components)
+            self._evolution(projection, columns, {})
+            self.history.of(projection.name).behind = True
+            self.last_step[projection.name] = projection.step
+
+    def _reducers_of(self, projection: Projection) -> list[str]:
         for reducer in projection.layouts:  # without configured reducers: those seen so far
             if reducer not in self.reducers:
                 self.reducers.append(reducer)
-        columns = fixed_columns(projection, self.reducers, self.n_components)
+        return self.reducers
+
+    def _write(self, projection: Projection) -> None:
+        name = projection.name
+        columns = fixed_columns(projection, self._reducers_of(projection), self.n_components)
         payload: dict[str, Any] = {}
         self._part("table", projection, lambda: self._table(projection, columns, payload))
         self._part("movers", projection, lambda: self._movers(projection, columns, payload))
@@ -189,27 +207,24 @@ class WandbSink:
             self._part("plot", projection, lambda: self._plots(projection, columns, payload))
         self._part("evolution", projection,
                    lambda: self._evolution(projection, columns, payload))
-        self._part("lineage", projection, lambda: self._lineage(projection, payload))
         self._part("per-label table", projection, lambda: self._per_label(projection, payload))
         payload[STEP_METRIC] = projection.step
         try:
             self.run.log(payload)
         except BaseException:
-            self.evolution_behind.add(name)  # the table this call carried did not land
+            self.history.of(name).behind = True  # the tables this call carried did not land
             raise
         self.last_step[name] = projection.step
 
-    def _lineage(self, p: Projection, out: dict[str, Any]) -> None:
-        """Every run's lineage rows so far, in one table (the newest ``max_rows`` rows)."""
-        if p.lineage is None:
-            return
-        rows = [r for r in self.lineage.get(p.name, []) if r[0] != p.val_index]
-        rows += [[p.val_index, p.epoch, p.step, *(r[c] for c in LINEAGE_COLUMNS[3:])]
-                 for r in p.lineage]
-        self.lineage[p.name] = rows[-self.max_rows:]
-        columns = dict(zip(LINEAGE_COLUMNS, map(list, zip(*self.lineage[p.name], strict=True)),
-                           strict=True)) if rows else {c: [] for c in LINEAGE_COLUMNS}
-        out[metric_key(p.name, "lineage")] = build_table(columns)
+    def _history_tables(self, name: str) -> dict[str, Any]:
+        """The evolution table and, with clusters, the lineage table of every run so far."""
+        kept = self.history.of(name)
+        out = {metric_key(name, "evolution"): build_table(kept.evolution.columns())}
+        if kept.lineage:
+            columns = dict(zip(LINEAGE_COLUMNS, map(list, zip(*kept.lineage, strict=True)),
+                               strict=True))
+            out[metric_key(name, "lineage")] = build_table(columns)
+        return out
 
     def _per_label(self, p: Projection, out: dict[str, Any]) -> None:
         if not p.per_label:
@@ -286,23 +301,26 @@ class WandbSink:
     def _evolution(
         self, p: Projection, columns: dict[str, list[Any]], out: dict[str, Any]
     ) -> None:
-        history = self.history.setdefault(p.name, EvolutionHistory(self.max_rows))
+        kept = self.history.of(p.name)
+        history = kept.evolution
         images = set(p.sample.image_columns())  # the per-run table's columns, without images
         columns = {c: v for c, v in columns.items() if c not in images}
         run = (p.val_index, p.epoch, p.step)  # unique even where val_index is left at 0
+        if p.lineage is not None:
+            kept.add_lineage(p.val_index, [[p.val_index, p.epoch, p.step,
+                                            *(r[c] for c in LINEAGE_COLUMNS[3:])]
+                                           for r in p.lineage], self.max_rows)
         if history.add(run, columns, p.sample.keys.tolist()):
             self.warn(
                 f"wandb:evolution:{p.name}",
                 f"the evolution table of {p.name!r} {history.note()}; the per-run tables and "
                 f"local files keep all",
             )
-        self.evolution_step[p.name] = p.step
-        self.projected[p.name] = count = self.projected.get(p.name, 0) + 1
-        if evolution_due(count):
-            out[metric_key(p.name, "evolution")] = build_table(history.columns())
-            self.evolution_behind.discard(p.name)
-        else:
-            self.evolution_behind.add(p.name)
+        kept.step = p.step
+        kept.projected += 1
+        kept.behind = not evolution_due(kept.projected)
+        if not kept.behind:
+            out.update(self._history_tables(p.name))
 
     def finish(self) -> None:
         """Log the evolution tables that missed their newest runs and the slider view of every
@@ -310,12 +328,12 @@ class WandbSink:
         stop the others; the first failure is raised at the end."""
         with self._lock:
             failed: list[BaseException] = []
-            for name in sorted(self.evolution_behind):
+            for name, kept in sorted(self.history.sets.items()):
+                if not kept.behind:
+                    continue
                 try:
-                    table = build_table(self.history[name].columns())
-                    self.run.log({metric_key(name, "evolution"): table,
-                                  STEP_METRIC: self.evolution_step[name]})
-                    self.evolution_behind.discard(name)
+                    self.run.log({**self._history_tables(name), STEP_METRIC: kept.step})
+                    kept.behind = False
                 except Exception as err:  # noqa: BLE001 - raised below, after the other sets
                     failed.append(err)
             try:
