@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from lightning_embproj.sinks.local import (
     list_validations,
+    read_ledger,
     read_lineage,
     read_metrics,
     read_projections,
@@ -19,8 +20,8 @@ if TYPE_CHECKING:
     from lightning_embproj.callback import EmbeddingProjector
 
 __all__ = [
-    "EmbeddingProjector", "EpochSample", "Projection", "list_validations", "read_lineage",
-    "read_metrics", "read_projections",
+    "EmbeddingProjector", "EpochSample", "Projection", "list_validations", "read_ledger",
+    "read_lineage", "read_metrics", "read_projections",
 ]
 __version__ = "0.1.0"
 

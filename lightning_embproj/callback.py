@@ -10,37 +10,34 @@ import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from lightning_embproj import sinks as sink_factory
 from lightning_embproj.capture import LayerCapture
+from lightning_embproj.chain import ChainState, Run, RunIdentity
 from lightning_embproj.collect import Collector, Placement
 from lightning_embproj.compat import CallbackBase
-from lightning_embproj.evolve import EvolveSettings, SetChain, evolve
+from lightning_embproj.evolve import EvolveSettings, evolve
 from lightning_embproj.extract import lookup
 from lightning_embproj.gather import gather_samples
+from lightning_embproj.ledger import PROJECTED
 from lightning_embproj.options import ProjectorOptions, check_unique_sets
 from lightning_embproj.pipeline import ReduceSettings, project_epoch
 from lightning_embproj.progress import finish_with_progress, job_label, show_progress
 from lightning_embproj.ranks import check_position_ids, placement
-from lightning_embproj.runs import RunCounter, warn_if_never_projected
-from lightning_embproj.sample import HASH_VERSION
+from lightning_embproj.reconcile import previous_root, rebuild_wandb_history, settle
+from lightning_embproj.runs import warn_if_never_projected
 from lightning_embproj.score import movers
-from lightning_embproj.sinks.local import list_validations, set_dir
-from lightning_embproj.state import (
-    projection_from_state,
-    projection_to_state,
-    rehash,
-    sample_from_state,
-    sample_to_state,
-)
+from lightning_embproj.sinks.local import set_dir
 from lightning_embproj.types import EpochSample, Projection
 from lightning_embproj.warn import WarnOnce
-from lightning_embproj.worker import Worker
+from lightning_embproj.worker import QUEUE_POLICY, JobCancelled, Worker
 
 Key = str | int
 EXCEPTION_DRAIN_S = 30.0
-"""After an exception, seconds to finish the epochs already queued before dropping the rest."""
+"""After an exception, seconds to finish the runs already queued (see ``on_exception``)."""
+CANCEL_WAIT_S = 10.0
+"""Then, seconds for the running job to reach its next stopping point (t-SNE: 50 iterations)."""
 # Literal types: LightningCLI (jsonargparse) lists the choices in --help and rejects others.
 Reducer = Literal["pca", "tsne", "umap"]
 
@@ -146,23 +143,21 @@ class EmbeddingProjector(CallbackBase):
             float(split_threshold), seed,
         )
         self.warn = WarnOnce()
+        self.chain = ChainState()
         self.worker = Worker(
-            background, max_pending=self.options.max_queued_epochs, warn=self.warn
+            background, max_pending=self.options.max_queued_epochs, warn=self.warn,
+            on_drop=self._on_drop,
         )
-        self.previous: dict[str, Projection] = {}
-        self.chains: dict[str, SetChain] = {}
-        self.pending: dict[tuple[str, int], tuple[EpochSample, int, int]] = {}
-        self.runs = RunCounter()
-        self._run: tuple[int, int, int] | None = None
-        self._stage = "fit"
-        self._restored_pending: list[dict[str, Any]] = []
-        self._checked_folders = False
+        self._run: Run | None = None
+        self._fn = "fit"  # the Trainer entry point running: fit, validate, test or predict
+        self._label: tuple[int, int] | None = None  # (epoch, step) of a checkpoint loaded
+        self._settled = False
         self._metrics_device: str | None = None
-        self._lock = threading.Lock()
         self._collector: Collector | None = None
         self._placements: dict[int, Placement] = {}  # per loader, for one validation run
         self._capture: LayerCapture | None = None
         self._sinks = sink_factory.Sinks()
+        self._ledger_lock = threading.Lock()
         self._is_zero = True
         self._root = output_dir or "."
 
@@ -172,6 +167,11 @@ class EmbeddingProjector(CallbackBase):
         ``output_dir``, else the trainer's log dir, else with a ``WandbLogger`` as first logger
         ``<save_dir>/<project>/<run id>``."""
         return self._root
+
+    @property
+    def previous(self) -> dict[str, Projection]:
+        """The last written run of each set in the current chain."""
+        return self.chain.previous
 
     @property
     def state_key(self) -> str:
@@ -189,12 +189,14 @@ class EmbeddingProjector(CallbackBase):
                                          if isinstance(c, EmbeddingProjector) and c is not self])
         log_dir = trainer.log_dir  # a collective under DDP: every rank calls it
         self._is_zero = trainer.is_global_zero
-        stage = str(getattr(stage, "value", stage))  # Lightning passes a TrainerFn str enum
+        self._fn = stage = str(getattr(stage, "value", stage))  # a TrainerFn str enum
+        self._label = None
         if stage in ("fit", "validate"):
-            self._stage = stage
             # Each fit / validate is its own chain: no alignment, warm start or drift against an
-            # earlier call. A resume restores the chain afterwards (load_state_dict).
-            self._start_chain()
+            # earlier call. A resumed fit restores its checkpoint's chain (load_state_dict).
+            self.chain.start_chain(stage)
+            self.warn.reset()
+            self._settled = False
             self.worker.start_training()
             device = getattr(pl_module, "device", None)
             self._metrics_device = str(device) if getattr(device, "type", "") == "cuda" else None
@@ -206,41 +208,82 @@ class EmbeddingProjector(CallbackBase):
         if self._is_zero:
             self._sinks = sink_factory.build(
                 trainer, self._root, self.warn, self.options.max_text_length,
-                settings=self.settings,
+                settings=self.settings, wandb_history=self.chain.wandb_history,
             )
-
-    def _start_chain(self) -> None:
-        with self._lock:
-            self.previous = {}
-            self.chains = {}
-            self.pending = {}
-            self._restored_pending = []
-        self.runs.start_chain()
-        self.warn.reset()
-        self._checked_folders = False
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         # Lightning restores callback state (load_state_dict) after `setup` and before
-        # `on_fit_start`: only now are the epochs that were pending at the checkpoint known.
-        if self._is_zero:
-            self._resume_pending()
+        # `on_fit_start`: only now is it known whether this fit continues a checkpoint.
+        self._settle()
+
+    def _settle(self) -> None:
+        """Settle the chain with the folder's files once it is known whether it resumes; then
+        process the runs a resumed checkpoint held as pending."""
+        if self._settled:
+            return
+        self._settled = True
+        if not self._is_zero:
+            return
+        names = self.options.set_names
+        resumed = self.chain.resumed_from is not None
+        logged = self._guarded("settle", "reading the output folder", partial(
+            settle, self.chain, self._root, names, resumed, self.warn)) or []
+        sinks = self._sinks
+        if sinks.wandb_run:
+            history = self.chain.wandb_history(sinks.wandb_run)
+            pending = {(s.name, i.val_index) for s, i in self.chain.restored_pending}
+            for name in names:
+                if history.of(name).projected:
+                    continue  # this process logged to it already: the history is complete
+                runs = [r.val_index for r in self.chain.records(name)
+                        if r.status == PROJECTED and r.wandb == sinks.wandb_run
+                        and (name, r.val_index) not in pending]
+                rebuild_wandb_history(history, previous_root(self.chain, self._root), name,
+                                      runs, self.warn)
+        self.chain.root = self._root
+        self._write_ledgers()
+        already = {(name, v) for name, v, run in logged if run == sinks.wandb_run}
+        for sample, identity in self.chain.take_restored():
+            self._submit(sample, identity, restored=True,
+                         log_wandb=(sample.name, identity.val_index) not in already)
 
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
         # Training is over: the queued runs may use every core; show what the wait is for.
         finish_with_progress(self.worker, enabled=self._is_zero and show_progress(trainer))
         self._finish_sinks()
+        self._write_ledgers()
         if self._capture is not None:
             self._capture.remove()
             self._capture = None
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         # Runs already collected are worth a short wait (on every core: training has stopped);
-        # a stuck job is not worth a hang.
+        # a stuck job is not worth a hang. Lightning exits right after a Ctrl+C (sys.exit),
+        # which would kill the worker mid-run: the running job is stopped first.
         self.worker.end_training()
-        self.worker.drain(timeout=EXCEPTION_DRAIN_S)  # one deadline for all of it
+        if not self.worker.drain(timeout=EXCEPTION_DRAIN_S):  # one deadline for the queue
+            self.worker.cancel()  # t-SNE stops within 50 iterations
+            self.worker.wait_idle(timeout=CANCEL_WAIT_S)
+        left = self.chain.waiting()
+        for sample, identity in left:
+            self.chain.interrupted(sample.name, identity.val_index, f"not written within the "
+                                   f"{EXCEPTION_DRAIN_S:g} s shutdown deadline after "
+                                   f"{type(exception).__name__}")
+        if left and self._is_zero:
+            runs = ", ".join(f"{s.name!r} run {i.val_index} (epoch {i.epoch})" for s, i in left)
+            self.warn(
+                "shutdown",
+                f"after {type(exception).__name__}, {len(left)} validation run(s) were not "
+                f"written within the {EXCEPTION_DRAIN_S:g} s shutdown deadline: {runs}. A run "
+                f"whose reduction still ends is written if the process lives on; the others "
+                f"stay in the callback's checkpoint state: a checkpoint saved now (Lightning's "
+                f"OnExceptionCheckpoint) holds them, and fit(ckpt_path=...) processes them. "
+                f"read_ledger lists them as 'interrupted'",
+            )
         # Even past the deadline: the W&B evolution table is sent complete only by finish (a
         # job still running writes under the sink's lock; its run keeps its per-run table).
         self._finish_sinks()
+        self._write_ledgers()
         if self._capture is not None:
             self._capture.remove()
             self._capture = None
@@ -258,9 +301,13 @@ class EmbeddingProjector(CallbackBase):
         if trainer.sanity_checking:
             self._collector = Collector(self.options, warn=self.warn)
             return
-        run = self.runs.next(trainer.current_epoch, self.options)
-        self._run = (run.val_index, trainer.current_epoch, trainer.global_step)
+        self._settle()  # a validate has no on_fit_start
+        run = self._run = self.chain.next_run(trainer.current_epoch, trainer.global_step,
+                                              self.options)
         self._collector = Collector(self.options, warn=self.warn) if run.selected else None
+        if not run.selected and self._is_zero:
+            self.chain.not_selected(self.options.set_names, run.identity)
+            self._append_ledgers(run.identity.val_index)
 
     def on_validation_batch_start(
         self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
@@ -301,101 +348,136 @@ class EmbeddingProjector(CallbackBase):
             collector.check()  # in the sanity check too: a bad mask fails before training
         if collector is None or trainer.sanity_checking or self._run is None:
             return
-        val_index, epoch, step = self._run
+        identity = self._run.identity
+        where = (f"validation run {identity.val_index} (epoch {identity.epoch}, "
+                 f"step {identity.step})")
         if collector.nonfinite and self._is_zero:
             self.warn(
-                f"nonfinite:{val_index}",
-                f"{collector.nonfinite} tracked rows had NaN or Inf embeddings in validation run "
-                f"{val_index} (epoch {epoch}, step {step}) and were left out of that run",
+                f"nonfinite:{identity.val_index}",
+                f"{collector.nonfinite} tracked rows had NaN or Inf embeddings in {where} and "
+                f"were left out of that run",
             )
         if collector.overflow and self._is_zero:
             self.warn(
-                f"overflow:{val_index}",
+                f"overflow:{identity.val_index}",
                 f"{collector.overflow} tracked rows had embedding values beyond float16's range "
                 f"(|value| >= 65,520 would be stored as Inf with storage_dtype='float16') in "
-                f"validation run {val_index} (epoch {epoch}, step {step}) and were left out of "
-                f"that run; use storage_dtype='float32' to keep them",
+                f"{where} and were left out of that run; use storage_dtype='float32' to keep them",
             )
         samples = collector.samples()
         for name in self.options.set_names:
             sample = gather_samples(
                 samples.get(name), self.options.max_samples, strategy=trainer.strategy
             )
-            if sample is not None and len(sample) > 0:
-                if not self._checked_folders:
-                    self._check_folders(val_index)
-                self._submit(sample, val_index, epoch, step)
-
-    def _check_folders(self, val_index: int) -> None:
-        """Warn when the output folder holds runs this callback did not write: files of two runs
-        would mix (and ours would overwrite theirs)."""
-        self._checked_folders = True
-        for name in self.options.set_names:
-            folder = set_dir(self._root, name)
-            if not folder.is_dir():
+            if not self._is_zero:
                 continue
-            theirs = [v for v, _, _ in list_validations(folder) if v >= val_index]
-            if theirs:
-                self.warn(
-                    f"folder:{name}",
-                    f"{str(folder)!r} already holds projections of another run (validation runs "
-                    f"{theirs[:5]}); this run's files will replace and mix with them. Give each "
-                    f"run its own output_dir (or logger version / W&B run)",
-                )
+            if sample is not None and len(sample) > 0:
+                self._submit(sample, identity)
+            else:
+                left_out = collector.nonfinite + collector.overflow
+                self.chain.empty(name, identity, f"no tracked rows ({left_out} left out as "
+                                 f"non-finite or beyond float16)" if left_out else
+                                 "no tracked rows")
+        if self._is_zero:
+            self._append_ledgers(identity.val_index)
 
     # -- processing (rank zero) ---------------------------------------------------------
-    def _submit(
-        self, sample: EpochSample, val_index: int, epoch: int, step: int, log: bool = True
-    ) -> None:
-        with self._lock:
-            self.pending[(sample.name, val_index)] = (sample, epoch, step)
-        chain, stage = self.runs.chain, self._stage
+    def _submit(self, sample: EpochSample, identity: RunIdentity, log_wandb: bool = True,
+                restored: bool = False) -> None:
+        self.chain.queue(sample, identity)
         self.worker.submit(
-            sample.name,
-            lambda: self._process(sample, val_index, epoch, step, log, chain, stage),
-            label=job_label(sample.name, len(sample), self.settings.reducers, val_index),
+            sample.name, partial(self._job, sample, identity, log_wandb),
+            label=job_label(sample.name, len(sample), self.settings.reducers,
+                            identity.val_index),
+            token=(sample.name, identity.val_index),
+            droppable=not restored,  # accepted before the checkpoint: never skipped now
         )
 
-    def _process(
-        self, sample: EpochSample, val_index: int, epoch: int, step: int, log: bool,
-        chain_index: int = 0, stage: str = "fit",
-    ) -> None:
+    def _on_drop(self, token: object, reason: str) -> None:
+        """The worker dropped a queued run: say which and why, in the ledger."""
+        name, val_index = cast(tuple[str, int], token)
+        if reason == QUEUE_POLICY:
+            self.chain.dropped(name, val_index, f"skipped by the queue policy: more than "
+                               f"max_queued_epochs={self.options.max_queued_epochs} runs waited")
+        else:
+            self.chain.interrupted(name, val_index, f"not started within the "
+                                   f"{EXCEPTION_DRAIN_S:g} s shutdown deadline")
+
+    def _job(self, sample: EpochSample, identity: RunIdentity, log_wandb: bool) -> None:
+        """One run on the worker: reduce, score, evolve, write every sink, then record it."""
+        name, val_index = sample.name, identity.val_index
         try:
-            previous = self.previous.get(sample.name)
-            projection = project_epoch(
-                sample, epoch, step, previous, self.settings, self.warn,
-                n_jobs=self._threads,
-                device=self._metrics_device,
-            )
-            projection.val_index = val_index
-            projection.chain, projection.stage = chain_index, stage
-            projection.movers = self._guarded(
-                "movers", "the movers table",
-                lambda: movers(projection, previous, device=self._metrics_device),
-            )
-            chain = evolve(
-                projection, previous, self.chains.get(sample.name, SetChain()),
-                self.evolve_settings, self.warn,
-            )
-        except BaseException:
-            with self._lock:
-                self.pending.pop((sample.name, val_index), None)
+            projection, chain = self._project(sample, identity)
+        except JobCancelled:
+            self.chain.interrupted(name, val_index, "stopped at shutdown, before it was written")
+            self._write_ledgers([name])
             raise
-        with self._lock:
-            # One critical section: a checkpoint taken in between would hold this run both
-            # as `previous` and as pending, and a resume would align it to itself.
-            self.previous[sample.name] = projection
-            self.chains[sample.name] = chain
-            self.pending.pop((sample.name, val_index), None)
+        except Exception as err:  # noqa: BLE001 - recorded and warned; training goes on
+            self.chain.failed(name, val_index, f"{type(err).__name__}: {err}")
+            self._write_ledgers([name])
+            raise
+        wandb = self._write_sinks(projection, log_wandb)
+        self.chain.written(projection, chain, wandb)
+        self._write_ledgers([name])
+
+    def _project(self, sample: EpochSample, identity: RunIdentity) -> tuple[Projection, Any]:
+        previous = self.chain.previous.get(sample.name)
+        projection = project_epoch(
+            sample, identity.epoch, identity.step, previous, self.settings, self.warn,
+            n_jobs=self._threads, device=self._metrics_device,
+        )
+        projection.val_index = identity.val_index
+        projection.chain, projection.stage = identity.chain, identity.stage
+        projection.movers = self._guarded(
+            "movers", "the movers table",
+            lambda: movers(projection, previous, device=self._metrics_device),
+        )
+        chain = evolve(
+            projection, previous, self.chain.chain_of(sample.name), self.evolve_settings,
+            self.warn,
+        )
+        return projection, chain
+
+    def _write_sinks(self, projection: Projection, log_wandb: bool) -> str:
+        """Write every sink; returns the W&B run id when W&B got the run ("" otherwise)."""
+        logged = ""
         for sink_name, write in self._sinks.writers:
-            if log or sink_name in sink_factory.LOCAL_SINKS:
-                self._guarded(
-                    f"sink:{sink_name}", f"writing to {sink_name}", partial(write, projection)
-                )
+            if sink_name == "W&B" and not log_wandb:
+                # This W&B run already has it (logged before a kill): history only.
+                if self._sinks.remember is not None:
+                    self._guarded("sink:W&B:history", "the W&B history",
+                                  partial(self._sinks.remember, projection))
+                logged = self._sinks.wandb_run
+                continue
+            ok = self._guarded(f"sink:{sink_name}", f"writing to {sink_name}",
+                               partial(_written, write, projection))
+            if sink_name == "W&B" and ok:
+                logged = self._sinks.wandb_run
+        return logged
+
+    def _write_ledgers(self, names: list[str] | None = None) -> None:
+        """Mirror the ledger of each set to its ``ledger.jsonl`` (rank zero)."""
+        if not self._is_zero:
+            return
+        for name in names or self.chain.ledger.names():
+            with self._ledger_lock:  # a snapshot is written whole, never an older one last
+                # The ledger is one of the local files: one warning for both when the disk fails.
+                self._guarded("sink:local files", "writing to local files", partial(
+                    self.chain.ledger.write, set_dir(self._root, name), name))
+
+    def _append_ledgers(self, val_index: int) -> None:
+        """Record a run just performed in each set's ``ledger.jsonl`` (one line, on the
+        training thread): a process killed before the run is written still leaves it there."""
+        for name in self.options.set_names:
+            with self._ledger_lock:
+                self._guarded("sink:local files", "writing to local files", partial(
+                    self.chain.ledger.append, set_dir(self._root, name), name, val_index))
 
     def _threads(self) -> int:
         """Threads a job may use now: the ``n_jobs`` option while training runs, every core
-        once it is over (read again during a run, so a queued t-SNE speeds up at the end)."""
+        once it is over (read again during a run, so a queued t-SNE speeds up at the end).
+        Also where a run in progress stops when shutdown asks it to."""
+        self.worker.check_cancelled()
         return self.worker.job_threads() if self.worker.training_over else self.options.n_jobs
 
     def _finish_sinks(self) -> None:
@@ -420,57 +502,20 @@ class EmbeddingProjector(CallbackBase):
 
     # -- checkpointing ------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        with self._lock:
-            return {
-                "previous": {n: projection_to_state(p) for n, p in self.previous.items()},
-                "chains": {n: c.state_dict() for n, c in self.chains.items()},
-                "pending": [
-                    {"val_index": v, "epoch": e, "step": step, "sample": sample_to_state(s)}
-                    for (_, v), (s, e, step) in sorted(self.pending.items(), key=_by_run)
-                ],
-                "runs": self.runs.state_dict(),
-                "hash_version": HASH_VERSION,
-            }
+        return self.chain.state_dict()
+
+    def on_load_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        # Called before load_state_dict: outside fit, the runs of this call are labelled with
+        # the checkpoint's epoch and step (a new process would say epoch 0, step 0).
+        self._label = (int(checkpoint.get("epoch", 0)), int(checkpoint.get("global_step", 0)))
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        version = int(state_dict.get("hash_version", 1))  # 0.1.0 checkpoints had no version
-        previous = {n: projection_from_state(p) for n, p in state_dict.get("previous", {}).items()}
-        pending = list(state_dict.get("pending", []))
-        if version != HASH_VERSION:
-            # Keys are a hash of the ids the samples carry: recompute them, so the resumed run
-            # aligns on the points both samples share (the tracked subset itself may change).
-            self.warn(
-                "resume:hash",
-                f"the checkpoint's projector state used id hash version {version} (this "
-                f"version uses {HASH_VERSION}); its keys were recomputed, and the tracked points "
-                f"may differ from the ones before the checkpoint",
-            )
-            for projection in previous.values():
-                rehash(projection.sample)
-            for entry in pending:
-                entry["sample"] = sample_to_state(rehash(sample_from_state(entry["sample"])))
-        chains = {n: SetChain.from_state_dict(c) for n, c in state_dict.get("chains", {}).items()}
-        if version != HASH_VERSION:
-            chains = {}  # cluster ids were matched on the old keys: start the lineage afresh
-        with self._lock:
-            self.previous = previous
-            self.chains = chains
-            self._restored_pending = pending
-        self.runs.load_state_dict(state_dict.get("runs", {}))
-
-    def _resume_pending(self) -> None:
-        """Runs still waiting when the checkpoint was taken: redo them for the alignment
-        chain and the local files, without logging them to the experiment a second time."""
-        for entry in self._restored_pending:
-            val_index = int(entry.get("val_index", entry["epoch"]))
-            self._submit(
-                sample_from_state(entry["sample"]), val_index, entry["epoch"], entry["step"], False
-            )
-        self._restored_pending = []
+        self.chain.restore(state_dict, fn=self._fn, label=self._label, warn=self.warn)
 
 
-def _by_run(item: tuple[tuple[str, int], Any]) -> int:
-    return item[0][1]
+def _written(write: Callable[[Projection], Any], projection: Projection) -> bool:
+    write(projection)
+    return True
 
 
 def _run_root(trainer: Any, log_dir: str | None, is_zero: bool) -> str:

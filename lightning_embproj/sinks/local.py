@@ -8,6 +8,8 @@ Layout under ``<root>/embproj/<NAME>/``:
 - ``metrics.jsonl``: one JSON object per run,
   ``{"val_index": 3, "epoch": 1, "step": 120, "chain": 0, "stage": "fit", "metrics": {...}}``
   (``chain``: the run's chain, see :class:`~lightning_embproj.types.Projection`).
+- ``ledger.jsonl``: every validation run the Trainer performed and what became of it
+  (projected, not selected, dropped, empty, failed, interrupted; :func:`read_ledger`).
 - ``schema.json``: the kind of each column (``str``, ``int``, ``float``, ``bool``, ``json``), so
   :func:`read_projections` returns ids and texts as written: ``"000123"`` stays a string.
 
@@ -234,7 +236,7 @@ def _sets_root(p: Path) -> Path:
 
 
 def _is_set_folder(p: Path) -> bool:
-    return bool(_run_files(p)) or (p / METRICS_FILE).exists()
+    return bool(_run_files(p)) or (p / METRICS_FILE).exists() or (p / "ledger.jsonl").exists()
 
 
 def _resolve(path: str | os.PathLike[str], name: str | None) -> Path:
@@ -355,6 +357,62 @@ def read_projections(
 
 def _unescape(value: Any) -> Any:
     return value[1:] if isinstance(value, str) and value.startswith("'") else value
+
+
+def read_ledger(path: str | os.PathLike[str], name: str | None = None) -> Any:
+    """Every validation run of one set, one row each, with what became of it: ``val_index``,
+    ``epoch``, ``step``, ``chain``, ``stage``, ``status`` (``projected``, ``not_selected``,
+    ``dropped``, ``empty``, ``failed``, ``interrupted``, ``queued``), ``reason``, ``wandb``
+    (the W&B run id that logged it, or "") and ``run_id``.
+
+    Example:
+        >>> read_ledger("lightning_logs/version_0").query("status != 'projected'")  # doctest: +SKIP
+    """
+    import pandas as pd
+
+    from lightning_embproj.ledger import COLUMNS, read_ledger_file
+
+    rows = read_ledger_file(_resolve(path, name))
+    frame = pd.DataFrame(rows, columns=list(COLUMNS))
+    return frame.sort_values("val_index", kind="stable").reset_index(drop=True)
+
+
+def written_runs(root: str | os.PathLike[str], name: str) -> list[int]:
+    """``val_index`` of every run with a file under one set's folder (CSV or ledger line)."""
+    from lightning_embproj.ledger import read_ledger_file
+
+    folder = set_dir(root, name)
+    if not folder.is_dir():
+        return []
+    found = {v for v, _, _ in _run_files(folder)}
+    found.update(int(r["val_index"]) for r in read_ledger_file(folder))
+    return sorted(found)
+
+
+def forget_runs(root: str | os.PathLike[str], name: str, runs: set[int]) -> None:
+    """Remove one set's files of the runs ``runs`` (``val_index``): their CSV files and their
+    lines in ``metrics.jsonl`` and ``lineage.csv``. A fit resumed from a checkpoint performs
+    the runs after it again under the same ``val_index``: the interrupted process's files of
+    those runs must not stay beside the new ones."""
+    folder = set_dir(root, name)
+    if not folder.is_dir() or not runs:
+        return
+    for (v, _, _), f in _run_files(folder).items():
+        if v in runs:
+            f.unlink(missing_ok=True)
+    entries = _read_jsonl(folder / METRICS_FILE)
+    kept = [e for e in entries if int(e["val_index"]) not in runs]
+    if len(kept) != len(entries):
+        atomic_write_text(folder / METRICS_FILE, "".join(json.dumps(e) + "\n" for e in kept))
+    path = folder / LINEAGE_FILE
+    if path.exists():
+        with open(path, encoding="utf-8", newline="") as fh:
+            rows = list(csv.reader(fh))
+        body = [r for r in rows[1:] if r and int(r[0]) not in runs]
+        if len(body) != len(rows) - 1:
+            buf = io.StringIO()
+            csv.writer(buf).writerows([rows[0], *body])
+            atomic_write_text(path, buf.getvalue())
 
 
 def read_metrics(path: str | os.PathLike[str], name: str | None = None) -> Any:
