@@ -78,6 +78,9 @@ class DigitsModel(L.LightningModule):
         loss = nn.functional.cross_entropy(self.head(z), y)
         return {"loss": loss, "embeddings": z, "labels": y, "score": z.norm(dim=1)}
 
+    def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict:
+        return self.validation_step(batch, batch_idx, dataloader_idx)
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=self.lr)
 

@@ -24,7 +24,7 @@ from lightning.pytorch import Callback
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
 import lightning_embproj.reduce as reduce_module
-from lightning_embproj import EmbeddingProjector, read_metrics, read_projections
+from lightning_embproj import EmbeddingProjector, read_ledger, read_metrics, read_projections
 from lightning_embproj.warn import ProjectorWarning
 
 
@@ -89,7 +89,8 @@ def test_an_exception_past_the_drain_deadline_still_sends_the_whole_evolution_ta
 ):
     """Training fails after run 6 while run 6's job is stuck: the drain gives up, yet finish
     sends the evolution table with runs 1-5 (run 5 is not one it is sent at); the stuck job,
-    released, still logs run 6 under the sink's lock."""
+    released, stops at its next stopping point (shutdown cancelled it): run 6 is written
+    nowhere, and the ledger says it was interrupted."""
     import wandb
 
     import lightning_embproj.callback as callback_module
@@ -111,6 +112,7 @@ def test_an_exception_past_the_drain_deadline_still_sends_the_whole_evolution_ta
 
     monkeypatch.setattr(callback_module, "project_epoch", held)
     monkeypatch.setattr(callback_module, "EXCEPTION_DRAIN_S", 0.5)
+    monkeypatch.setattr(callback_module, "CANCEL_WAIT_S", 0.5)
     logger = WandbLogger(project="embproj-test", save_dir=str(wandb_offline))
     projector = EmbeddingProjector(label_key="labels", reducers="pca", max_samples=30)
     train, val = loaders(n_train=64, n_val=60, batch_size=20)
@@ -122,7 +124,10 @@ def test_an_exception_past_the_drain_deadline_still_sends_the_whole_evolution_ta
     assert projector.worker.flush(timeout=60)
     wandb.finish()
     rows = [len(tab["data"]) for tab in wandb_tables(wandb_offline, "embproj/embeddings/evolution")]
-    assert rows == [30 * r for r in (1, 2, 3, 4, 5, 6)]
+    assert rows == [30 * r for r in (1, 2, 3, 4, 5)]
+    ledger = read_ledger(projector.root)
+    assert ledger["status"].tolist() == ["projected"] * 5 + ["interrupted"]
+    assert read_projections(projector.root)["val_index"].unique().tolist() == [0, 1, 2, 3, 4]
 
 
 @pytest.mark.parametrize("logger", ["csv", "none"])
@@ -298,12 +303,13 @@ def test_interrupt_while_the_worker_is_busy_stops_it(tmp_path, monkeypatch, rest
     assert _leftovers(tmp_path) == []
 
 
-def test_interrupt_with_a_stuck_job_waits_one_deadline_then_drops_the_rest(
+def test_interrupt_with_a_stuck_job_waits_one_deadline_then_says_which_runs_are_left(
     tmp_path, monkeypatch, restore_sigint
 ):
     import lightning_embproj.callback as callback_module
 
     monkeypatch.setattr(callback_module, "EXCEPTION_DRAIN_S", 0.5)
+    monkeypatch.setattr(callback_module, "CANCEL_WAIT_S", 0.5)
     real_tsne, running, release = reduce_module.tsne, threading.Event(), threading.Event()
 
     def stuck_tsne(*args: Any, **kwargs: Any) -> np.ndarray:
@@ -327,17 +333,24 @@ def test_interrupt_with_a_stuck_job_waits_one_deadline_then_drops_the_rest(
     train, val = loaders(n_train=64, n_val=60, batch_size=20)
     t = trainer(tmp_path, [projector], max_epochs=4, limit_train_batches=2)
     try:
-        with pytest.raises(RuntimeError, match="bug in training_step"):
+        with pytest.warns(ProjectorWarning, match=r"2 validation run\(s\) were not written.*"
+                          r"run 0 \(epoch 0\).*run 1 \(epoch 1\)"), \
+                pytest.raises(RuntimeError, match="bug in training_step"):
             t.fit(FailWhileStuck(), train, val)
         waited = time.monotonic() - raised_at[0]
     finally:
         release.set()
-    # one 0.5 s deadline for the whole drain (not 2 x 30 s), with room for a busy machine
+    # one 0.5 s deadline for the queue and 0.5 s for the running job (not 2 x 30 s)
     assert waited < 15.0
     workers = _workers_alive()
     for thread in workers:
         thread.join(timeout=60)
     assert _workers_alive() == [] and len(workers) <= 1
-    # the stuck epoch finished on its own; the one waiting behind it was dropped
-    assert read_projections(str(tmp_path))["epoch"].unique().tolist() == [0]
+    # released, the stuck run stopped at its next stopping point instead of running on after
+    # the shutdown; neither run was written, both say why, and both stay in the checkpoint state
+    ledger = read_ledger(str(tmp_path))
+    assert ledger["status"].tolist() == ["interrupted", "interrupted"]
+    assert ledger["reason"].str.contains("shutdown").all()
+    assert [i.val_index for _, i in projector.chain.waiting()] == [0, 1]
+    assert not list(Path(tmp_path, "embproj", "embeddings").glob("val_*.csv"))
     assert _leftovers(tmp_path) == []

@@ -291,7 +291,9 @@ def test_checkpoint_of_an_older_hash_is_rekeyed_from_its_ids():
         proj.load_state_dict(state)
     expected = hash_ids(np.array(ids, dtype=object), 0).tolist()
     assert proj.previous["embeddings"].sample.keys.tolist() == expected
-    assert proj._restored_pending[0]["sample"]["keys"].tolist() == expected
+    assert proj.chain.restored_pending[0][0].keys.tolist() == expected
+    # no run counter in a 0.1.0 checkpoint: it counts on after the runs it holds
+    assert proj.chain.resumed_from == 6
 
 
 # -- precision, id types, layer shapes: the same exact outputs ------------------------------
