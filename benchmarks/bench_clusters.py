@@ -32,16 +32,16 @@ import logging
 import numpy as np
 from bench_metrics import data, timed  # the same blobs, drifted copy and best-of timer
 
-from lightning_embproj import neighbours
-from lightning_embproj.clusters import cluster_points
-from lightning_embproj.health import (
+from lightning_embproj.evolve.clusters import cluster_points
+from lightning_embproj.evolve.lineage import ClusterChain
+from lightning_embproj.metrics import neighbours
+from lightning_embproj.metrics.health import (
     StabilityPool,
     cluster_scores,
     health_metrics,
     per_label_table,
 )
-from lightning_embproj.lineage import ClusterChain
-from lightning_embproj.reduce import reduce, warm_init
+from lightning_embproj.reduce.dispatch import reduce, warm_init
 
 
 def run(n: int, dim: int, repeat: int) -> dict[str, float]:

@@ -4,7 +4,7 @@ For each size, 10 Gaussian classes in D dims (float32, like the buffer) and a "p
 (the same points, slightly moved), with two layouts per epoch (PCA and PCA + noise; with
 ``--tsne``, openTSNE's cold and warm layouts as the callback makes them, and their times). Per
 backend (``numpy``: the default CPU path; ``torch:cpu``, ``torch:cuda``: the torch pass on that
-device, ``device=`` of :func:`lightning_embproj.score.epoch_metrics`):
+device, ``device=`` of :func:`lightning_embproj.metrics.scores.epoch_metrics`):
 
 - ``metrics``: ``epoch_metrics`` with both layouts and the previous epoch, the previous
   epoch's kNN memoised (the steady state: one distance pass per run);
@@ -33,8 +33,9 @@ from typing import Any
 
 import numpy as np
 
-from lightning_embproj import neighbours, score
-from lightning_embproj.types import EpochSample, Projection
+from lightning_embproj.metrics import neighbours
+from lightning_embproj.metrics import scores as score
+from lightning_embproj.results import EpochSample, Projection
 
 
 def data(n: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -47,13 +48,13 @@ def data(n: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.nd
 
 
 def pca(X: np.ndarray, dims: int) -> np.ndarray:
-    from lightning_embproj.reduce import pca as our_pca
+    from lightning_embproj.reduce.dispatch import pca as our_pca
 
     return our_pca(X, dims)
 
 
 def tsne(X: np.ndarray, init: np.ndarray | None = None) -> np.ndarray:
-    from lightning_embproj.reduce import tsne as our_tsne
+    from lightning_embproj.reduce.dispatch import tsne as our_tsne
 
     return our_tsne(X, 2, init=init)
 

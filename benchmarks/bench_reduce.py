@@ -33,11 +33,11 @@ from typing import Any
 import numpy as np
 from bench_tsne import Knn, cpu_timed, forced_method, make_wide
 
-from lightning_embproj import pca as P
-from lightning_embproj import reduce as R
-from lightning_embproj.evolve import EvolveSettings, SetChain, evolve
-from lightning_embproj.pipeline import ReduceSettings, project_epoch
-from lightning_embproj.types import EpochSample
+from lightning_embproj.evolve.set_chain import EvolveSettings, SetChain, evolve
+from lightning_embproj.reduce import dispatch as R
+from lightning_embproj.reduce import pca as P
+from lightning_embproj.reduce.project import ReduceSettings, project_epoch
+from lightning_embproj.results import EpochSample
 
 logging.getLogger("openTSNE").setLevel(logging.ERROR)
 
@@ -138,7 +138,7 @@ def part_run(args: argparse.Namespace) -> None:
 def timed_tsne() -> Iterator[list[float]]:
     """Wall seconds of each t-SNE call made inside the block (cold ``reduce`` or
     ``tsne_next``), in call order."""
-    import lightning_embproj.pipeline as P
+    import lightning_embproj.reduce.project as P
 
     times: list[float] = []
     real_reduce, real_next = P.reduce, P.tsne_next

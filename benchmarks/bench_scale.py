@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_embproj.callback as callback_module
 from lightning_embproj import EmbeddingProjector
-from lightning_embproj.collect import Collector
+from lightning_embproj.collect.collector import Collector
 from lightning_embproj.options import ProjectorOptions
 
 logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
@@ -365,7 +365,7 @@ def part_tsne(args: argparse.Namespace) -> list[str]:
     from sklearn.datasets import load_digits
     from sklearn.neighbors import NearestNeighbors
 
-    from lightning_embproj.reduce import tsne, warm_init
+    from lightning_embproj.reduce.dispatch import tsne, warm_init
 
     def knn(X: np.ndarray, Y: np.ndarray, k: int = 10) -> float:
         a = NearestNeighbors(n_neighbors=k + 1).fit(X).kneighbors(return_distance=False)[:, 1:]

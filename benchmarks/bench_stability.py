@@ -32,11 +32,11 @@ from sklearn.datasets import load_digits
 from sklearn.neighbors import NearestNeighbors
 from torch import nn
 
-from lightning_embproj import reduce as R
-from lightning_embproj.align import procrustes_align
-from lightning_embproj.dynamic import tsne_next
-from lightning_embproj.health import StabilityPool
-from lightning_embproj.score import mean_displacement
+from lightning_embproj.metrics.health import StabilityPool
+from lightning_embproj.metrics.scores import mean_displacement
+from lightning_embproj.reduce import dispatch as R
+from lightning_embproj.reduce.align import procrustes_align
+from lightning_embproj.reduce.tsne_online import tsne_next
 
 logging.getLogger("openTSNE").setLevel(logging.ERROR)
 

@@ -29,10 +29,10 @@ from sklearn.datasets import load_digits
 from sklearn.manifold import TSNE
 from sklearn.neighbors import NearestNeighbors
 
-from lightning_embproj import reduce as R
-from lightning_embproj import tsne as T
-from lightning_embproj.align import disparity
-from lightning_embproj.score import neighbourhood_overlap
+from lightning_embproj.metrics.scores import neighbourhood_overlap
+from lightning_embproj.reduce import dispatch as R
+from lightning_embproj.reduce import tsne as T
+from lightning_embproj.reduce.align import disparity
 
 logging.getLogger("openTSNE").setLevel(logging.ERROR)
 

@@ -24,7 +24,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from lightning_embproj.reduce import tsne
+from lightning_embproj.reduce.dispatch import tsne
 
 logging.getLogger("openTSNE").setLevel(logging.ERROR)
 

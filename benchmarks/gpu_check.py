@@ -279,8 +279,8 @@ def part_collect(args: argparse.Namespace) -> list[str]:
 
 # -- 3. the run pipeline at 20k points ---------------------------------------------------------
 def part_pipeline(args: argparse.Namespace) -> list[str]:
-    from lightning_embproj.pipeline import ReduceSettings, project_epoch
-    from lightning_embproj.types import EpochSample
+    from lightning_embproj.reduce.project import ReduceSettings, project_epoch
+    from lightning_embproj.results import EpochSample
 
     n = 2000 if args.small else 20_000
     rng = np.random.default_rng(0)

@@ -7,14 +7,14 @@ Example:
 
 from typing import TYPE_CHECKING, Any
 
-from lightning_embproj.sinks.local import (
+from lightning_embproj.readers import (
     list_validations,
     read_ledger,
     read_lineage,
     read_metrics,
     read_projections,
 )
-from lightning_embproj.types import EpochSample, Projection
+from lightning_embproj.results import EpochSample, Projection
 
 if TYPE_CHECKING:
     from lightning_embproj.callback import EmbeddingProjector
@@ -23,7 +23,7 @@ __all__ = [
     "EmbeddingProjector", "EpochSample", "Projection", "list_validations", "read_ledger",
     "read_lineage", "read_metrics", "read_projections",
 ]
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"
 
 
 def __getattr__(name: str) -> Any:

@@ -56,8 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
-    from lightning_embproj.compare import compare
-    from lightning_embproj.compare_two import compare_runs
+    from lightning_embproj.report.compare import compare
+    from lightning_embproj.report.compare_two import compare_runs
 
     if len(args.runs) > 2:
         cmp.error(f"expected one run or two runs to compare, got {len(args.runs)}")

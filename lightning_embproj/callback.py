@@ -13,25 +13,25 @@ from functools import partial
 from typing import Any, Literal, cast
 
 from lightning_embproj import sinks as sink_factory
-from lightning_embproj.capture import LayerCapture
-from lightning_embproj.chain import ChainState, Run, RunIdentity
-from lightning_embproj.collect import Collector, Placement
-from lightning_embproj.compat import CallbackBase
-from lightning_embproj.evolve import EvolveSettings, evolve
-from lightning_embproj.extract import lookup
-from lightning_embproj.gather import gather_samples
-from lightning_embproj.ledger import PROJECTED
+from lightning_embproj.chain.ledger import PROJECTED
+from lightning_embproj.chain.owner import ChainState, Run, RunIdentity
+from lightning_embproj.chain.selection import warn_if_never_projected
+from lightning_embproj.chain.settle import previous_root, rebuild_wandb_history, settle
+from lightning_embproj.collect.capture import LayerCapture
+from lightning_embproj.collect.collector import Collector, Placement
+from lightning_embproj.collect.extract import lookup
+from lightning_embproj.collect.gather import gather_samples
+from lightning_embproj.collect.ranks import check_position_ids, placement
+from lightning_embproj.evolve.set_chain import EvolveSettings, evolve
+from lightning_embproj.metrics.scores import movers
 from lightning_embproj.options import ProjectorOptions, check_unique_sets
-from lightning_embproj.pipeline import ReduceSettings, project_epoch
-from lightning_embproj.progress import finish_with_progress, job_label, show_progress
-from lightning_embproj.ranks import check_position_ids, placement
-from lightning_embproj.reconcile import previous_root, rebuild_wandb_history, settle
-from lightning_embproj.runs import warn_if_never_projected
-from lightning_embproj.score import movers
+from lightning_embproj.reduce.project import ReduceSettings, project_epoch
+from lightning_embproj.results import EpochSample, Projection
+from lightning_embproj.runtime.compat import CallbackBase
+from lightning_embproj.runtime.progress import finish_with_progress, job_label, show_progress
+from lightning_embproj.runtime.warn import WarnOnce
+from lightning_embproj.runtime.worker import QUEUE_POLICY, JobCancelled, Worker
 from lightning_embproj.sinks.local import set_dir
-from lightning_embproj.types import EpochSample, Projection
-from lightning_embproj.warn import WarnOnce
-from lightning_embproj.worker import QUEUE_POLICY, JobCancelled, Worker
 
 Key = str | int
 EXCEPTION_DRAIN_S = 30.0

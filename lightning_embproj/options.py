@@ -16,9 +16,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from lightning_embproj.columns import generated_column
-from lightning_embproj.lineage import check_thresholds
-from lightning_embproj.reduce import REDUCERS as KNOWN_REDUCERS  # the one list of names
+from lightning_embproj.evolve.lineage import check_thresholds
+from lightning_embproj.reduce.dispatch import REDUCERS as KNOWN_REDUCERS  # the one list of names
+from lightning_embproj.sinks.columns import generated_column
 
 POOLINGS = ("auto", "flatten", "mean", "first", "last", "max")
 Key = str | int

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from lightning_embproj.types import Projection
-from lightning_embproj.warn import WarnOnce
+from lightning_embproj.results import Projection
+from lightning_embproj.runtime.warn import WarnOnce
 
 Writer = Callable[[Projection], None]
 LOCAL_SINKS = frozenset({"local files", "html view"})
@@ -37,10 +37,10 @@ def build(
 ) -> Sinks:
     """The sinks for this trainer, local files first (they must survive any other failure).
 
-    ``settings`` (a :class:`~lightning_embproj.pipeline.ReduceSettings`) tells W&B the
+    ``settings`` (a :class:`~lightning_embproj.reduce.project.ReduceSettings`) tells W&B the
     configured reducers and ``n_components``, so its tables keep the same columns when a
     reducer fails in one run. ``wandb_history(run_id)`` gives the W&B sink the history it
-    carries on (see :class:`~lightning_embproj.evolution.WandbHistory`).
+    carries on (see :class:`~lightning_embproj.sinks.wandb_history.WandbHistory`).
     """
     from lightning_embproj.sinks.local import write_projection
 
@@ -78,7 +78,7 @@ def _wandb(
     trainer: Any, warn: WarnOnce, view_root: str | None, settings: Any = None,
     wandb_history: Callable[[str], Any] | None = None,
 ) -> Any:
-    from lightning_embproj.compat import find_logger
+    from lightning_embproj.runtime.compat import find_logger
 
     logger = find_logger(trainer, "WandbLogger")
     if logger is None:
@@ -95,7 +95,7 @@ def _wandb(
 
 
 def _tensorboard(trainer: Any, max_text_length: int) -> Writer | None:
-    from lightning_embproj.compat import find_logger
+    from lightning_embproj.runtime.compat import find_logger
 
     logger = find_logger(trainer, "TensorBoardLogger")
     if logger is None:

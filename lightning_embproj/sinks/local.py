@@ -7,7 +7,7 @@ Layout under ``<root>/embproj/<NAME>/``:
   Several validation runs per epoch (``val_check_interval``) never share a file.
 - ``metrics.jsonl``: one JSON object per run,
   ``{"val_index": 3, "epoch": 1, "step": 120, "chain": 0, "stage": "fit", "metrics": {...}}``
-  (``chain``: the run's chain, see :class:`~lightning_embproj.types.Projection`).
+  (``chain``: the run's chain, see :class:`~lightning_embproj.results.Projection`).
 - ``ledger.jsonl``: every validation run the Trainer performed and what became of it
   (projected, not selected, dropped, empty, failed, interrupted; :func:`read_ledger`).
 - ``schema.json``: the kind of each column (``str``, ``int``, ``float``, ``bool``, ``json``), so
@@ -18,9 +18,7 @@ tab or CR) are written with a leading ``'`` (as OWASP advises for CSV files); so
 already starts with ``'``. :func:`read_projections` removes exactly that one ``'`` again.
 Files are written to a temporary name and renamed, so a reader never sees half a file.
 
-Example:
-    >>> df = read_projections("lightning_logs/version_0")       # doctest: +SKIP
-    >>> df.groupby(["val_index", "epoch", "step"]).size()        # doctest: +SKIP
+The files are read back by :mod:`lightning_embproj.readers`.
 """
 
 from __future__ import annotations
@@ -32,12 +30,11 @@ import os
 import re
 import threading
 import warnings
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from lightning_embproj.columns import table_columns
-from lightning_embproj.types import Projection
+from lightning_embproj.results import Projection
+from lightning_embproj.sinks.columns import table_columns
 
 SUBDIR = "embproj"
 RUN_FILE = "val_{val_index:04d}_epoch_{epoch:04d}_step_{step}.csv"
@@ -153,28 +150,10 @@ def _write_lineage(folder: Path, projection: Projection) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def read_lineage(path: str | os.PathLike[str], name: str | None = None) -> Any:
-    """The cluster lineage of one set, one row per cluster event per validation run:
-    ``val_index``, ``epoch``, ``step``, ``cluster``, ``event`` (survive, split, merge, emerge,
-    vanish), ``from_clusters`` (previous ids joined by ``","``), ``size``, ``overlap``. Empty
-    (with those columns) when no lineage was written.
-
-    Example:
-        >>> read_lineage("lightning_logs/version_0").query("event == 'split'")  # doctest: +SKIP
-    """
-    import pandas as pd
-
-    file = _resolve(path, name) / LINEAGE_FILE
-    if not file.exists():
-        return pd.DataFrame({c: [] for c in LINEAGE_COLUMNS})
-    return pd.read_csv(file, dtype={"event": str, "from_clusters": str}, keep_default_na=False,
-                       na_values={"overlap": [""], "size": [""]})
-
-
 def _update_schema(folder: Path, kinds: dict[str, str]) -> None:
     """Merge this run's column kinds into ``schema.json`` (a column seen as text stays text)."""
     path = folder / SCHEMA_FILE
-    known = _read_schema(folder)
+    known = read_schema(folder)
     merged = dict(known)
     for name, kind in kinds.items():
         old = merged.get(name)
@@ -188,7 +167,7 @@ def _update_schema(folder: Path, kinds: dict[str, str]) -> None:
         atomic_write_text(path, json.dumps({"columns": merged}, indent=1))
 
 
-def _read_schema(folder: Path) -> dict[str, str]:
+def read_schema(folder: Path) -> dict[str, str]:
     try:
         return dict(json.loads((folder / SCHEMA_FILE).read_text(encoding="utf-8"))["columns"])
     except (OSError, ValueError, KeyError, TypeError):
@@ -198,7 +177,7 @@ def _read_schema(folder: Path) -> dict[str, str]:
 def _write_metrics(folder: Path, projection: Projection) -> None:
     """Keep one line per validation run: a rerun (after a resume) replaces its line."""
     entries = [
-        e for e in _read_jsonl(folder / METRICS_FILE) if e["val_index"] != projection.val_index
+        e for e in read_jsonl(folder / METRICS_FILE) if e["val_index"] != projection.val_index
     ]
     entries.append({
         "val_index": projection.val_index, "epoch": projection.epoch, "step": projection.step,
@@ -208,7 +187,7 @@ def _write_metrics(folder: Path, projection: Projection) -> None:
     atomic_write_text(folder / METRICS_FILE, "".join(json.dumps(e) + "\n" for e in entries))
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     entries = []
@@ -230,47 +209,7 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return entries
 
 
-def _sets_root(p: Path) -> Path:
-    """The folder holding the set folders: ``<log dir>/embproj``, or ``p`` itself."""
-    return p / SUBDIR if (p / SUBDIR).is_dir() else p
-
-
-def _is_set_folder(p: Path) -> bool:
-    return bool(_run_files(p)) or (p / METRICS_FILE).exists() or (p / "ledger.jsonl").exists()
-
-
-def _resolve(path: str | os.PathLike[str], name: str | None) -> Path:
-    """Accept a log dir (holding ``embproj/``), an ``embproj`` dir, or one set's folder."""
-    p = Path(path)
-    if _is_set_folder(p):
-        return p
-    base = _sets_root(p)
-    names = sorted(d.name for d in base.iterdir() if d.is_dir()) if base.is_dir() else []
-    if name is None:
-        if len(names) != 1:
-            raise ValueError(
-                f"read_projections: pass `name`, one of {names}, for the embedding sets "
-                f"under {str(base)!r}" if names else
-                f"read_projections: no embedding sets found under {str(p)!r} "
-                f"(expected {SUBDIR}/<name>/val_*.csv)"
-            )
-        name = names[0]
-    if name not in names:
-        raise ValueError(
-            f"read_projections: no embedding set {name!r} under {str(base)!r}; found {names}"
-        )
-    return base / name
-
-
-def list_sets(path: str | os.PathLike[str]) -> list[str]:
-    """Names of the embedding sets written under a log dir (or its ``embproj`` folder)."""
-    base = _sets_root(Path(path))
-    if not base.is_dir():
-        return []
-    return sorted(d.name for d in base.iterdir() if d.is_dir() and _run_files(d))
-
-
-def _run_files(folder: Path) -> dict[tuple[int, int, int], Path]:
+def run_files(folder: Path) -> dict[tuple[int, int, int], Path]:
     """(val_index, epoch, step) -> CSV file, from the file names; other names are ignored."""
     found = {}
     for f in folder.glob("val_*.csv"):
@@ -278,115 +217,6 @@ def _run_files(folder: Path) -> dict[tuple[int, int, int], Path]:
         if match:
             found[(int(match[1]), int(match[2]), int(match[3]))] = f
     return dict(sorted(found.items()))
-
-
-def list_validations(
-    path: str | os.PathLike[str], name: str | None = None
-) -> list[tuple[int, int, int]]:
-    """The validation runs written for one set as ``(val_index, epoch, step)``, in run order.
-
-    Example:
-        >>> list_validations("lightning_logs/version_0")             # doctest: +SKIP
-        [(0, 0, 25), (1, 0, 50), (2, 1, 75)]
-    """
-    return list(_run_files(_resolve(path, name)))
-
-
-def list_epochs(path: str | os.PathLike[str], name: str | None = None) -> list[int]:
-    """The epochs with at least one projected validation run, sorted (no file is read).
-
-    Example:
-        >>> list_epochs("lightning_logs/version_0")                 # doctest: +SKIP
-        [0, 1, 2]
-    """
-    return sorted({epoch for _, epoch, _ in list_validations(path, name)})
-
-
-def read_projections(
-    path: str | os.PathLike[str],
-    name: str | None = None,
-    epochs: Iterable[int] | None = None,
-    validations: Iterable[int] | None = None,
-) -> Any:
-    """Read the projected validation runs of one embedding set into one ``pandas.DataFrame``.
-
-    Args:
-        path: the trainer's log dir, its ``embproj`` folder, or one set's folder.
-        name: the embedding set; may be left out when there is only one.
-        epochs: read only the runs of these epochs (see :func:`list_epochs`). Default: all.
-        validations: read only these ``val_index`` values (see :func:`list_validations`).
-
-    Returns:
-        A DataFrame with the contract's columns and one row per point per run, sorted by
-        ``val_index``. Text columns (string ids included) come back as ``str``, exactly as written.
-    """
-    import pandas as pd
-
-    folder = _resolve(path, name)
-    files = _run_files(folder)
-    if epochs is not None:
-        wanted_epochs = {int(e) for e in epochs}
-        files = {k: f for k, f in files.items() if k[1] in wanted_epochs}
-    if validations is not None:
-        wanted_runs = {int(v) for v in validations}
-        files = {k: f for k, f in files.items() if k[0] in wanted_runs}
-    if not files:
-        asked = "" if epochs is None and validations is None else (
-            f" for epochs={sorted(wanted_epochs) if epochs is not None else 'any'}, "
-            f"validations={sorted(wanted_runs) if validations is not None else 'any'}"
-        )
-        raise FileNotFoundError(f"read_projections: no val_*.csv files in {str(folder)!r}{asked}")
-    kinds = _read_schema(folder)
-    texts = [c for c, k in kinds.items() if k == "str"]
-    frames = [
-        pd.read_csv(
-            f, dtype={c: str for c in texts}, keep_default_na=False,
-            na_values={c: [""] for c, k in kinds.items() if k != "str"} if kinds else [""],
-        )
-        for f in files.values()
-    ]
-    df = pd.concat(frames, ignore_index=True)
-    for column in df.columns:
-        kind = kinds.get(column)
-        if kind == "str":
-            df[column] = df[column].map(_unescape)
-        elif kind == "json":
-            df[column] = df[column].map(lambda v: json.loads(v) if isinstance(v, str) else v)
-    return df.sort_values("val_index", kind="stable").reset_index(drop=True)
-
-
-def _unescape(value: Any) -> Any:
-    return value[1:] if isinstance(value, str) and value.startswith("'") else value
-
-
-def read_ledger(path: str | os.PathLike[str], name: str | None = None) -> Any:
-    """Every validation run of one set, one row each, with what became of it: ``val_index``,
-    ``epoch``, ``step``, ``chain``, ``stage``, ``status`` (``projected``, ``not_selected``,
-    ``dropped``, ``empty``, ``failed``, ``interrupted``, ``queued``), ``reason``, ``wandb``
-    (the W&B run id that logged it, or "") and ``run_id``.
-
-    Example:
-        >>> read_ledger("lightning_logs/version_0").query("status != 'projected'")  # doctest: +SKIP
-    """
-    import pandas as pd
-
-    from lightning_embproj.ledger import COLUMNS, read_ledger_file
-
-    rows = read_ledger_file(_resolve(path, name))
-    frame = pd.DataFrame(rows, columns=list(COLUMNS))
-    return frame.sort_values("val_index", kind="stable").reset_index(drop=True)
-
-
-def written_runs(root: str | os.PathLike[str], name: str) -> list[int]:
-    """``val_index`` of every run with a file under one set's folder (CSV or ledger line)."""
-    from lightning_embproj.ledger import read_ledger_file
-
-    folder = set_dir(root, name)
-    if not folder.is_dir():
-        return []
-    found = {v for v, _, _ in _run_files(folder)}
-    found.update(int(r["val_index"]) for r in read_ledger_file(folder))
-    return sorted(found)
 
 
 def forget_runs(root: str | os.PathLike[str], name: str, runs: set[int]) -> None:
@@ -397,10 +227,10 @@ def forget_runs(root: str | os.PathLike[str], name: str, runs: set[int]) -> None
     folder = set_dir(root, name)
     if not folder.is_dir() or not runs:
         return
-    for (v, _, _), f in _run_files(folder).items():
+    for (v, _, _), f in run_files(folder).items():
         if v in runs:
             f.unlink(missing_ok=True)
-    entries = _read_jsonl(folder / METRICS_FILE)
+    entries = read_jsonl(folder / METRICS_FILE)
     kept = [e for e in entries if int(e["val_index"]) not in runs]
     if len(kept) != len(entries):
         atomic_write_text(folder / METRICS_FILE, "".join(json.dumps(e) + "\n" for e in kept))
@@ -414,17 +244,3 @@ def forget_runs(root: str | os.PathLike[str], name: str, runs: set[int]) -> None
             csv.writer(buf).writerows([rows[0], *body])
             atomic_write_text(path, buf.getvalue())
 
-
-def read_metrics(path: str | os.PathLike[str], name: str | None = None) -> Any:
-    """Read the metrics of one embedding set into a DataFrame, one row per validation run,
-    with ``val_index``, ``epoch``, ``step``, ``chain``, ``stage`` and one column per metric
-    (files written before chains were recorded read as chain 0 of a ``fit``)."""
-    import pandas as pd
-
-    folder = _resolve(path, name)
-    rows = [
-        {"val_index": e["val_index"], "epoch": e["epoch"], "step": e["step"],
-         "chain": e.get("chain", 0), "stage": e.get("stage", "fit"), **e["metrics"]}
-        for e in _read_jsonl(folder / METRICS_FILE)
-    ]
-    return pd.DataFrame(rows)

@@ -36,9 +36,9 @@ from typing import Any
 
 import numpy as np
 
-from lightning_embproj.columns import table_columns
+from lightning_embproj.results import Projection
+from lightning_embproj.sinks.columns import table_columns
 from lightning_embproj.sinks.local import atomic_write
-from lightning_embproj.types import Projection
 
 SUBDIR = "embproj"
 CONFIG_FILE = "projector_config.pbtxt"  # the name TensorBoard's projector plugin looks for

@@ -23,17 +23,22 @@ from typing import Any
 
 import numpy as np
 
-from lightning_embproj.columns import MOVER_COLUMNS, layout_columns, mover_columns, table_columns
-from lightning_embproj.evolution import (
+from lightning_embproj.results import Projection
+from lightning_embproj.runtime.warn import WarnOnce
+from lightning_embproj.sinks.columns import (
+    MOVER_COLUMNS,
+    layout_columns,
+    mover_columns,
+    table_columns,
+)
+from lightning_embproj.sinks.local import LINEAGE_COLUMNS
+from lightning_embproj.sinks.plot import Limits, Palette, render, widen
+from lightning_embproj.sinks.wandb_history import (
     EVOLUTION_MAX_ROWS,
     WANDB_MAX_ROWS,
     WandbHistory,
     evolution_due,
 )
-from lightning_embproj.sinks.local import LINEAGE_COLUMNS
-from lightning_embproj.sinks.plot import Limits, Palette, render, widen
-from lightning_embproj.types import Projection
-from lightning_embproj.warn import WarnOnce
 
 PREFIX = "embproj"
 STEP_METRIC = "trainer/global_step"
@@ -85,7 +90,7 @@ def fixed_columns(
     reducers: Sequence[str],
     n_components: int = 2,
 ) -> dict[str, list[Any]]:
-    """:func:`~lightning_embproj.columns.table_columns` with a fixed set of layout columns.
+    """:func:`~lightning_embproj.sinks.columns.table_columns` with a fixed set of layout columns.
 
     The columns of every reducer in ``reducers`` (then of any other layout the projection has)
     come last, ``None`` cells where the projection lacks that layout, so every run of a set has

@@ -98,7 +98,7 @@ def render_view(points: Any, metrics: Any | None, *, title: str, max_runs: int =
 
 def read_lineage_or_none(root: str | os.PathLike[str], name: str | None) -> Any | None:
     """The set's cluster lineage table, or ``None`` when there is none."""
-    from lightning_embproj.sinks.local import read_lineage
+    from lightning_embproj.readers import read_lineage
 
     try:
         table = read_lineage(root, name)
@@ -126,13 +126,8 @@ def write_view(root: str | os.PathLike[str], name: str, *, max_runs: int = 50,
 
     >>> write_view("lightning_logs/version_0", "embeddings")     # doctest: +SKIP
     """
-    from lightning_embproj.sinks.local import (
-        atomic_write_text,
-        list_validations,
-        read_metrics,
-        read_projections,
-        set_dir,
-    )
+    from lightning_embproj.readers import list_validations, read_metrics, read_projections
+    from lightning_embproj.sinks.local import atomic_write_text, set_dir
 
     folder = set_dir(root, name)
     check_writable(folder)

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from lightning_embproj.reduce import REDUCERS as REDUCER_ORDER  # the one list of names
+from lightning_embproj.reduce.dispatch import REDUCERS as REDUCER_ORDER  # the one list of names
 
 RESERVED = ("sample_id", "epoch", "step", "val_index")
 RUN_FIELDS = (*RESERVED, "chain", "stage")  # a run's identity: neither metrics nor metadata

@@ -1,0 +1,62 @@
+"""Forward hooks that capture named submodules' outputs during validation batches only.
+
+Example:
+    >>> import torch
+    >>> model = torch.nn.Sequential(torch.nn.Linear(3, 2))
+    >>> cap = LayerCapture(model, ["0"])
+    >>> cap.active = True
+    >>> _ = model(torch.ones(4, 3))
+    >>> cap.outputs["0"].shape
+    torch.Size([4, 2])
+    >>> cap.remove()
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+from lightning_embproj.collect.extract import layer_output
+
+
+def resolve_layers(model: Any, names: list[str]) -> dict[str, Any]:
+    """Map layer names to submodules; unknown names raise listing close matches."""
+    modules = dict(model.named_modules())
+    found = {}
+    for name in names:
+        if name not in modules:
+            close = difflib.get_close_matches(name, [m for m in modules if m], n=5, cutoff=0.5)
+            hint = f"; did you mean {close}?" if close else ""
+            some = [m for m in modules if m and "." not in m][:10]
+            raise ValueError(
+                f"layers: {type(model).__name__} has no submodule {name!r}{hint} "
+                f"(top-level submodules: {some})"
+            )
+        found[name] = modules[name]
+    return found
+
+
+class LayerCapture:
+    """Keep the last output of each named layer while ``active`` is set."""
+
+    def __init__(self, model: Any, names: list[str]) -> None:
+        self.active = False
+        self.outputs: dict[str, Any] = {}
+        self._handles = [
+            module.register_forward_hook(self._hook(name))
+            for name, module in resolve_layers(model, names).items()
+        ]
+
+    def _hook(self, name: str) -> Any:
+        def hook(module: Any, inputs: Any, output: Any) -> None:
+            if self.active:
+                # A layer called twice in one step keeps its last call.
+                self.outputs[name] = layer_output(output, name).detach()
+
+        return hook
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self.outputs = {}

@@ -1,0 +1,2 @@
+"""Clusters from run to run: clustering one run, ids and lineage events across runs.
+"""

@@ -1,0 +1,249 @@
+"""Cluster one run's embeddings: k-means or HDBSCAN (noise ``-1``), in tracking-key order.
+
+:func:`cluster_points` clusters one run; :func:`overlap_counts` and :func:`shared_rows` give
+the overlap of two runs' clusterings on the keys both runs track. The stable ids and the
+lineage across runs come from both in one step: :mod:`lightning_embproj.evolve.lineage`.
+
+Example:
+    >>> rng = np.random.default_rng(0)
+    >>> X = np.r_[rng.normal(0, 0.1, (20, 4)), rng.normal(5, 0.1, (20, 4))]
+    >>> raw = cluster_points(X, n_clusters=2, keys=np.arange(40))
+    >>> raw[[0, -1]].tolist()
+    [0, 1]
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from lightning_embproj.metrics.neighbours import as_matrix
+
+METHODS: tuple[str, ...] = ("kmeans", "hdbscan")
+NOISE = -1
+# Cluster in the top principal components: at 10,000 x 256 k-means took 3.0 s on the raw
+# vectors and 0.5 s on 32 PCs; HDBSCAN 3.1 s on 32 PCs and 2.1 s on 16 (same 9 clusters on
+# 10 Gaussian classes; benchmarks/bench_clusters.py). PCA is a rotation plus a cut of the
+# weakest directions, so k-means' objective barely changes.
+KMEANS_DIMS = 32
+HDBSCAN_DIMS = 16
+# Three k-means++ starts: a better optimum is also a more repeatable one, and a partition
+# that flips between runs would show up as spurious split/merge events.
+KMEANS_N_INIT = 3
+MAX_AUTO_CLUSTERS = 20
+
+
+def default_n_clusters(n: int) -> int:
+    """k when neither labels nor ``n_clusters`` are given: ``round(sqrt(N / 2))`` in [2, 20].
+
+    The rule of thumb of Mardia et al. (1979), capped at 20 clusters so the picture stays
+    readable. It depends only on ``N`` (the sample is the same every run), so k does not
+    flicker between runs; a silhouette-best k would, and every change of k shows up as
+    split/merge events that are artefacts of the choice, not of the model.
+
+    Example:
+        >>> default_n_clusters(50), default_n_clusters(200), default_n_clusters(10_000)
+        (5, 10, 20)
+    """
+    return int(min(MAX_AUTO_CLUSTERS, max(2, round(math.sqrt(n / 2)))))
+
+
+def default_min_cluster_size(n: int) -> int:
+    """HDBSCAN's ``min_cluster_size`` when not given: ``max(5, N // 100)``.
+
+    Example:
+        >>> default_min_cluster_size(300), default_min_cluster_size(10_000)
+        (5, 100)
+    """
+    return max(5, n // 100)
+
+
+def canonical(raw: np.ndarray) -> np.ndarray:
+    """Renumber clusters ``0..C-1`` by first appearance in row order; ``-1`` (noise) stays.
+
+    Example:
+        >>> canonical(np.array([7, 7, -1, 3, 7])).tolist()
+        [0, 0, -1, 1, 0]
+    """
+    raw = np.asarray(raw).astype(np.int64, copy=False)
+    out = np.full(raw.shape, NOISE, dtype=np.int64)
+    inside = raw != NOISE
+    uniq, first, inverse = np.unique(raw[inside], return_index=True, return_inverse=True)
+    rank = np.empty(uniq.size, dtype=np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(uniq.size)
+    out[inside] = rank[inverse.reshape(-1)]
+    return out
+
+
+def cluster_points(
+    X: np.ndarray,
+    method: str = "kmeans",
+    n_clusters: int | None = None,
+    labels: Sequence[object] | np.ndarray | None = None,
+    seed: int = 0,
+    min_cluster_size: int | None = None,
+    keys: np.ndarray | Sequence[int] | None = None,
+) -> np.ndarray:
+    """Cluster the rows of ``X``: ``(N,)`` int64 cluster numbers ``0..C-1``, noise ``-1``.
+
+    ``kmeans``: k is the number of distinct ``labels`` when given, else ``n_clusters``, else
+    :func:`default_n_clusters`; k shrinks to the number of distinct rows (so identical points
+    form one cluster and ``N < k`` is fine). ``hdbscan`` (scikit-learn's ``HDBSCAN``): the
+    number of clusters is found, ``labels`` and ``n_clusters`` are ignored, rows in no dense
+    region are noise (``-1``); ``min_cluster_size`` defaults to
+    :func:`default_min_cluster_size`. Both run on the top principal components
+    (:data:`KMEANS_DIMS`, :data:`HDBSCAN_DIMS`). Clusters are numbered by first appearance in
+    row order (:func:`canonical`), so the result does not depend on the library's numbering.
+    Deterministic for a given ``X`` and ``seed``. Pass the tracking ``keys``: rows are then
+    clustered (and numbered) in key order, so the same points in another row order (another
+    gather, another rank count) give the same partition; k-means++ seeding depends on the
+    row order otherwise.
+
+    Example:
+        >>> X = np.array([[0.0, 0.0], [0.1, 0.0], [5.0, 5.0], [5.1, 5.0]])
+        >>> cluster_points(X, n_clusters=2).tolist()
+        [0, 0, 1, 1]
+        >>> cluster_points(np.ones((3, 2)), n_clusters=5).tolist()
+        [0, 0, 0]
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
+    X = as_matrix(X, "X")
+    n = X.shape[0]
+    if keys is not None:
+        order = np.argsort(check_keys(keys, "keys"), kind="stable")
+        if order.size != n:
+            raise ValueError(f"keys has {order.size} entries, X has {n} rows: must match")
+        lab = None if labels is None else np.asarray(labels)
+        if lab is not None and lab.shape == (n,):
+            lab = lab[order]
+        out = np.empty(n, dtype=np.int64)
+        out[order] = cluster_points(X[order], method, n_clusters, lab, seed, min_cluster_size)
+        return out
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    distinct = _distinct_rows(X)
+    if distinct <= 1:
+        return np.zeros(n, dtype=np.int64)
+    from lightning_embproj.reduce.dispatch import pca
+
+    if method == "kmeans":
+        k = _kmeans_k(n, n_clusters, labels)
+        k = min(k, distinct)
+        if k <= 1:
+            return np.zeros(n, dtype=np.int64)
+        from sklearn.cluster import KMeans
+        from threadpoolctl import threadpool_limits
+
+        Z = pca(X, KMEANS_DIMS) if X.shape[1] > KMEANS_DIMS else X.astype(np.float64)
+        # One OpenMP thread (a per-thread setting: the training thread keeps its own). Next
+        # to a busy trainer, k-means' spinning OpenMP team was 20-100x slower than one thread
+        # (digits, 1,797 x 16, k=10: 1.5-3 s vs 0.02-0.06 s on 2 loaded cores).
+        with threadpool_limits(limits=1, user_api="openmp"):
+            raw = KMeans(k, n_init=KMEANS_N_INIT, random_state=seed).fit_predict(Z)
+        return canonical(raw)
+
+    mcs = default_min_cluster_size(n) if min_cluster_size is None else min_cluster_size
+    if not isinstance(mcs, (int, np.integer)) or mcs < 2:
+        raise ValueError(f"min_cluster_size must be an int >= 2, got {min_cluster_size!r}")
+    if n < mcs:  # too few points for even one cluster of the requested size
+        return np.full(n, NOISE, dtype=np.int64)
+    from sklearn.cluster import HDBSCAN
+
+    Z = pca(X, HDBSCAN_DIMS) if X.shape[1] > HDBSCAN_DIMS else X.astype(np.float64)
+    # min_samples 10 (not min_cluster_size): the core distances need that many neighbours,
+    # and 10 costs a third less than 100 at 10,000 points with the same clusters.
+    model = HDBSCAN(min_cluster_size=int(mcs), min_samples=min(10, int(mcs)), copy=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        raw = model.fit_predict(Z)
+    return canonical(raw)
+
+
+def _distinct_rows(X: np.ndarray) -> int:
+    """Number of distinct rows, via a fixed random projection (equal rows project equally;
+    distinct rows almost surely do not): a product and a sort of N numbers, not of N rows."""
+    if X.shape[0] > 1 and not (X[0] != X).any():
+        return 1
+    w = np.random.default_rng(0).normal(size=X.shape[1])
+    # Row-wise sums, not ``X @ w``: BLAS may sum equal rows in different orders.
+    return int(np.unique((X.astype(np.float64) * w).sum(axis=1)).size)
+
+
+def _kmeans_k(n: int, n_clusters: int | None, labels: Any) -> int:
+    if labels is not None:
+        lab = np.asarray(labels)
+        if lab.ndim != 1 or lab.shape[0] != n:
+            raise ValueError(f"labels must have shape ({n},) to match X, got {lab.shape}")
+        return int(np.unique(lab.astype(str)).size)
+    if n_clusters is not None:
+        if not isinstance(n_clusters, (int, np.integer)) or isinstance(n_clusters, bool):
+            raise ValueError(f"n_clusters must be a positive int or None, got {n_clusters!r}")
+        if n_clusters < 1:
+            raise ValueError(f"n_clusters must be a positive int or None, got {n_clusters!r}")
+        return int(n_clusters)
+    return default_n_clusters(n)
+
+
+def check_keys(keys: np.ndarray | Sequence[int], name: str) -> np.ndarray:
+    """``keys`` as a 1-D int64 array of unique values; bad input raises naming ``name``."""
+    k = np.asarray(keys)
+    if k.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D array of int64 tracking keys, got shape {k.shape}")
+    if k.size and not np.issubdtype(k.dtype, np.integer):
+        raise ValueError(f"{name} must hold integer tracking keys, got dtype {k.dtype}")
+    k = k.astype(np.int64, copy=False)
+    if np.unique(k).size != k.size:
+        raise ValueError(f"{name} must be unique tracking keys; found duplicates")
+    return k
+
+
+def check_ids(ids: np.ndarray | Sequence[int], n: int, name: str) -> np.ndarray:
+    """Cluster ids as ``(n,)`` int64 with values ``>= -1``; bad input raises naming ``name``."""
+    a = np.asarray(ids)
+    if a.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},) to match the keys, got {a.shape}")
+    if a.size and not np.issubdtype(a.dtype, np.integer):
+        raise ValueError(f"{name} must hold integer cluster ids, got dtype {a.dtype}")
+    a = a.astype(np.int64, copy=False)
+    if a.size and a.min() < NOISE:
+        raise ValueError(f"{name} must be >= 0 (or -1 for noise), got {int(a.min())}")
+    return a
+
+
+def shared_rows(prev_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices ``(ip, ic)`` of the keys present in both runs, in the current run's order.
+
+    Example:
+        >>> ip, ic = shared_rows(np.array([5, 1, 3]), np.array([3, 4, 5]))
+        >>> ip.tolist(), ic.tolist()
+        ([2, 0], [0, 2])
+    """
+    _, ic, ip = np.intersect1d(keys, prev_keys, assume_unique=True, return_indices=True)
+    order = np.argsort(ic, kind="stable")
+    return ip[order].astype(np.int64), ic[order].astype(np.int64)
+
+
+def overlap_counts(
+    prev_ids: np.ndarray, ids: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Contingency of two clusterings of the same rows, noise left out of the table.
+
+    Returns ``(prev_u, cur_u, n, a, b)``: the previous and current cluster numbers (sorted,
+    no ``-1``), ``n[i, j]`` rows in both ``prev_u[i]`` and ``cur_u[j]``, ``a[i]`` rows in
+    ``prev_u[i]``, ``b[j]`` rows in ``cur_u[j]`` (rows that are noise on the other side count
+    in ``a`` / ``b``, so a cluster dissolving into noise loses overlap).
+    """
+    prev_u, pi = np.unique(prev_ids, return_inverse=True)
+    cur_u, ci = np.unique(ids, return_inverse=True)
+    pi, ci = pi.reshape(-1), ci.reshape(-1)
+    table = np.zeros((prev_u.size, cur_u.size), dtype=np.int64)
+    np.add.at(table, (pi, ci), 1)
+    keep_p, keep_c = prev_u != NOISE, cur_u != NOISE
+    a = table.sum(axis=1)[keep_p]
+    b = table.sum(axis=0)[keep_c]
+    return prev_u[keep_p], cur_u[keep_c], table[np.ix_(keep_p, keep_c)], a, b

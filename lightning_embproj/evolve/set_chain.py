@@ -1,0 +1,182 @@
+"""Cluster evolution stage: clusters with stable ids, lineage events and health per run.
+
+After reduce / align / score, each projected validation run of a set gets:
+
+- ``cluster``: a cluster id per tracked point (k-means or HDBSCAN in the original space,
+  :mod:`lightning_embproj.evolve.clusters`; HDBSCAN noise ``-1``), and lineage rows ``survive`` /
+  ``split`` / ``merge`` / ``emerge`` / ``vanish`` (MONIC), both from one overlap matrix with the
+  previous run (:func:`lightning_embproj.evolve.lineage.transition`): an id passes on only through
+  those events, an emerging cluster gets an id never used before in the chain;
+- metrics: ``clusters/*``, ``rankme``, ``uniformity``, ``cka_previous``, ``R/stability``
+  (:mod:`lightning_embproj.metrics.health`), and a per-label table when labels are set.
+
+The chain state (:class:`SetChain`) is replaced, never mutated, so a checkpoint taken while a run
+is being processed holds either the state before it or after it.
+
+Example:
+    >>> import numpy as np
+    >>> from lightning_embproj.results import EpochSample, Projection
+    >>> rng = np.random.default_rng(0)
+    >>> X = np.concatenate([rng.normal(0, 1, (20, 4)), rng.normal(9, 1, (20, 4))])
+    >>> p = Projection(EpochSample("z", np.arange(40), list(range(40)), X), epoch=0, step=1)
+    >>> chain = evolve(p, None, SetChain(), EvolveSettings(n_clusters=2))
+    >>> sorted(set(p.clusters.tolist())), [r["event"] for r in p.lineage]
+    ([0, 1], ['emerge', 'emerge'])
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import numpy as np
+
+from lightning_embproj.evolve.clusters import cluster_points, shared_rows
+from lightning_embproj.evolve.lineage import ClusterChain
+from lightning_embproj.metrics.health import (
+    StabilityPool,
+    cluster_scores,
+    health_metrics,
+    per_label_table,
+)
+from lightning_embproj.results import Projection
+
+CLUSTER_METHODS = ("kmeans", "hdbscan")
+
+
+@dataclass
+class EvolveSettings:
+    """``clusters``: ``"kmeans"``, ``"hdbscan"`` or None (no clusters, no lineage)."""
+
+    clusters: str | None = "kmeans"
+    n_clusters: int | None = None
+    survive_threshold: float = 0.7
+    split_threshold: float = 0.3
+    seed: int = 0
+
+
+@dataclass
+class SetChain:
+    """What one set carries from run to run: cluster ids and pooled stability pairs."""
+
+    clusters: ClusterChain = field(default_factory=ClusterChain)
+    stability: dict[str, StabilityPool] = field(default_factory=dict)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "clusters": self.clusters.state_dict(),
+            "stability": {r: pool.state_dict() for r, pool in self.stability.items()},
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> SetChain:
+        clusters = state.get("clusters")
+        return cls(
+            clusters=ClusterChain() if clusters is None else ClusterChain.from_state_dict(clusters),
+            stability={
+                r: StabilityPool.from_state_dict(s) for r, s in state.get("stability", {}).items()
+            },
+        )
+
+
+def _no_warn(topic: str, message: str) -> None:
+    """Default for ``warn``: stay silent."""
+
+
+def evolve(
+    projection: Projection,
+    previous: Projection | None,
+    chain: SetChain,
+    settings: EvolveSettings,
+    warn: Callable[[str, str], None] = _no_warn,
+) -> SetChain:
+    """Add clusters, lineage, cluster / health metrics and per-label rows to ``projection``;
+    return the next chain state (``chain`` itself is left as it was).
+
+    Each part that fails becomes one warning and is left out of this run; with clusters on, a
+    failed clustering leaves empty ``cluster`` cells so every run keeps the same columns.
+    """
+    chain = copy.deepcopy(chain)
+    sample = projection.sample
+    X = np.asarray(sample.embeddings, dtype=np.float32)
+    prev = previous.sample if previous is not None else None
+    step = f"at validation run {projection.val_index} for {sample.name!r}"
+
+    def guarded(topic: str, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except Exception as err:  # noqa: BLE001 - one failed part must not stop the others
+            warn(f"evolve:{topic}:{type(err).__name__}",
+                 f"{topic} failed {step} ({type(err).__name__}: {err}); the other outputs "
+                 f"are still written")
+            return None
+
+    metrics = guarded("embedding health", lambda: health_metrics(
+        sample.keys, X, prev.keys if prev is not None else None,
+        prev.embeddings if prev is not None else None,
+    ))
+    for name, value in (metrics or {}).items():
+        projection.metrics[name.removeprefix("health/")] = value
+    if settings.clusters is not None:
+        clustered = guarded("clustering", lambda: _clusters(projection, chain, settings))
+        if clustered is None:
+            projection.clusters = np.full(len(sample), None, dtype=object)
+    labels = sample.labels
+    if labels is not None:
+        projection.per_label = guarded("the per-label table", lambda: per_label_table(
+            sample.keys, X, labels, prev.keys if prev is not None else None,
+            prev.embeddings if prev is not None else None,
+        ))
+    if previous is not None:
+        for reducer, layout in projection.layouts.items():
+            value = guarded(
+                f"{reducer} stability",
+                partial(_stability, chain, reducer, projection, previous, layout),
+            )
+            if value is not None:
+                projection.metrics[f"{reducer}/stability"] = value
+    return chain
+
+
+def _clusters(projection: Projection, chain: SetChain, settings: EvolveSettings) -> bool:
+    sample = projection.sample
+    raw = cluster_points(
+        np.asarray(sample.embeddings, dtype=np.float32), method=str(settings.clusters),
+        n_clusters=settings.n_clusters, labels=sample.labels, seed=settings.seed,
+        keys=sample.keys,
+    )
+    prev_keys, prev_ids = chain.clusters.prev_keys, chain.clusters.prev_ids
+    first = prev_keys.size == 0
+    step = chain.clusters.update(
+        sample.keys, raw, settings.survive_threshold, settings.split_threshold
+    )
+    projection.clusters = step.ids
+    projection.lineage = step.rows
+    projection.metrics.update(cluster_scores(
+        sample.keys, step.ids, sample.labels,
+        None if first else prev_keys, None if first else prev_ids,
+    ))
+    return True
+
+
+def _stability(
+    chain: SetChain, reducer: str, projection: Projection, previous: Projection,
+    layout: np.ndarray,
+) -> float:
+    prev_layout = previous.layouts.get(reducer)
+    if prev_layout is None:
+        return math.nan
+    ip, ic = shared_rows(previous.sample.keys, projection.sample.keys)
+    pool = chain.stability.setdefault(reducer, StabilityPool())
+    if ip.size >= 3:
+        pool.add(
+            projection.sample.keys[ic],
+            np.asarray(previous.sample.embeddings, dtype=np.float64)[ip],
+            np.asarray(projection.sample.embeddings, dtype=np.float64)[ic],
+            np.asarray(prev_layout, dtype=np.float64)[ip], np.asarray(layout)[ic],
+        )
+    return pool.value()

@@ -1,0 +1,197 @@
+"""Read the local files back: every projected run, the metrics, the lineage, the ledger.
+
+Each reader takes a log dir (holding ``embproj/``), its ``embproj`` folder, or one set's folder;
+``name`` picks the set when there are several.
+
+Example:
+    >>> df = read_projections("lightning_logs/version_0")       # doctest: +SKIP
+    >>> df.groupby(["val_index", "epoch", "step"]).size()        # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from lightning_embproj.sinks.local import (
+    LINEAGE_COLUMNS,
+    LINEAGE_FILE,
+    METRICS_FILE,
+    SUBDIR,
+    read_jsonl,
+    read_schema,
+    run_files,
+)
+
+
+def read_lineage(path: str | os.PathLike[str], name: str | None = None) -> Any:
+    """The cluster lineage of one set, one row per cluster event per validation run:
+    ``val_index``, ``epoch``, ``step``, ``cluster``, ``event`` (survive, split, merge, emerge,
+    vanish), ``from_clusters`` (previous ids joined by ``","``), ``size``, ``overlap``. Empty
+    (with those columns) when no lineage was written.
+
+    Example:
+        >>> read_lineage("lightning_logs/version_0").query("event == 'split'")  # doctest: +SKIP
+    """
+    import pandas as pd
+
+    file = _resolve(path, name) / LINEAGE_FILE
+    if not file.exists():
+        return pd.DataFrame({c: [] for c in LINEAGE_COLUMNS})
+    return pd.read_csv(file, dtype={"event": str, "from_clusters": str}, keep_default_na=False,
+                       na_values={"overlap": [""], "size": [""]})
+
+
+def _sets_root(p: Path) -> Path:
+    """The folder holding the set folders: ``<log dir>/embproj``, or ``p`` itself."""
+    return p / SUBDIR if (p / SUBDIR).is_dir() else p
+
+
+def _is_set_folder(p: Path) -> bool:
+    return bool(run_files(p)) or (p / METRICS_FILE).exists() or (p / "ledger.jsonl").exists()
+
+
+def _resolve(path: str | os.PathLike[str], name: str | None) -> Path:
+    """Accept a log dir (holding ``embproj/``), an ``embproj`` dir, or one set's folder."""
+    p = Path(path)
+    if _is_set_folder(p):
+        return p
+    base = _sets_root(p)
+    names = sorted(d.name for d in base.iterdir() if d.is_dir()) if base.is_dir() else []
+    if name is None:
+        if len(names) != 1:
+            raise ValueError(
+                f"read_projections: pass `name`, one of {names}, for the embedding sets "
+                f"under {str(base)!r}" if names else
+                f"read_projections: no embedding sets found under {str(p)!r} "
+                f"(expected {SUBDIR}/<name>/val_*.csv)"
+            )
+        name = names[0]
+    if name not in names:
+        raise ValueError(
+            f"read_projections: no embedding set {name!r} under {str(base)!r}; found {names}"
+        )
+    return base / name
+
+
+def list_sets(path: str | os.PathLike[str]) -> list[str]:
+    """Names of the embedding sets written under a log dir (or its ``embproj`` folder)."""
+    base = _sets_root(Path(path))
+    if not base.is_dir():
+        return []
+    return sorted(d.name for d in base.iterdir() if d.is_dir() and run_files(d))
+
+
+def list_validations(
+    path: str | os.PathLike[str], name: str | None = None
+) -> list[tuple[int, int, int]]:
+    """The validation runs written for one set as ``(val_index, epoch, step)``, in run order.
+
+    Example:
+        >>> list_validations("lightning_logs/version_0")             # doctest: +SKIP
+        [(0, 0, 25), (1, 0, 50), (2, 1, 75)]
+    """
+    return list(run_files(_resolve(path, name)))
+
+
+def list_epochs(path: str | os.PathLike[str], name: str | None = None) -> list[int]:
+    """The epochs with at least one projected validation run, sorted (no file is read).
+
+    Example:
+        >>> list_epochs("lightning_logs/version_0")                 # doctest: +SKIP
+        [0, 1, 2]
+    """
+    return sorted({epoch for _, epoch, _ in list_validations(path, name)})
+
+
+def read_projections(
+    path: str | os.PathLike[str],
+    name: str | None = None,
+    epochs: Iterable[int] | None = None,
+    validations: Iterable[int] | None = None,
+) -> Any:
+    """Read the projected validation runs of one embedding set into one ``pandas.DataFrame``.
+
+    Args:
+        path: the trainer's log dir, its ``embproj`` folder, or one set's folder.
+        name: the embedding set; may be left out when there is only one.
+        epochs: read only the runs of these epochs (see :func:`list_epochs`). Default: all.
+        validations: read only these ``val_index`` values (see :func:`list_validations`).
+
+    Returns:
+        A DataFrame with the contract's columns and one row per point per run, sorted by
+        ``val_index``. Text columns (string ids included) come back as ``str``, exactly as written.
+    """
+    import pandas as pd
+
+    folder = _resolve(path, name)
+    files = run_files(folder)
+    if epochs is not None:
+        wanted_epochs = {int(e) for e in epochs}
+        files = {k: f for k, f in files.items() if k[1] in wanted_epochs}
+    if validations is not None:
+        wanted_runs = {int(v) for v in validations}
+        files = {k: f for k, f in files.items() if k[0] in wanted_runs}
+    if not files:
+        asked = "" if epochs is None and validations is None else (
+            f" for epochs={sorted(wanted_epochs) if epochs is not None else 'any'}, "
+            f"validations={sorted(wanted_runs) if validations is not None else 'any'}"
+        )
+        raise FileNotFoundError(f"read_projections: no val_*.csv files in {str(folder)!r}{asked}")
+    kinds = read_schema(folder)
+    texts = [c for c, k in kinds.items() if k == "str"]
+    frames = [
+        pd.read_csv(
+            f, dtype={c: str for c in texts}, keep_default_na=False,
+            na_values={c: [""] for c, k in kinds.items() if k != "str"} if kinds else [""],
+        )
+        for f in files.values()
+    ]
+    df = pd.concat(frames, ignore_index=True)
+    for column in df.columns:
+        kind = kinds.get(column)
+        if kind == "str":
+            df[column] = df[column].map(_unescape)
+        elif kind == "json":
+            df[column] = df[column].map(lambda v: json.loads(v) if isinstance(v, str) else v)
+    return df.sort_values("val_index", kind="stable").reset_index(drop=True)
+
+
+def _unescape(value: Any) -> Any:
+    return value[1:] if isinstance(value, str) and value.startswith("'") else value
+
+
+def read_ledger(path: str | os.PathLike[str], name: str | None = None) -> Any:
+    """Every validation run of one set, one row each, with what became of it: ``val_index``,
+    ``epoch``, ``step``, ``chain``, ``stage``, ``status`` (``projected``, ``not_selected``,
+    ``dropped``, ``empty``, ``failed``, ``interrupted``, ``queued``), ``reason``, ``wandb``
+    (the W&B run id that logged it, or "") and ``run_id``.
+
+    Example:
+        >>> read_ledger("lightning_logs/version_0").query("status != 'projected'")  # doctest: +SKIP
+    """
+    import pandas as pd
+
+    from lightning_embproj.chain.ledger import COLUMNS, read_ledger_file
+
+    rows = read_ledger_file(_resolve(path, name))
+    frame = pd.DataFrame(rows, columns=list(COLUMNS))
+    return frame.sort_values("val_index", kind="stable").reset_index(drop=True)
+
+
+def read_metrics(path: str | os.PathLike[str], name: str | None = None) -> Any:
+    """Read the metrics of one embedding set into a DataFrame, one row per validation run,
+    with ``val_index``, ``epoch``, ``step``, ``chain``, ``stage`` and one column per metric
+    (files written before chains were recorded read as chain 0 of a ``fit``)."""
+    import pandas as pd
+
+    folder = _resolve(path, name)
+    rows = [
+        {"val_index": e["val_index"], "epoch": e["epoch"], "step": e["step"],
+         "chain": e.get("chain", 0), "stage": e.get("stage", "fit"), **e["metrics"]}
+        for e in read_jsonl(folder / METRICS_FILE)
+    ]
+    return pd.DataFrame(rows)

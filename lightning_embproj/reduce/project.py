@@ -1,0 +1,110 @@
+"""Epoch-end processing of one embedding set: reduce, align with the previous epoch, score.
+
+Pure apart from the ``warn`` callback: the same inputs give the same :class:`Projection`.
+
+Example:
+    >>> import numpy as np
+    >>> from lightning_embproj.results import EpochSample
+    >>> rng = np.random.default_rng(0)
+    >>> s = EpochSample("emb", np.arange(50, dtype=np.int64), list(range(50)),
+    ...                 rng.normal(size=(50, 8)).astype(np.float32))
+    >>> p = project_epoch(s, epoch=0, step=10, previous=None, settings=ReduceSettings(["pca"]))
+    >>> p.layouts["pca"].shape
+    (50, 2)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from lightning_embproj.metrics.scores import epoch_metrics
+from lightning_embproj.reduce.align import procrustes_align
+from lightning_embproj.reduce.dispatch import Threads, prepare, reduce, warm_init
+from lightning_embproj.reduce.tsne_online import tsne_next
+from lightning_embproj.results import EpochSample, Projection
+
+WARM_STARTED = ("tsne", "umap")
+
+
+@dataclass
+class ReduceSettings:
+    """How to reduce: reducer names, output dims, t-SNE perplexity and the random seed."""
+
+    reducers: list[str]
+    n_components: int = 2
+    perplexity: float = 30.0
+    seed: int = 0
+
+
+def _no_warn(topic: str, message: str) -> None:
+    """Default for ``warn``: stay silent."""
+
+
+def project_epoch(
+    sample: EpochSample,
+    epoch: int,
+    step: int,
+    previous: Projection | None,
+    settings: ReduceSettings,
+    warn: Callable[[str, str], None] = _no_warn,
+    n_jobs: Threads = 1,
+    device: str | None = None,
+) -> Projection:
+    """Reduce ``sample`` with every reducer, align each layout with ``previous``, score it.
+
+    A reducer that fails is left out of this run (one warning); the others and the metrics are
+    still computed. t-SNE and UMAP start from the previous run's layout when there is one. One
+    PCA serves the PCA reducer and t-SNE's PCA-to-50. ``n_jobs``: t-SNE threads, or a function
+    giving them (read again during a run: 1 while training, every core after it).
+    ``device``: where the metrics pass runs (None: numpy).
+    """
+    # A continued t-SNE (tsne_next) runs its own PCA over both runs: then the shared one need
+    # not reserve t-SNE's 50 components, only what the other reducers ask for.
+    continued = previous is not None and "tsne" in previous.layouts
+    shared = [r for r in settings.reducers if not (continued and r == "tsne")]
+    X = prepare(np.asarray(sample.embeddings, dtype=np.float32), shared)
+    layouts: dict[str, np.ndarray] = {}
+    for name in settings.reducers:
+        prev_layout = previous.layouts.get(name) if previous is not None else None
+        try:
+            if name == "tsne" and prev_layout is not None and previous is not None:
+                # Continues the previous layout in its own frame: no warm_init, no Procrustes.
+                layout = tsne_next(
+                    X.X, sample.keys,
+                    (previous.sample.keys, previous.sample.embeddings, prev_layout),
+                    settings.n_components, perplexity=settings.perplexity,
+                    random_state=settings.seed, n_jobs=n_jobs,
+                )
+                layouts[name] = np.asarray(layout, dtype=np.float64)
+                continue
+            init = None
+            if name in WARM_STARTED and prev_layout is not None and previous is not None:
+                init = warm_init(previous.sample.keys, prev_layout, sample.keys, X)
+            layout = reduce(
+                name, X, settings.n_components, init=init, random_state=settings.seed,
+                perplexity=settings.perplexity, n_jobs=n_jobs,
+            )
+            if prev_layout is not None and previous is not None:
+                layout = procrustes_align(layout, sample.keys, prev_layout, previous.sample.keys)
+            layouts[name] = np.asarray(layout, dtype=np.float64)
+        except ImportError as err:
+            warn(f"reduce:{name}:import", f"reducer {name!r} is unavailable and skipped: {err}")
+        except Exception as err:  # noqa: BLE001 - a failed reducer must not stop the others
+            warn(
+                f"reduce:{name}:{type(err).__name__}",
+                f"reducer {name!r} failed at epoch {epoch} for {sample.name!r} and is left out "
+                f"of that epoch ({type(err).__name__}: {err})",
+            )
+    projection = Projection(sample=sample, epoch=epoch, step=step, layouts=layouts)
+    try:
+        projection.metrics = epoch_metrics(projection, previous, device=device)
+    except Exception as err:  # noqa: BLE001
+        warn(
+            f"score:{type(err).__name__}",
+            f"metrics failed at epoch {epoch} for {sample.name!r} ({type(err).__name__}: {err})",
+        )
+    return projection
+

@@ -1,0 +1,2 @@
+"""After the run: the one-run report and the two-run comparison (`compare`).
+"""

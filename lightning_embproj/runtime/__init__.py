@@ -1,0 +1,3 @@
+"""The machinery around the stages: the background worker, the end-of-fit bar, warnings, the
+Lightning namespaces.
+"""

@@ -1,0 +1,115 @@
+"""The table layout of the output contract, shared by every sink, and the one definition of
+every column name the projector generates (metadata columns must not reuse them).
+
+Example:
+    >>> layout_columns("tsne", 3)
+    ['tsne_x', 'tsne_y', 'tsne_z']
+    >>> generated_column("umap_z")
+    'a layout column (R_x, R_y, R_z of every reducer: pca, tsne, umap)'
+    >>> generated_column("text") is None
+    True
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from lightning_embproj.reduce.dispatch import REDUCERS
+from lightning_embproj.results import Projection
+
+AXES = ("x", "y", "z")
+IDENTITY_COLUMNS = ("sample_id", "epoch", "step", "val_index", "dataloader_idx")
+"""Which run and which point a row is: the first columns of every table."""
+LABEL_COLUMN = "label"
+CLUSTER_COLUMN = "cluster"
+MOVER_COLUMNS = ("kind", "overlap", "foreign_fraction")
+"""The movers table's own columns, before the run table's columns."""
+INTERNAL_PREFIX = "__"
+"""Columns the collector keeps next to the metadata (ids, labels, the vectors) start with it."""
+
+
+def layout_columns(reducer: str, n_components: int) -> list[str]:
+    """Column names of one reducer's layout: ``R_x``, ``R_y`` (and ``R_z`` in 3-D)."""
+    return [f"{reducer}_{axis}" for axis in AXES[:n_components]]
+
+
+def generated_column(name: str) -> str | None:
+    """Which generated column ``name`` is (a phrase for an error), or None when a metadata
+    column may use it. Layout columns of every reducer count, chosen or not."""
+    if name in IDENTITY_COLUMNS:
+        return f"an identity column ({', '.join(IDENTITY_COLUMNS)})"
+    if name == LABEL_COLUMN:
+        return "the label column (label_key)"
+    if name == CLUSTER_COLUMN:
+        return "the cluster column (clusters)"
+    if name in {c for r in REDUCERS for c in layout_columns(r, len(AXES))}:
+        return f"a layout column (R_x, R_y, R_z of every reducer: {', '.join(REDUCERS)})"
+    if name in MOVER_COLUMNS:
+        return f"a column of the movers table ({', '.join(MOVER_COLUMNS)})"
+    if name.startswith(INTERNAL_PREFIX):
+        return f"the projector's internal columns (names starting with {INTERNAL_PREFIX!r})"
+    return None
+
+
+def _cell(value: Any) -> Any:
+    """A plain Python value for a table cell (numpy scalars and arrays are not)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
+
+
+def table_columns(projection: Projection, include_images: bool = True) -> dict[str, list[Any]]:
+    """The contract's columns, in order, as plain lists of length N.
+
+    ``sample_id``, ``epoch``, ``step``, ``val_index``, ``dataloader_idx`` (with several
+    validation dataloaders), each metadata key, ``label`` (when labels are set), ``cluster``
+    (when clusters are computed), then ``R_x``,
+    ``R_y`` (``R_z``) per reducer. Image columns hold uint8 ``(H, W, C)`` arrays;
+    ``include_images=False`` drops them.
+    """
+    sample = projection.sample
+    n = len(sample)
+    sample_id, epoch, step, val_index, dataloader_idx = IDENTITY_COLUMNS
+    cols: dict[str, list[Any]] = {
+        sample_id: [_cell(v) for v in sample.sample_ids],
+        epoch: [projection.epoch] * n,
+        step: [projection.step] * n,
+        val_index: [projection.val_index] * n,
+    }
+    if sample.dataloader_idx is not None:
+        cols[dataloader_idx] = [int(v) for v in sample.dataloader_idx]
+    images = set(sample.image_columns())
+    for key, values in sample.metadata.items():
+        if key in images:
+            if include_images:
+                cols[key] = list(values)
+            continue
+        cols[key] = [_cell(v) for v in values]
+    if sample.labels is not None:
+        cols[LABEL_COLUMN] = [_cell(v) for v in sample.labels]
+    if projection.clusters is not None:
+        cols[CLUSTER_COLUMN] = [_cell(v) for v in projection.clusters]
+    for reducer, layout in projection.layouts.items():
+        for j, col in enumerate(layout_columns(reducer, layout.shape[1])):
+            cols[col] = [float(v) for v in layout[:, j]]
+    return cols
+
+
+def mover_columns(projection: Projection) -> dict[str, list[Any]]:
+    """The movers of an epoch with their contract columns: ``kind``, ``overlap``,
+    ``foreign_fraction``, then the same columns as the epoch's table for those rows."""
+    movers = projection.movers or {}
+    index = [int(i) for i in movers.get("index", [])]
+    kind, overlap, foreign = MOVER_COLUMNS
+    cols: dict[str, list[Any]] = {
+        kind: [str(v) for v in movers.get(kind, [])],
+        overlap: [_cell(v) for v in movers.get(overlap, [])],
+        foreign: [_cell(v) for v in movers.get(foreign, [])],
+    }
+    for name, values in table_columns(projection).items():
+        cols[name] = [values[i] for i in index]
+    return cols
