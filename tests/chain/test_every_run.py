@@ -390,3 +390,16 @@ def test_every_run_once_over_random_sequences_of_fit_validate_resume_faults(
               for t in run}
     assert set(projected) <= logged, note
     assert not list(out.rglob("*.tmp"))
+
+
+def test_every_part_of_the_checkpoint_state_is_declared_once(tmp_path):
+    """The owner's PARTS name every key its state holds, each key once: nothing that spans
+    runs is saved (or forgotten) outside the declaration."""
+    from lightning_embproj.chain.owner import PARTS
+
+    projector = EmbeddingProjector(label_key="labels", reducers="pca", max_samples=30,
+                                   background=False)
+    trainer(tmp_path, [projector], max_epochs=1).fit(model(), *data())
+    declared = [key for part in PARTS for key in part.keys]
+    assert len(declared) == len(set(declared))
+    assert set(declared) == set(projector.state_dict())
