@@ -49,7 +49,10 @@ class EmbeddingProjector(CallbackBase):
         embedding_key: key of the embeddings in the dict ``validation_step`` returns (or in a
             dict batch). Ignored when ``layers`` is given.
         layers: names of submodules (as in ``model.named_modules()``) whose outputs are
-            captured during validation batches; each layer is its own embedding set.
+            captured during validation batches; each layer is its own embedding set. A dict
+            ``{module: key}`` also names the tensor in a layer's output: a key of a dict or
+            ``ModelOutput`` (``{"bert.encoder": "last_hidden_state"}``), an index of a tuple,
+            an attribute of a dataclass (``None``: the output itself).
         label_key: key (or tuple-batch index) of a label per point: colour and metrics.
         id_key: key (or tuple-batch index) of a stable sample id. Without it, ids are the
             position in the validation dataset, which assumes a non-shuffled loader.
@@ -97,7 +100,7 @@ class EmbeddingProjector(CallbackBase):
     def __init__(
         self,
         embedding_key: str = "embeddings",
-        layers: Sequence[str] | None = None,
+        layers: Sequence[str] | Mapping[str, str | int | None] | None = None,
         label_key: Key | None = None,
         id_key: Key | None = None,
         metadata_keys: Sequence[Key] | Mapping[str, Key] | None = None,
@@ -124,7 +127,7 @@ class EmbeddingProjector(CallbackBase):
         name: str | None = None,
     ) -> None:
         self.options = ProjectorOptions(
-            embedding_key=embedding_key, layers=layers,  # type: ignore[arg-type]
+            embedding_key=embedding_key, layers=layers,
             label_key=label_key, id_key=id_key, metadata_keys=metadata_keys,
             max_samples=max_samples, reducers=reducers, n_components=n_components,
             every_n_epochs=every_n_epochs, every_n_validations=every_n_validations,
@@ -204,7 +207,7 @@ class EmbeddingProjector(CallbackBase):
                 warn_if_never_projected(trainer, stage, self.options, self.warn)
         self._root = self.options.output_dir or _run_root(trainer, log_dir, self._is_zero)
         if self.options.layers and self._capture is None:
-            self._capture = LayerCapture(pl_module, list(self.options.layers))
+            self._capture = LayerCapture(pl_module, dict(self.options.layer_keys))
         if self._is_zero:
             self._sinks = sink_factory.build(
                 trainer, self._root, self.warn, self.options.max_text_length,

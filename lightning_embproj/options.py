@@ -54,6 +54,30 @@ def _check_set_name(name: str, option: str) -> None:
         )
 
 
+def _layer_keys(value: Any) -> dict[str, Key | None]:
+    """``layers`` as ``{module: key into its output or None}``: a list names modules whose
+    output is a tensor (or a tuple led by one); a dict also names what to take from the output
+    (a key of a dict / ``ModelOutput``, an attribute of a dataclass, an index of a tuple).
+
+    Example:
+        >>> _layer_keys({"bert.encoder": "last_hidden_state", "head": None})
+        {'bert.encoder': 'last_hidden_state', 'head': None}
+    """
+    if not isinstance(value, Mapping):
+        return dict.fromkeys(_as_list(value, "layers"))
+    keys: dict[str, Key | None] = {}
+    for module, key in value.items():
+        if key is not None and (isinstance(key, bool) or not isinstance(key, (str, int))
+                                or key == ""):
+            raise TypeError(
+                f"layers[{module!r}] must name what to take from the layer's output: a key "
+                f"(str) of a dict or ModelOutput such as 'last_hidden_state', an index (int) "
+                f"of a tuple, or None for a tensor output; got {key!r}"
+            )
+        keys[str(module)] = key
+    return keys
+
+
 def _positive_int(value: Any, option: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{option} must be a positive integer, got {value!r}")
@@ -65,7 +89,7 @@ class ProjectorOptions:
     """Validated settings; see :class:`lightning_embproj.EmbeddingProjector` for each one."""
 
     embedding_key: str = "embeddings"
-    layers: list[str] | None = None
+    layers: Any = None
     label_key: Key | None = None
     id_key: Key | None = None
     metadata_keys: Any = None
@@ -91,6 +115,8 @@ class ProjectorOptions:
     n_jobs: int = 1
     name: str | None = None
 
+    layer_keys: dict[str, Key | None] = field(default_factory=dict, init=False, repr=False)
+
     def __post_init__(self) -> None:
         _check_key(self.embedding_key, "embedding_key")
         if self.name is not None:
@@ -104,7 +130,9 @@ class ProjectorOptions:
             _check_set_name(self.embedding_key, "embedding_key")
         _check_key(self.label_key, "label_key")
         _check_key(self.id_key, "id_key")
-        layers = _as_list(self.layers, "layers")
+        self.layer_keys = _layer_keys(self.layers)
+        layers = list(self.layer_keys) if isinstance(self.layers, Mapping) else _as_list(
+            self.layers, "layers")
         for layer in layers:
             if not isinstance(layer, str) or not layer:
                 raise TypeError(f"layers must be module names such as 'encoder', got {layer!r}")

@@ -37,21 +37,23 @@ def resolve_layers(model: Any, names: list[str]) -> dict[str, Any]:
 
 
 class LayerCapture:
-    """Keep the last output of each named layer while ``active`` is set."""
+    """Keep the last output of each named layer while ``active`` is set; ``names`` may map a
+    layer to the key (or index) of the tensor in its output (see :func:`layer_output`)."""
 
-    def __init__(self, model: Any, names: list[str]) -> None:
+    def __init__(self, model: Any, names: list[str] | dict[str, Any]) -> None:
         self.active = False
         self.outputs: dict[str, Any] = {}
+        keys = names if isinstance(names, dict) else dict.fromkeys(names)
         self._handles = [
-            module.register_forward_hook(self._hook(name))
-            for name, module in resolve_layers(model, names).items()
+            module.register_forward_hook(self._hook(name, keys[name]))
+            for name, module in resolve_layers(model, list(keys)).items()
         ]
 
-    def _hook(self, name: str) -> Any:
+    def _hook(self, name: str, key: Any) -> Any:
         def hook(module: Any, inputs: Any, output: Any) -> None:
             if self.active:
                 # A layer called twice in one step keeps its last call.
-                self.outputs[name] = layer_output(output, name).detach()
+                self.outputs[name] = layer_output(output, name, key).detach()
 
         return hook
 

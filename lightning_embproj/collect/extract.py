@@ -19,6 +19,8 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
+
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -114,22 +116,56 @@ def as_embeddings(value: Any, name: str) -> Any:
     return value.detach() if _is_tensor(value) else value
 
 
-def layer_output(output: Any, layer: str) -> Any:
-    """The tensor of a layer's forward output: a tuple/list gives its first element."""
+def layer_output(output: Any, layer: str, key: Key | None = None) -> Any:
+    """The tensor of a layer's forward output. Without ``key``: the output itself, or the first
+    element of a tuple/list. With ``key``: ``output[key]`` of a dict or ``ModelOutput`` (a str),
+    ``output[key]`` of a tuple or ``ModelOutput`` (an int), or the attribute of a dataclass.
+
+    Example:
+        >>> import torch
+        >>> layer_output({"last_hidden_state": torch.ones(2, 3)}, "enc", "last_hidden_state").shape
+        torch.Size([2, 3])
+    """
+    if key is not None:
+        return _select(output, layer, key)
     if isinstance(output, (tuple, list)) and output and _is_array(output[0]):
         return output[0]
     if _is_array(output):
         return output
     if isinstance(output, Mapping):
+        first = next(iter(output), "last_hidden_state")
         raise TypeError(
-            f"layers: {layer!r} returns a dict with {_describe(output)}; the projector needs "
-            f"a tensor. Wrap the layer so it returns one, or return the tensor from "
-            f"validation_step and use embedding_key"
+            f"layers: {layer!r} returns a dict with {_describe(output)}; name the tensor to "
+            f"project: layers={{{layer!r}: {first!r}}}"
         )
     raise TypeError(
         f"layers: {layer!r} returns {_describe(output)}; expected a tensor or a tuple whose "
-        f"first element is a tensor"
+        f"first element is a tensor, or name what to take: layers={{{layer!r}: <key or index>}}"
     )
+
+
+def _select(output: Any, layer: str, key: Key) -> Any:
+    """``output[key]`` (dict, ModelOutput, tuple) or ``output.key`` (dataclass), checked."""
+    found: Any = None
+    if isinstance(key, int) and not isinstance(output, Mapping):
+        if isinstance(output, (tuple, list)) and -len(output) <= key < len(output):
+            found = output[key]
+    elif isinstance(key, int) and hasattr(output, "to_tuple"):  # ModelOutput: index its values
+        values = output.to_tuple()
+        found = values[key] if -len(values) <= key < len(values) else None
+    elif isinstance(output, Mapping):
+        found = output.get(key)
+    elif isinstance(key, str) and dataclasses.is_dataclass(output):
+        found = getattr(output, key, None)
+    if not _is_array(found):
+        what = (_describe(output) if not dataclasses.is_dataclass(output) or
+                isinstance(output, Mapping) else
+                f"fields {[f.name for f in dataclasses.fields(output)]}")
+        raise TypeError(
+            f"layers: {layer!r} output has no tensor at {key!r}: it returns {what}"
+            + ("" if found is None else f" and {key!r} holds {_describe(found)}")
+        )
+    return found
 
 
 def batch_len(value: Any) -> int:
