@@ -304,7 +304,8 @@ def test_layer_returning_a_tuple_projects_its_first_element(tmp_path):
 def test_layer_returning_a_dict_raises_naming_the_layer(tmp_path):
     projector = EmbeddingProjector(layers=["encoder"], reducers="pca")
     with pytest.raises(TypeError, match=r"layers: 'encoder' returns a dict with keys "
-                       r"\['norm', 'z'\]; the projector needs a tensor"):
+                       r"\['norm', 'z'\]; name the tensor to project: "
+                       r"layers=\{'encoder': '(z|norm)'\}"):
         _fit(tmp_path, projector, LayerModel("dict"))
 
 
