@@ -1,0 +1,134 @@
+"""How much the clusters flicker from run to run on a contrastive model (issue 18).
+
+A small MLP encoder is trained on scikit-learn's digits with a SimCLR-style loss (two noisy,
+pixel-dropped views of each image, NT-Xent, L2-normalised 32-d embeddings): the classes
+separate, but a clustering recomputed from scratch every run may not follow them. The
+projector clusters each run (``--method hdbscan`` or ``kmeans``); this prints, over the runs
+after the first few, the cluster count (mean, min-max, std), the noise fraction, the ARI to the
+previous run and the NMI to the digit labels, read back from the projector's own
+``metrics.jsonl``.
+
+Usage:
+    .venv/bin/python benchmarks/bench_cluster_stability.py --method hdbscan --epochs 16
+    .venv/bin/python benchmarks/bench_cluster_stability.py --method kmeans --seeds 0 1 2
+    .venv/bin/python benchmarks/bench_cluster_stability.py --frozen   # a model that never moves
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import warnings
+from typing import Any
+
+import numpy as np
+
+
+def contrastive_model(frozen: bool) -> Any:
+    import pytorch_lightning as L
+    import torch
+    from torch import nn
+
+    class SimCLR(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 32))
+            self.lr = 0.0 if frozen else 0.05
+
+        def embed(self, x: torch.Tensor) -> torch.Tensor:
+            return nn.functional.normalize(self.encoder(x), dim=1)
+
+        def view(self, x: torch.Tensor) -> torch.Tensor:
+            keep = (torch.rand_like(x) > 0.2).float()
+            return x * keep + 0.1 * torch.randn_like(x)
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            x = batch[0]
+            a, b = self.embed(self.view(x)), self.embed(self.view(x))
+            z = torch.cat([a, b])
+            sim = z @ z.T / 0.2
+            sim.fill_diagonal_(-1e9)
+            n = len(x)
+            target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)])
+            return nn.functional.cross_entropy(sim, target)
+
+        def validation_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:
+            return {"embeddings": self.embed(batch[0]), "labels": batch[1]}
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
+
+    return SimCLR()
+
+
+def run(method: str, epochs: int, seed: int, frozen: bool, points: int) -> dict[str, Any]:
+    import pytorch_lightning as L
+    import torch
+    from sklearn.datasets import load_digits
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from lightning_embproj import EmbeddingProjector, read_metrics
+
+    L.seed_everything(seed, verbose=False)
+    data = load_digits()
+    x = torch.tensor(data.data, dtype=torch.float32) / 16.0
+    y = torch.tensor(data.target)
+    train = DataLoader(TensorDataset(x[:1200], y[:1200]), batch_size=128, shuffle=True)
+    val = DataLoader(TensorDataset(x[1200:], y[1200:]), batch_size=256)
+    with tempfile.TemporaryDirectory() as root:
+        projector = EmbeddingProjector(label_key="labels", reducers="pca", clusters=method,
+                                       max_samples=points, seed=seed, output_dir=root,
+                                       background=False)  # every run, none skipped
+        trainer = L.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False,
+                            callbacks=[projector], accelerator="cpu", devices=1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer.fit(contrastive_model(frozen), train, val)
+        return read_metrics(root).to_dict("list")
+
+
+def summary(rows: dict[str, list[Any]], skip: int) -> dict[str, float]:
+    """Statistics over the runs after the first ``skip`` (the encoder is still forming)."""
+    def col(name: str) -> np.ndarray:
+        return np.asarray(rows.get(name, []), dtype=float)[skip:]
+
+    count, ari = col("clusters/count"), col("clusters/ari_previous")
+    return {
+        "count_mean": float(np.nanmean(count)), "count_min": float(np.nanmin(count)),
+        "count_max": float(np.nanmax(count)), "count_std": float(np.nanstd(count)),
+        "noise_mean": float(np.nanmean(col("clusters/noise_fraction"))),
+        "noise_max": float(np.nanmax(col("clusters/noise_fraction"))),
+        "ari_mean": float(np.nanmean(ari)), "ari_min": float(np.nanmin(ari)),
+        "nmi_mean": float(np.nanmean(col("clusters/nmi_labels"))),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--method", default="hdbscan", choices=["hdbscan", "kmeans"])
+    parser.add_argument("--epochs", type=int, default=16)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--points", type=int, default=597)
+    parser.add_argument("--skip", type=int, default=4, help="runs left out of the statistics")
+    parser.add_argument("--frozen", action="store_true", help="learning rate 0")
+    args = parser.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
+    print(f"{args.method}, {args.epochs} epochs, {args.points} points, runs after the first "
+          f"{args.skip}{', frozen model' if args.frozen else ''}")
+    header = ("seed", "clusters mean [min-max] std", "noise mean/max", "ARI prev mean/min",
+              "NMI labels")
+    print(" | ".join(header))
+    for seed in args.seeds:
+        rows = run(args.method, args.epochs, seed, args.frozen, args.points)
+        s = summary(rows, args.skip)
+        print(f"{seed} | {s['count_mean']:.1f} [{s['count_min']:.0f}-{s['count_max']:.0f}] "
+              f"{s['count_std']:.2f} | {s['noise_mean']:.2f}/{s['noise_max']:.2f} | "
+              f"{s['ari_mean']:.3f}/{s['ari_min']:.3f} | {s['nmi_mean']:.3f}")
+        counts = [int(c) for c in rows["clusters/count"]]
+        print(f"    per run: clusters {counts}")
+
+
+if __name__ == "__main__":
+    main()
