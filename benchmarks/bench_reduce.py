@@ -9,10 +9,10 @@ Parts:
   of a float64 centred copy below) against today's (solver by shape, see ``reduce.pca``), best
   of ``--repeats`` calls, and the largest difference between their layouts.
 - ``run``: what one validation run of ``reducers=["pca", "tsne"]`` costs in the background, as
-  the projector does it: ``project_epoch`` (one PCA for both reducers, t-SNE, the metrics pass)
-  for the first run (cold t-SNE) and the next (``tsne_next``), then ``evolve`` (clusters,
-  lineage, health), with ``n_jobs`` 1 and 2. Data: digits in ``D`` dims (orthonormal map) +
-  noise; the next run adds noise (sigma 0.5).
+  the projector does it: ``reduce_layouts`` + ``epoch_metrics`` (one PCA for both reducers,
+  t-SNE, the metrics pass) for the first run (cold t-SNE) and the next (``tsne_next``), then
+  ``evolve`` (clusters, lineage, health), with ``n_jobs`` 1 and 2. Data: digits in ``D`` dims
+  (orthonormal map) + noise; the next run adds noise (sigma 0.5).
 - ``methods``: openTSNE's Barnes-Hut vs FFT gradient on the warm schedule (cold as well up to
   ``--cold-up-to`` rows); the full cold + warm grid is ``bench_tsne.py --parts methods``.
 
@@ -34,10 +34,11 @@ import numpy as np
 from bench_tsne import Knn, cpu_timed, forced_method, make_wide
 
 from lightning_embproj.evolve.set_chain import EvolveSettings, SetChain, evolve
+from lightning_embproj.metrics.scores import epoch_metrics
 from lightning_embproj.reduce import dispatch as R
 from lightning_embproj.reduce import pca as P
-from lightning_embproj.reduce.project import ReduceSettings, project_epoch
-from lightning_embproj.results import EpochSample
+from lightning_embproj.reduce.project import ReduceSettings, reduce_layouts
+from lightning_embproj.results import EpochSample, Projection
 
 logging.getLogger("openTSNE").setLevel(logging.ERROR)
 
@@ -103,7 +104,8 @@ def part_pca(args: argparse.Namespace) -> None:
 
 def part_run(args: argparse.Namespace) -> None:
     print("Per-run background work of reducers [pca, tsne], as the projector runs it: "
-          "project_epoch (one PCA for both,\nt-SNE, metrics) + evolve (clusters, lineage, "
+          "reduce_layouts + epoch_metrics (one PCA for both,\nt-SNE, metrics) + evolve "
+          "(clusters, lineage, "
           "health); wall s (CPU s), t-SNE kNN@10")
     print(f"{'N x D':>13} {'jobs':>4} | {'first run':>15} {'t-SNE':>6} {'knn':>5} | "
           f"{'next run':>15} {'t-SNE':>6} {'knn':>5} | {'evolve':>13}")
@@ -119,10 +121,10 @@ def part_run(args: argparse.Namespace) -> None:
         for jobs in args.jobs:
             with timed_tsne() as t_tsne:
                 first, t1, c1 = cpu_timed(
-                    lambda: project_epoch(s1, 0, 0, None, settings, n_jobs=jobs)  # noqa: B023
+                    lambda: reduced(s1, 0, None, settings, jobs)  # noqa: B023
                 )
                 nxt, t2, c2 = cpu_timed(
-                    lambda: project_epoch(s2, 1, 1, first, settings, n_jobs=jobs)  # noqa: B023
+                    lambda: reduced(s2, 1, first, settings, jobs)  # noqa: B023
                 )
             _, te, ce = cpu_timed(
                 lambda: evolve(nxt, first, SetChain(), EvolveSettings())  # noqa: B023
@@ -132,6 +134,14 @@ def part_run(args: argparse.Namespace) -> None:
                   f"{q2(nxt.layouts['tsne']):5.3f} | {te:5.1f} ({ce:5.1f})", flush=True)
     print("first run: cold t-SNE; next run: dynamic.tsne_next from the first (data + noise "
           "sigma 0.5);\njobs: t-SNE threads (1 while training runs, every core after it)\n")
+
+
+def reduced(sample: EpochSample, epoch: int, previous: Projection | None,
+            settings: ReduceSettings, jobs: int) -> Projection:
+    """What the reduce and score stages do for one run (the layouts, then the metrics)."""
+    p = Projection(sample, epoch, epoch, reduce_layouts(sample, previous, settings, n_jobs=jobs))
+    epoch_metrics(p, previous)
+    return p
 
 
 @contextlib.contextmanager

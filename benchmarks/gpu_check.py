@@ -11,7 +11,7 @@ On a CUDA machine, in one run (under 5 minutes on one GPU and a few cores), prin
 2. ``collect``: ``trainer.validate`` at 30,000 x 256-d, bf16-mixed, without and with the
    projector: time in its ``on_validation_batch_end`` per batch (host side) and the validation
    loop's wall time (synchronised at both ends), best of 3.
-3. ``pipeline``: ``project_epoch`` (PCA + t-SNE + metrics, as the callback runs it) at
+3. ``pipeline``: ``reduce_layouts`` + ``epoch_metrics`` (PCA + t-SNE + metrics, as a run does) at
    20,000 x 256-d: a cold run, then a warm run from it (the next epoch, points moved a little).
 4. ``metrics``: ``epoch_metrics`` numpy vs torch on the GPU at 2,000, 10,000, 20,000 x 256-d
    (bench_metrics.py's measure: steady state, cold, peak memory).
@@ -28,7 +28,6 @@ script itself.
 from __future__ import annotations
 
 import argparse
-import inspect
 import logging
 import os
 import platform
@@ -279,8 +278,9 @@ def part_collect(args: argparse.Namespace) -> list[str]:
 
 # -- 3. the run pipeline at 20k points ---------------------------------------------------------
 def part_pipeline(args: argparse.Namespace) -> list[str]:
-    from lightning_embproj.reduce.project import ReduceSettings, project_epoch
-    from lightning_embproj.results import EpochSample
+    from lightning_embproj.metrics.scores import epoch_metrics
+    from lightning_embproj.reduce.project import ReduceSettings, reduce_layouts
+    from lightning_embproj.results import EpochSample, Projection
 
     n = 2000 if args.small else 20_000
     rng = np.random.default_rng(0)
@@ -290,24 +290,23 @@ def part_pipeline(args: argparse.Namespace) -> list[str]:
     keys = np.arange(n, dtype=np.int64)
     settings = ReduceSettings(["pca", "tsne"])
     warned: list[str] = []
-    # As after training: every core, metrics on the GPU (where project_epoch takes them).
-    accepts = inspect.signature(project_epoch).parameters
-    extra: dict[str, Any] = {}
-    if "n_jobs" in accepts:
-        extra["n_jobs"] = os.cpu_count() or 1
-    if "device" in accepts and args.device == "cuda":
+    # As after training: every core, metrics on the GPU (where the score stage takes them).
+    extra: dict[str, Any] = {"n_jobs": os.cpu_count() or 1}
+    if args.device == "cuda":
         extra["device"] = "cuda"
 
-    def run(X: np.ndarray, previous: Any, epoch: int) -> tuple[float, Any]:
+    def run(X: np.ndarray, previous: Any, epoch: int) -> tuple[float, Any, dict[str, float]]:
         sample = EpochSample("embeddings", keys, list(range(n)), X, labels=y)
         t = time.perf_counter()
-        p = project_epoch(sample, epoch, epoch, previous, settings,
-                          lambda topic, msg: warned.append(msg), **extra)
-        return time.perf_counter() - t, p
+        layouts = reduce_layouts(sample, previous, settings,
+                                 lambda topic, msg: warned.append(msg), n_jobs=extra["n_jobs"])
+        p = Projection(sample, epoch, epoch, layouts)
+        metrics = epoch_metrics(p, previous, device=extra.get("device"))
+        return time.perf_counter() - t, p, metrics
 
-    t_cold, first = run(X0, None, 0)
-    t_warm, second = run(X1, first, 1)
-    quality = ", ".join(f"{k}={v:.3f}" for k, v in second.metrics.items()
+    t_cold, first, _ = run(X0, None, 0)
+    t_warm, second, metrics = run(X1, first, 1)
+    quality = ", ".join(f"{k}={v:.3f}" for k, v in metrics.items()
                         if k.endswith("trustworthiness") or k == "knn_accuracy")
     note = f"; warnings: {warned[0][:120]}" if warned else ""
     return [

@@ -14,14 +14,14 @@ from lightning_embproj.readers import (
     read_metrics,
     read_projections,
 )
-from lightning_embproj.results import EpochSample, Projection
+from lightning_embproj.results import EpochSample, Projection, RunIdentity, RunResult
 
 if TYPE_CHECKING:
     from lightning_embproj.callback import EmbeddingProjector
 
 __all__ = [
-    "EmbeddingProjector", "EpochSample", "Projection", "list_validations", "read_ledger",
-    "read_lineage", "read_metrics", "read_projections",
+    "EmbeddingProjector", "EpochSample", "Projection", "RunIdentity", "RunResult",
+    "list_validations", "read_ledger", "read_lineage", "read_metrics", "read_projections",
 ]
 __version__ = "0.2.0.dev0"
 

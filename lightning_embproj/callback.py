@@ -1,37 +1,34 @@
 """The ``EmbeddingProjector`` callback: thin wiring of the pipeline stages into Lightning hooks.
 
 Per validation batch it collects (cheap, bounded); at validation epoch end it gathers across
-ranks and hands the epoch to a background worker that reduces, aligns, scores and writes sinks.
+ranks and hands the run to a background worker, whose job runs the stages
+(:func:`lightning_embproj.pipeline.process_run`: one frozen ``RunResult``), gives that result
+to every sink and records it with the chain owner.
 """
 
 from __future__ import annotations
 
-import os
-import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 from lightning_embproj import sinks as sink_factory
-from lightning_embproj.chain.ledger import PROJECTED
-from lightning_embproj.chain.owner import ChainState, Run, RunIdentity
+from lightning_embproj.chain.owner import ChainState, Run
 from lightning_embproj.chain.selection import warn_if_never_projected
-from lightning_embproj.chain.settle import previous_root, rebuild_wandb_history, settle
+from lightning_embproj.chain.settle import rebuild_histories, settle
 from lightning_embproj.collect.capture import LayerCapture
 from lightning_embproj.collect.collector import Collector, Placement
 from lightning_embproj.collect.extract import lookup
 from lightning_embproj.collect.gather import gather_samples
 from lightning_embproj.collect.ranks import check_position_ids, placement
-from lightning_embproj.evolve.set_chain import EvolveSettings, evolve
-from lightning_embproj.metrics.scores import movers
+from lightning_embproj.evolve.set_chain import EvolveSettings
 from lightning_embproj.options import ProjectorOptions, check_unique_sets
-from lightning_embproj.reduce.project import ReduceSettings, project_epoch
-from lightning_embproj.results import EpochSample, Projection
-from lightning_embproj.runtime.compat import CallbackBase
-from lightning_embproj.runtime.progress import finish_with_progress, job_label, show_progress
-from lightning_embproj.runtime.warn import WarnOnce
-from lightning_embproj.runtime.worker import QUEUE_POLICY, JobCancelled, Worker
-from lightning_embproj.sinks.local import set_dir
+from lightning_embproj.pipeline import Runs, Stages
+from lightning_embproj.reduce.project import ReduceSettings
+from lightning_embproj.results import RunIdentity, RunResult
+from lightning_embproj.runtime.compat import CallbackBase, run_root
+from lightning_embproj.runtime.progress import finish_with_progress, show_progress
+from lightning_embproj.runtime.warn import WarnOnce, guarded
 
 Key = str | int
 EXCEPTION_DRAIN_S = 30.0
@@ -147,33 +144,27 @@ class EmbeddingProjector(CallbackBase):
         )
         self.warn = WarnOnce()
         self.chain = ChainState()
-        self.worker = Worker(
-            background, max_pending=self.options.max_queued_epochs, warn=self.warn,
-            on_drop=self._on_drop,
-        )
+        self.runs = Runs(self.chain, self.options, Stages(self.settings, self.evolve_settings),
+                         self.warn)
+        self.worker = self.runs.worker
         self._run: Run | None = None
         self._fn = "fit"  # the Trainer entry point running: fit, validate, test or predict
         self._label: tuple[int, int] | None = None  # (epoch, step) of a checkpoint loaded
         self._settled = False
-        self._metrics_device: str | None = None
         self._collector: Collector | None = None
         self._placements: dict[int, Placement] = {}  # per loader, for one validation run
         self._capture: LayerCapture | None = None
-        self._sinks = sink_factory.Sinks()
-        self._ledger_lock = threading.Lock()
-        self._is_zero = True
-        self._root = output_dir or "."
 
     @property
     def root(self) -> str:
         """The folder whose ``embproj/NAME/`` holds the local files (known after ``setup``):
         ``output_dir``, else the trainer's log dir, else with a ``WandbLogger`` as first logger
         ``<save_dir>/<project>/<run id>``."""
-        return self._root
+        return self.runs.root
 
     @property
-    def previous(self) -> dict[str, Projection]:
-        """The last written run of each set in the current chain."""
+    def previous(self) -> dict[str, RunResult]:
+        """The last written run of each set in the current chain (frozen results)."""
         return self.chain.previous
 
     @property
@@ -191,7 +182,8 @@ class EmbeddingProjector(CallbackBase):
         check_unique_sets(self.options, [c.options for c in trainer.callbacks
                                          if isinstance(c, EmbeddingProjector) and c is not self])
         log_dir = trainer.log_dir  # a collective under DDP: every rank calls it
-        self._is_zero = trainer.is_global_zero
+        runs = self.runs
+        runs.is_zero = trainer.is_global_zero
         self._fn = stage = str(getattr(stage, "value", stage))  # a TrainerFn str enum
         self._label = None
         if stage in ("fit", "validate"):
@@ -202,16 +194,18 @@ class EmbeddingProjector(CallbackBase):
             self._settled = False
             self.worker.start_training()
             device = getattr(pl_module, "device", None)
-            self._metrics_device = str(device) if getattr(device, "type", "") == "cuda" else None
-            if self._is_zero:
+            runs.stages = Stages(self.settings, self.evolve_settings,
+                                 str(device) if getattr(device, "type", "") == "cuda" else None)
+            if runs.is_zero:
                 warn_if_never_projected(trainer, stage, self.options, self.warn)
-        self._root = self.options.output_dir or _run_root(trainer, log_dir, self._is_zero)
+        runs.root = self.options.output_dir or run_root(trainer, log_dir, runs.is_zero)
         if self.options.layers and self._capture is None:
             self._capture = LayerCapture(pl_module, dict(self.options.layer_keys))
-        if self._is_zero:
-            self._sinks = sink_factory.build(
-                trainer, self._root, self.warn, self.options.max_text_length,
+        if runs.is_zero:
+            runs.sinks = sink_factory.build(
+                trainer, runs.root, self.warn, self.options.max_text_length,
                 settings=self.settings, wandb_history=self.chain.wandb_history,
+                view_history=self.chain.view_history(runs.root),
             )
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
@@ -220,41 +214,34 @@ class EmbeddingProjector(CallbackBase):
         self._settle()
 
     def _settle(self) -> None:
-        """Settle the chain with the folder's files once it is known whether it resumes; then
-        process the runs a resumed checkpoint held as pending."""
+        """Settle the chain with the folder's files once it is known whether it resumes (the
+        sinks' histories too); then process the runs a resumed checkpoint held as pending."""
         if self._settled:
             return
         self._settled = True
-        if not self._is_zero:
+        runs = self.runs
+        if not runs.is_zero:
             return
-        names = self.options.set_names
+        names, wandb_run = self.options.set_names, runs.sinks.wandb_run
         resumed = self.chain.resumed_from is not None
-        logged = self._guarded("settle", "reading the output folder", partial(
-            settle, self.chain, self._root, names, resumed, self.warn)) or []
-        sinks = self._sinks
-        if sinks.wandb_run:
-            history = self.chain.wandb_history(sinks.wandb_run)
-            pending = {(s.name, i.val_index) for s, i in self.chain.restored_pending}
-            for name in names:
-                if history.of(name).projected:
-                    continue  # this process logged to it already: the history is complete
-                runs = [r.val_index for r in self.chain.records(name)
-                        if r.status == PROJECTED and r.wandb == sinks.wandb_run
-                        and (name, r.val_index) not in pending]
-                rebuild_wandb_history(history, previous_root(self.chain, self._root), name,
-                                      runs, self.warn)
-        self.chain.root = self._root
-        self._write_ledgers()
-        already = {(name, v) for name, v, run in logged if run == sinks.wandb_run}
+        logged = guarded(self.warn, "settle", "reading the output folder", partial(
+            settle, self.chain, runs.root, names, resumed, self.warn)) or []
+        rebuild_histories(self.chain, runs.root, names, wandb_run, self.warn)
+        self.chain.root = runs.root
+        runs.write_ledgers()
+        already = {(name, v) for name, v, run in logged if run == wandb_run}
         for sample, identity in self.chain.take_restored():
-            self._submit(sample, identity, restored=True,
-                         log_wandb=(sample.name, identity.val_index) not in already)
+            runs.submit(sample, identity, restored=True,
+                        log_wandb=(sample.name, identity.val_index) not in already)
 
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
         # Training is over: the queued runs may use every core; show what the wait is for.
-        finish_with_progress(self.worker, enabled=self._is_zero and show_progress(trainer))
-        self._finish_sinks()
-        self._write_ledgers()
+        finish_with_progress(self.worker, enabled=self.runs.is_zero and show_progress(trainer))
+        self._close()
+
+    def _close(self) -> None:
+        self.runs.sinks.finish(self.warn)
+        self.runs.write_ledgers()
         if self._capture is not None:
             self._capture.remove()
             self._capture = None
@@ -263,33 +250,10 @@ class EmbeddingProjector(CallbackBase):
         # Runs already collected are worth a short wait (on every core: training has stopped);
         # a stuck job is not worth a hang. Lightning exits right after a Ctrl+C (sys.exit),
         # which would kill the worker mid-run: the running job is stopped first.
-        self.worker.end_training()
-        if not self.worker.drain(timeout=EXCEPTION_DRAIN_S):  # one deadline for the queue
-            self.worker.cancel()  # t-SNE stops within 50 iterations
-            self.worker.wait_idle(timeout=CANCEL_WAIT_S)
-        left = self.chain.waiting()
-        for sample, identity in left:
-            self.chain.interrupted(sample.name, identity.val_index, f"not written within the "
-                                   f"{EXCEPTION_DRAIN_S:g} s shutdown deadline after "
-                                   f"{type(exception).__name__}")
-        if left and self._is_zero:
-            runs = ", ".join(f"{s.name!r} run {i.val_index} (epoch {i.epoch})" for s, i in left)
-            self.warn(
-                "shutdown",
-                f"after {type(exception).__name__}, {len(left)} validation run(s) were not "
-                f"written within the {EXCEPTION_DRAIN_S:g} s shutdown deadline: {runs}. A run "
-                f"whose reduction still ends is written if the process lives on; the others "
-                f"stay in the callback's checkpoint state: a checkpoint saved now (Lightning's "
-                f"OnExceptionCheckpoint) holds them, and fit(ckpt_path=...) processes them. "
-                f"read_ledger lists them as 'interrupted'",
-            )
+        self.runs.shutdown(exception, EXCEPTION_DRAIN_S, CANCEL_WAIT_S)
         # Even past the deadline: the W&B evolution table is sent complete only by finish (a
         # job still running writes under the sink's lock; its run keeps its per-run table).
-        self._finish_sinks()
-        self._write_ledgers()
-        if self._capture is not None:
-            self._capture.remove()
-            self._capture = None
+        self._close()
 
     # -- collection ---------------------------------------------------------------------
     def on_validation_epoch_start(self, trainer: Any, pl_module: Any) -> None:
@@ -299,7 +263,7 @@ class EmbeddingProjector(CallbackBase):
         self._placements = {}
         if self.options.id_key is None:  # ids are positions: a shuffled loader fails here
             note = check_position_ids(trainer.val_dataloaders)
-            if note is not None and self._is_zero:
+            if note is not None and self.runs.is_zero:
                 self.warn("sampler", note)
         if trainer.sanity_checking:
             self._collector = Collector(self.options, warn=self.warn)
@@ -308,9 +272,9 @@ class EmbeddingProjector(CallbackBase):
         run = self._run = self.chain.next_run(trainer.current_epoch, trainer.global_step,
                                               self.options)
         self._collector = Collector(self.options, warn=self.warn) if run.selected else None
-        if not run.selected and self._is_zero:
+        if not run.selected and self.runs.is_zero:
             self.chain.not_selected(self.options.set_names, run.identity)
-            self._append_ledgers(run.identity.val_index)
+            self.runs.append_ledgers(run.identity.val_index)
 
     def on_validation_batch_start(
         self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
@@ -326,15 +290,7 @@ class EmbeddingProjector(CallbackBase):
         if self._collector is None:
             return
         if self._capture is not None:
-            self._capture.active = False
-            captured = self._capture.outputs
-            missing = [layer for layer in self.options.sets.values() if layer not in captured]
-            if missing:
-                raise RuntimeError(
-                    f"layers: {missing} did not run during validation batch {batch_idx}; "
-                    f"only layers called in validation_step can be captured"
-                )
-            raw = {name: captured[layer] for name, layer in self.options.sets.items()}
+            raw = self._capture.take(self.options.sets, batch_idx)
         else:
             ((name, key),) = self.options.sets.items()
             raw = {name: lookup(key, outputs, batch, "embedding_key")}
@@ -352,152 +308,24 @@ class EmbeddingProjector(CallbackBase):
         if collector is None or trainer.sanity_checking or self._run is None:
             return
         identity = self._run.identity
-        where = (f"validation run {identity.val_index} (epoch {identity.epoch}, "
-                 f"step {identity.step})")
-        if collector.nonfinite and self._is_zero:
-            self.warn(
-                f"nonfinite:{identity.val_index}",
-                f"{collector.nonfinite} tracked rows had NaN or Inf embeddings in {where} and "
-                f"were left out of that run",
-            )
-        if collector.overflow and self._is_zero:
-            self.warn(
-                f"overflow:{identity.val_index}",
-                f"{collector.overflow} tracked rows had embedding values beyond float16's range "
-                f"(|value| >= 65,520 would be stored as Inf with storage_dtype='float16') in "
-                f"{where} and were left out of that run; use storage_dtype='float32' to keep them",
-            )
+        if self.runs.is_zero:
+            _warn_left_out(self.warn, collector, identity)
         samples = collector.samples()
         for name in self.options.set_names:
             sample = gather_samples(
                 samples.get(name), self.options.max_samples, strategy=trainer.strategy
             )
-            if not self._is_zero:
+            if not self.runs.is_zero:
                 continue
             if sample is not None and len(sample) > 0:
-                self._submit(sample, identity)
+                self.runs.submit(sample, identity)
             else:
                 left_out = collector.nonfinite + collector.overflow
                 self.chain.empty(name, identity, f"no tracked rows ({left_out} left out as "
                                  f"non-finite or beyond float16)" if left_out else
                                  "no tracked rows")
-        if self._is_zero:
-            self._append_ledgers(identity.val_index)
-
-    # -- processing (rank zero) ---------------------------------------------------------
-    def _submit(self, sample: EpochSample, identity: RunIdentity, log_wandb: bool = True,
-                restored: bool = False) -> None:
-        self.chain.queue(sample, identity)
-        self.worker.submit(
-            sample.name, partial(self._job, sample, identity, log_wandb),
-            label=job_label(sample.name, len(sample), self.settings.reducers,
-                            identity.val_index),
-            token=(sample.name, identity.val_index),
-            droppable=not restored,  # accepted before the checkpoint: never skipped now
-        )
-
-    def _on_drop(self, token: object, reason: str) -> None:
-        """The worker dropped a queued run: say which and why, in the ledger."""
-        name, val_index = cast(tuple[str, int], token)
-        if reason == QUEUE_POLICY:
-            self.chain.dropped(name, val_index, f"skipped by the queue policy: more than "
-                               f"max_queued_epochs={self.options.max_queued_epochs} runs waited")
-        else:
-            self.chain.interrupted(name, val_index, f"not started within the "
-                                   f"{EXCEPTION_DRAIN_S:g} s shutdown deadline")
-
-    def _job(self, sample: EpochSample, identity: RunIdentity, log_wandb: bool) -> None:
-        """One run on the worker: reduce, score, evolve, write every sink, then record it."""
-        name, val_index = sample.name, identity.val_index
-        try:
-            projection, chain = self._project(sample, identity)
-        except JobCancelled:
-            self.chain.interrupted(name, val_index, "stopped at shutdown, before it was written")
-            self._write_ledgers([name])
-            raise
-        except Exception as err:  # noqa: BLE001 - recorded and warned; training goes on
-            self.chain.failed(name, val_index, f"{type(err).__name__}: {err}")
-            self._write_ledgers([name])
-            raise
-        wandb = self._write_sinks(projection, log_wandb)
-        self.chain.written(projection, chain, wandb)
-        self._write_ledgers([name])
-
-    def _project(self, sample: EpochSample, identity: RunIdentity) -> tuple[Projection, Any]:
-        previous = self.chain.previous.get(sample.name)
-        projection = project_epoch(
-            sample, identity.epoch, identity.step, previous, self.settings, self.warn,
-            n_jobs=self._threads, device=self._metrics_device,
-        )
-        projection.val_index = identity.val_index
-        projection.chain, projection.stage = identity.chain, identity.stage
-        projection.movers = self._guarded(
-            "movers", "the movers table",
-            lambda: movers(projection, previous, device=self._metrics_device),
-        )
-        chain = evolve(
-            projection, previous, self.chain.chain_of(sample.name), self.evolve_settings,
-            self.warn,
-        )
-        return projection, chain
-
-    def _write_sinks(self, projection: Projection, log_wandb: bool) -> str:
-        """Write every sink; returns the W&B run id when W&B got the run ("" otherwise)."""
-        logged = ""
-        for sink_name, write in self._sinks.writers:
-            if sink_name == "W&B" and not log_wandb:
-                # This W&B run already has it (logged before a kill): history only.
-                if self._sinks.remember is not None:
-                    self._guarded("sink:W&B:history", "the W&B history",
-                                  partial(self._sinks.remember, projection))
-                logged = self._sinks.wandb_run
-                continue
-            ok = self._guarded(f"sink:{sink_name}", f"writing to {sink_name}",
-                               partial(_written, write, projection))
-            if sink_name == "W&B" and ok:
-                logged = self._sinks.wandb_run
-        return logged
-
-    def _write_ledgers(self, names: list[str] | None = None) -> None:
-        """Mirror the ledger of each set to its ``ledger.jsonl`` (rank zero)."""
-        if not self._is_zero:
-            return
-        for name in names or self.chain.ledger.names():
-            with self._ledger_lock:  # a snapshot is written whole, never an older one last
-                # The ledger is one of the local files: one warning for both when the disk fails.
-                self._guarded("sink:local files", "writing to local files", partial(
-                    self.chain.ledger.write, set_dir(self._root, name), name))
-
-    def _append_ledgers(self, val_index: int) -> None:
-        """Record a run just performed in each set's ``ledger.jsonl`` (one line, on the
-        training thread): a process killed before the run is written still leaves it there."""
-        for name in self.options.set_names:
-            with self._ledger_lock:
-                self._guarded("sink:local files", "writing to local files", partial(
-                    self.chain.ledger.append, set_dir(self._root, name), name, val_index))
-
-    def _threads(self) -> int:
-        """Threads a job may use now: the ``n_jobs`` option while training runs, every core
-        once it is over (read again during a run, so a queued t-SNE speeds up at the end).
-        Also where a run in progress stops when shutdown asks it to."""
-        self.worker.check_cancelled()
-        return self.worker.job_threads() if self.worker.training_over else self.options.n_jobs
-
-    def _finish_sinks(self) -> None:
-        for sink_name, finish in self._sinks.finishers:
-            self._guarded(f"sink:{sink_name}:finish", f"finishing {sink_name}", finish)
-
-    def _guarded(self, topic: str, what: str, fn: Callable[[], Any]) -> Any:
-        """Run ``fn``; a failure becomes one warning per topic and kind, and None."""
-        try:
-            return fn()
-        except Exception as err:  # noqa: BLE001 - an output failing must not stop training
-            self.warn(
-                f"{topic}:{type(err).__name__}",
-                f"{what} failed ({type(err).__name__}: {err}); the other outputs are still "
-                f"written and training continues",
-            )
-            return None
+        if self.runs.is_zero:
+            self.runs.append_ledgers(identity.val_index)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait for the background work queued so far (True when all of it is done)."""
@@ -516,22 +344,15 @@ class EmbeddingProjector(CallbackBase):
         self.chain.restore(state_dict, fn=self._fn, label=self._label, warn=self.warn)
 
 
-def _written(write: Callable[[Projection], Any], projection: Projection) -> bool:
-    write(projection)
-    return True
-
-
-def _run_root(trainer: Any, log_dir: str | None, is_zero: bool) -> str:
-    """Root of the local files: the trainer's log dir, or with a ``WandbLogger`` first,
-    ``<save_dir>/<project>/<run id>`` (where Lightning puts that run's checkpoints), so two W&B
-    runs sharing a ``save_dir`` never share a folder."""
-    loggers = list(getattr(trainer, "loggers", []) or [])
-    first = loggers[0] if loggers else None
-    if first is not None and any(c.__name__ == "WandbLogger" for c in type(first).__mro__):
-        if is_zero:
-            first.experiment  # noqa: B018 - creates (or attaches to) the run: its id names the folder
-        version = first.version
-        if version:
-            return os.path.join(first.save_dir or ".", str(first.name or "lightning_logs"),
-                                str(version))
-    return log_dir or trainer.default_root_dir
+def _warn_left_out(warn: WarnOnce, collector: Collector, identity: RunIdentity) -> None:
+    """One warning per run for rows left out as non-finite or beyond float16."""
+    where = f"validation run {identity.val_index} (epoch {identity.epoch}, step {identity.step})"
+    if collector.nonfinite:
+        warn(f"nonfinite:{identity.val_index}",
+             f"{collector.nonfinite} tracked rows had NaN or Inf embeddings in {where} and "
+             f"were left out of that run")
+    if collector.overflow:
+        warn(f"overflow:{identity.val_index}",
+             f"{collector.overflow} tracked rows had embedding values beyond float16's range "
+             f"(|value| >= 65,520 would be stored as Inf with storage_dtype='float16') in "
+             f"{where} and were left out of that run; use storage_dtype='float32' to keep them")

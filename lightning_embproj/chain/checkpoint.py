@@ -1,4 +1,8 @@
-"""Checkpoint-safe (de)serialisation of projections: tensors, lists and plain Python only.
+"""Checkpoint-safe (de)serialisation of samples and runs: tensors, lists and plain Python only.
+
+A run is saved with what the next run needs of it (its points, identity, layouts and metrics)
+and restored as a :class:`~lightning_embproj.results.RunResult` of those (no clusters, lineage,
+per-label rows or movers: they are not carried from run to run).
 
 Lightning may load checkpoints with ``torch.load(weights_only=True)``, which refuses numpy
 arrays; everything here is a ``torch.Tensor``, a list, a str, an int or a float.
@@ -15,13 +19,21 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
 import torch
 
 from lightning_embproj.collect.hashing import keys_of
-from lightning_embproj.results import EpochSample, Projection
+from lightning_embproj.results import EpochSample, RunIdentity, RunResult
+from lightning_embproj.sinks.columns import run_result
+
+
+def _tensor(arr: np.ndarray) -> torch.Tensor:
+    arr = np.ascontiguousarray(arr)
+    # A run's arrays are read-only views; torch wants memory it may write.
+    return torch.from_numpy(arr if arr.flags.writeable else arr.copy())
 
 
 def _pack(value: np.ndarray | list[Any] | None) -> Any:
@@ -29,7 +41,7 @@ def _pack(value: np.ndarray | list[Any] | None) -> Any:
         return None
     arr = np.asarray(value)
     if arr.dtype.kind in "biuf":
-        return torch.from_numpy(np.ascontiguousarray(arr))
+        return _tensor(arr)
     return [v.item() if hasattr(v, "item") else v for v in arr.tolist()]
 
 
@@ -44,9 +56,8 @@ def _unpack(value: Any) -> Any:
 
 
 def rehash(sample: EpochSample) -> EpochSample:
-    """Recompute ``sample.keys`` from its ids with the current hash (in place; returns it)."""
-    sample.keys = keys_of(sample.sample_ids, sample.dataloader_idx)
-    return sample
+    """``sample`` with its keys recomputed from its ids with the current hash (a new sample)."""
+    return dataclasses.replace(sample, keys=keys_of(sample.sample_ids, sample.dataloader_idx))
 
 
 def sample_to_state(sample: EpochSample) -> dict[str, Any]:
@@ -73,29 +84,21 @@ def sample_from_state(state: dict[str, Any]) -> EpochSample:
     )
 
 
-def projection_to_state(p: Projection) -> dict[str, Any]:
+def projection_to_state(p: RunResult) -> dict[str, Any]:
     return {
         "sample": sample_to_state(p.sample),
-        "epoch": p.epoch,
-        "step": p.step,
-        "val_index": p.val_index,
-        "chain": p.chain,
-        "stage": p.stage,
-        "layouts": {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in p.layouts.items()},
+        **p.identity.to_state(),
+        "layouts": {k: _tensor(v) for k, v in p.layouts.items()},
         # plain floats: a numpy scalar would make torch.load(weights_only=True) refuse the file
         "metrics": {str(k): float(v) for k, v in p.metrics.items()},
     }
 
 
-def projection_from_state(state: dict[str, Any]) -> Projection:
-    return Projection(
-        sample=sample_from_state(state["sample"]),
-        epoch=int(state["epoch"]),
-        step=int(state["step"]),
-        layouts={k: v.numpy() for k, v in state["layouts"].items()},
-        metrics=dict(state["metrics"]),
-        # checkpoints written before validation runs were counted knew only the epoch
-        val_index=int(state.get("val_index", state["epoch"])),
-        chain=int(state.get("chain", 0)),
-        stage=str(state.get("stage", "fit")),
+def projection_from_state(state: dict[str, Any], rekey: bool = False) -> RunResult:
+    """The run saved by :func:`projection_to_state`; ``rekey``: recompute its keys (see
+    :func:`rehash`)."""
+    sample = sample_from_state(state["sample"])
+    return run_result(
+        rehash(sample) if rekey else sample, RunIdentity.from_state(state),
+        {k: v.numpy() for k, v in state["layouts"].items()}, metrics=dict(state["metrics"]),
     )

@@ -57,7 +57,8 @@ from lightning_embproj.chain.selection import RunCounter
 from lightning_embproj.collect.hashing import HASH_VERSION
 from lightning_embproj.evolve.set_chain import SetChain
 from lightning_embproj.options import ProjectorOptions
-from lightning_embproj.results import EpochSample, Projection
+from lightning_embproj.results import EpochSample, RunIdentity, RunResult
+from lightning_embproj.sinks.view.history import ViewHistory
 from lightning_embproj.sinks.wandb_history import WandbHistory
 
 
@@ -106,31 +107,15 @@ PARTS: tuple[Part, ...] = (
          "from the local files", "rebuilt when the W&B run is the one the ledger says got the "
          "runs, else fresh", "kept while the W&B run is the same",
          "kept while the W&B run is the same"),
+    Part("view history", (), "not saved: rebuilt from the local files of the output root",
+         "kept in the same process (runs performed again are left out); in a new process "
+         "rebuilt from the folder", "kept while the output root is the same, else rebuilt",
+         "kept while the output root is the same"),
     Part("run_id", ("run_id",), "checkpoint: the id of the training run these runs belong to",
          "restored", "kept", "adopted, so that run's folder is not 'another run'"),
     Part("hash version", ("hash_version",), "checkpoint: the id hash the keys were made with",
          "an older one: keys recomputed from the ids, cluster chain restarted", "-", "-"),
 )
-
-
-@dataclass(frozen=True)
-class RunIdentity:
-    """Which validation run: ``(val_index, epoch, step)``, its chain and stage."""
-
-    val_index: int
-    epoch: int
-    step: int
-    chain: int
-    stage: str
-
-    def to_state(self) -> dict[str, Any]:
-        return {"val_index": self.val_index, "epoch": self.epoch, "step": self.step,
-                "chain": self.chain, "stage": self.stage}
-
-    @classmethod
-    def from_state(cls, state: dict[str, Any]) -> RunIdentity:
-        return cls(int(state.get("val_index", state["epoch"])), int(state["epoch"]),
-                   int(state["step"]), int(state.get("chain", 0)), str(state.get("stage", "fit")))
 
 
 @dataclass(frozen=True)
@@ -160,7 +145,7 @@ class ChainState:
         self.lock = threading.RLock()
         self.counter = RunCounter()
         self.stage = "fit"
-        self.previous: dict[str, Projection] = {}
+        self.previous: dict[str, RunResult] = {}
         self.clusters: dict[str, SetChain] = {}
         self.next_cluster_id: dict[str, int] = {}
         self.pending: dict[tuple[str, int], tuple[EpochSample, RunIdentity]] = {}
@@ -173,6 +158,7 @@ class ChainState:
         self.restored_pending: list[tuple[EpochSample, RunIdentity]] = []
         self.label: tuple[int, int] | None = None  # (epoch, step) of a checkpoint validated
         self.history: WandbHistory | None = None
+        self.view: ViewHistory | None = None
 
     # -- entry points -------------------------------------------------------------------
     def start_chain(self, stage: str) -> None:
@@ -205,11 +191,13 @@ class ChainState:
                 self.label = label
             return
         version = int(state.get("hash_version", 1))  # 0.1.0 checkpoints had no version
-        previous = {n: projection_from_state(p) for n, p in state.get("previous", {}).items()}
+        rekey = version != HASH_VERSION
+        previous = {n: projection_from_state(p, rekey)
+                    for n, p in state.get("previous", {}).items()}
         pending = [(sample_from_state(e["sample"]), RunIdentity.from_state(e))
                    for e in state.get("pending", [])]
         clusters = {n: SetChain.from_state_dict(c) for n, c in state.get("chains", {}).items()}
-        if version != HASH_VERSION:
+        if rekey:
             # Keys are a hash of the ids the samples carry: recompute them, so the resumed run
             # aligns on the points both samples share (the tracked subset itself may change).
             if warn is not None:
@@ -217,10 +205,7 @@ class ChainState:
                      f"the checkpoint's projector state used id hash version {version} (this "
                      f"version uses {HASH_VERSION}); its keys were recomputed, and the tracked "
                      f"points may differ from the ones before the checkpoint")
-            for projection in previous.values():
-                rehash(projection.sample)
-            for sample, _ in pending:
-                rehash(sample)
+            pending = [(rehash(sample), identity) for sample, identity in pending]
             clusters = {}  # cluster ids were matched on the old keys: start the lineage afresh
         with self.lock:
             self.counter.load_state_dict(state.get("runs", {}))
@@ -303,12 +288,12 @@ class ChainState:
         with self.lock:
             self.ledger.update(name, val_index, INTERRUPTED, reason)
 
-    def written(self, projection: Projection, chain: SetChain, wandb: str) -> None:
+    def written(self, result: RunResult, chain: SetChain, wandb: str) -> None:
         """A run's outputs are written: it becomes the set's previous run, in one step with
         leaving ``pending``, so a checkpoint holds it either as pending or as previous."""
-        name, val_index = projection.name, projection.val_index
+        name, val_index = result.name, result.val_index
         with self.lock:
-            self.previous[name] = projection
+            self.previous[name] = result
             self.clusters[name] = chain
             self.pending.pop((name, val_index), None)
             self.ledger.update(name, val_index, PROJECTED, wandb=wandb)
@@ -330,6 +315,13 @@ class ChainState:
             if self.history is None or self.history.run_id != run_id:
                 self.history = WandbHistory(run_id)
             return self.history
+
+    def view_history(self, root: str) -> ViewHistory:
+        """The HTML view's history of the output root ``root``: kept while runs go there."""
+        with self.lock:
+            if self.view is None or self.view.root != root:
+                self.view = ViewHistory(root)
+            return self.view
 
     def waiting(self) -> list[tuple[EpochSample, RunIdentity]]:
         """Runs not yet written, by ``val_index``."""

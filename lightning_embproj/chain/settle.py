@@ -10,9 +10,11 @@
   ``validate`` after the checkpoint, stay, and the resumed runs are numbered after them), and a
   run the checkpoint held as pending that the interrupted process had already logged to this
   W&B run is not logged a second time.
-- **W&B history** (:func:`rebuild_wandb_history`): when a chain logs to a W&B run that the
-  ledger says already got runs of this folder (a resumed fit, a ``validate`` in a new
-  process), the evolution and lineage tables are rebuilt from those runs' local files.
+- **The sinks' histories** (:func:`rebuild_histories`), read from the local files here, by the
+  chain owner, so that no sink reads another's files: the HTML view's runs of each set
+  (:func:`seed_view`, once per process and output root), and, when a chain logs to a W&B run
+  that the ledger says already got runs of this folder (a resumed fit, a ``validate`` in a new
+  process), the W&B evolution and lineage tables (:func:`rebuild_wandb_history`).
 
 Example:
     >>> from lightning_embproj.chain.owner import ChainState
@@ -35,8 +37,10 @@ import numpy as np
 from lightning_embproj.chain.ledger import PROJECTED, read_ledger_file
 from lightning_embproj.chain.owner import ChainState
 from lightning_embproj.collect.hashing import keys_of
-from lightning_embproj.readers import read_lineage, read_projections
+from lightning_embproj.readers import read_lineage, read_metrics, read_projections
 from lightning_embproj.sinks.local import LINEAGE_COLUMNS, forget_runs, run_files, set_dir
+from lightning_embproj.sinks.view.history import SetView
+from lightning_embproj.sinks.view.images import read_images
 from lightning_embproj.sinks.wandb_history import WandbHistory
 
 log = logging.getLogger("lightning_embproj")
@@ -59,6 +63,8 @@ def settle(
             gone = _forget_abandoned(state, root, name, disk, on_disk)
             if state.history is not None:  # this process logged them: the tables forget too
                 state.history.of(name).forget(gone)
+            if state.view is not None and state.view.root == root:
+                state.view.of(name).forget(gone)
             disk = [r for r in disk if int(r["val_index"]) not in gone]
             on_disk = [v for v in on_disk if v not in gone]
             pending = {identity.val_index for sample, identity in state.restored_pending
@@ -141,6 +147,48 @@ def _forget_abandoned(state: ChainState, root: str, name: str, disk: list[dict[s
                  "written after the checkpoint, are replaced as those runs are performed again",
                  name, start, sorted(gone))
     return gone
+
+
+def rebuild_histories(state: ChainState, root: str, names: list[str], wandb_run: str,
+                      warn: Warn) -> None:
+    """Fill what the sinks keep across runs from the folder's files at a chain's start: the
+    view's runs of each set (once per process and root), and the W&B history when the W&B run
+    ``wandb_run`` already got runs of this folder that this process did not log."""
+    view = state.view_history(root)
+    for name in names:
+        seed_view(view.of(name), root, name, warn)
+    if not wandb_run:
+        return
+    history = state.wandb_history(wandb_run)
+    pending = {(s.name, i.val_index) for s, i in state.restored_pending}
+    for name in names:
+        if history.of(name).projected:
+            continue  # this process logged to it already: the history is complete
+        runs = [r.val_index for r in state.records(name)
+                if r.status == PROJECTED and r.wandb == wandb_run
+                and (name, r.val_index) not in pending]
+        rebuild_wandb_history(history, previous_root(state, root), name, runs, warn)
+
+
+def seed_view(view: SetView, root: str, name: str, warn: Warn) -> None:
+    """Fill one set's view history from its local files (once): a view written after a resume
+    in a new process, or a ``validate`` of a finished fit, still shows the runs before."""
+    if view.seeded:
+        return
+    view.seeded = True
+    folder = set_dir(root, name)
+    runs = [v for v, _, _ in run_files(folder)] if folder.is_dir() else []
+    if not runs:
+        return
+    try:
+        points = read_projections(root, name, validations=view.to_read(runs))
+        metrics, lineage = read_metrics(root, name), read_lineage(root, name)
+    except (OSError, ValueError, KeyError) as err:
+        warn(f"resume:view:{name}",
+             f"the view of {name!r} could not read the runs already in {root!r} "
+             f"({type(err).__name__}: {err}); it shows only the runs from now on")
+        return
+    view.seed(runs, points, metrics, lineage, read_images(folder))
 
 
 def rebuild_wandb_history(

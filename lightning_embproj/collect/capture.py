@@ -57,6 +57,18 @@ class LayerCapture:
 
         return hook
 
+    def take(self, sets: dict[str, str], batch_idx: int) -> dict[str, Any]:
+        """Stop capturing; the outputs of this batch by set name (``sets``: set -> layer).
+        A layer that did not run fails: only layers called in ``validation_step`` count."""
+        self.active = False
+        missing = [layer for layer in sets.values() if layer not in self.outputs]
+        if missing:
+            raise RuntimeError(
+                f"layers: {missing} did not run during validation batch {batch_idx}; "
+                f"only layers called in validation_step can be captured"
+            )
+        return {name: self.outputs[layer] for name, layer in sets.items()}
+
     def remove(self) -> None:
         for handle in self._handles:
             handle.remove()

@@ -20,7 +20,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 

@@ -10,8 +10,9 @@ After reduce / align / score, each projected validation run of a set gets:
 - metrics: ``clusters/*``, ``rankme``, ``uniformity``, ``cka_previous``, ``R/stability``
   (:mod:`lightning_embproj.metrics.health`), and a per-label table when labels are set.
 
-The chain state (:class:`SetChain`) is replaced, never mutated, so a checkpoint taken while a run
-is being processed holds either the state before it or after it.
+:func:`evolve` returns these values (:class:`Evolved`) and the next chain state
+(:class:`SetChain`); the chain state is replaced, never mutated, so a checkpoint taken while a
+run is being processed holds either the state before it or after it.
 
 Example:
     >>> import numpy as np
@@ -19,8 +20,8 @@ Example:
     >>> rng = np.random.default_rng(0)
     >>> X = np.concatenate([rng.normal(0, 1, (20, 4)), rng.normal(9, 1, (20, 4))])
     >>> p = Projection(EpochSample("z", np.arange(40), list(range(40)), X), epoch=0, step=1)
-    >>> chain = evolve(p, None, SetChain(), EvolveSettings(n_clusters=2))
-    >>> sorted(set(p.clusters.tolist())), [r["event"] for r in p.lineage]
+    >>> out = evolve(p, None, SetChain(), EvolveSettings(n_clusters=2))
+    >>> sorted(set(out.clusters.tolist())), [r["event"] for r in out.lineage]
     ([0, 1], ['emerge', 'emerge'])
 """
 
@@ -43,7 +44,7 @@ from lightning_embproj.metrics.health import (
     health_metrics,
     per_label_table,
 )
-from lightning_embproj.results import Projection
+from lightning_embproj.results import EpochSample, Projection
 
 CLUSTER_METHODS = ("kmeans", "hdbscan")
 
@@ -87,24 +88,37 @@ def _no_warn(topic: str, message: str) -> None:
     """Default for ``warn``: stay silent."""
 
 
+@dataclass
+class Evolved:
+    """What :func:`evolve` found for one run: cluster ids, lineage rows, per-label rows, metrics
+    (health, ``clusters/*``, ``R/stability``, in that order) and the next chain state."""
+
+    chain: SetChain
+    metrics: dict[str, float] = field(default_factory=dict)
+    clusters: np.ndarray | None = None
+    lineage: list[dict[str, Any]] | None = None
+    per_label: list[dict[str, Any]] | None = None
+
+
 def evolve(
     projection: Projection,
     previous: Projection | None,
     chain: SetChain,
     settings: EvolveSettings,
     warn: Callable[[str, str], None] = _no_warn,
-) -> SetChain:
-    """Add clusters, lineage, cluster / health metrics and per-label rows to ``projection``;
-    return the next chain state (``chain`` itself is left as it was).
+    val_index: int = 0,
+) -> Evolved:
+    """Clusters, lineage, cluster / health metrics and per-label rows of ``projection`` (run
+    ``val_index``) and the next chain state (``chain`` itself is left as it was).
 
     Each part that fails becomes one warning and is left out of this run; with clusters on, a
     failed clustering leaves empty ``cluster`` cells so every run keeps the same columns.
     """
-    chain = copy.deepcopy(chain)
+    out = Evolved(copy.deepcopy(chain))
     sample = projection.sample
     X = np.asarray(sample.embeddings, dtype=np.float32)
     prev = previous.sample if previous is not None else None
-    step = f"at validation run {projection.val_index} for {sample.name!r}"
+    step = f"at validation run {val_index} for {sample.name!r}"
 
     def guarded(topic: str, fn: Callable[[], Any]) -> Any:
         try:
@@ -120,14 +134,14 @@ def evolve(
         prev.embeddings if prev is not None else None,
     ))
     for name, value in (metrics or {}).items():
-        projection.metrics[name.removeprefix("health/")] = value
+        out.metrics[name.removeprefix("health/")] = value
     if settings.clusters is not None:
-        clustered = guarded("clustering", lambda: _clusters(projection, chain, settings))
+        clustered = guarded("clustering", lambda: _clusters(sample, out, settings))
         if clustered is None:
-            projection.clusters = np.full(len(sample), None, dtype=object)
+            out.clusters = np.full(len(sample), None, dtype=object)
     labels = sample.labels
     if labels is not None:
-        projection.per_label = guarded("the per-label table", lambda: per_label_table(
+        out.per_label = guarded("the per-label table", lambda: per_label_table(
             sample.keys, X, labels, prev.keys if prev is not None else None,
             prev.embeddings if prev is not None else None,
         ))
@@ -135,28 +149,26 @@ def evolve(
         for reducer, layout in projection.layouts.items():
             value = guarded(
                 f"{reducer} stability",
-                partial(_stability, chain, reducer, projection, previous, layout),
+                partial(_stability, out.chain, reducer, projection, previous, layout),
             )
             if value is not None:
-                projection.metrics[f"{reducer}/stability"] = value
-    return chain
+                out.metrics[f"{reducer}/stability"] = value
+    return out
 
 
-def _clusters(projection: Projection, chain: SetChain, settings: EvolveSettings) -> bool:
-    sample = projection.sample
+def _clusters(sample: EpochSample, out: Evolved, settings: EvolveSettings) -> bool:
     raw = cluster_points(
         np.asarray(sample.embeddings, dtype=np.float32), method=str(settings.clusters),
         n_clusters=settings.n_clusters, labels=sample.labels, seed=settings.seed,
         keys=sample.keys,
     )
-    prev_keys, prev_ids = chain.clusters.prev_keys, chain.clusters.prev_ids
+    chain = out.chain.clusters
+    prev_keys, prev_ids = chain.prev_keys, chain.prev_ids
     first = prev_keys.size == 0
-    step = chain.clusters.update(
-        sample.keys, raw, settings.survive_threshold, settings.split_threshold
-    )
-    projection.clusters = step.ids
-    projection.lineage = step.rows
-    projection.metrics.update(cluster_scores(
+    step = chain.update(sample.keys, raw, settings.survive_threshold, settings.split_threshold)
+    out.clusters = step.ids
+    out.lineage = step.rows
+    out.metrics.update(cluster_scores(
         sample.keys, step.ids, sample.labels,
         None if first else prev_keys, None if first else prev_ids,
     ))

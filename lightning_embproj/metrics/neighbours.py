@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import math
 import threading
+import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NamedTuple, Union, cast
@@ -256,6 +257,17 @@ def _pass_torch(
         raise MemoryError(str(err)) from err
 
 
+def _read_tensor(X: np.ndarray) -> torch.Tensor:
+    """``X`` as a tensor sharing its memory, for reading only."""
+    import torch
+
+    with warnings.catch_warnings():
+        # A run's embeddings are read-only views (results are frozen): torch warns, but the
+        # pass never writes to them.
+        warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+        return torch.from_numpy(X)
+
+
 def _pass_torch_on(
     X: np.ndarray, work: _Pass, dev: torch.device
 ) -> tuple[np.ndarray | None, np.ndarray]:
@@ -265,7 +277,7 @@ def _pass_torch_on(
     # TF32 matmuls (set_float32_matmul_precision "high"/"medium", a global the training
     # chose) would cost float32 distances most of their mantissa: float64 then.
     tf32 = dev.type == "cuda" and torch.get_float32_matmul_precision() != "highest"
-    Xt = torch.from_numpy(X).to(dev, torch.float64 if tf32 else None)
+    Xt = _read_tensor(X).to(dev, torch.float64 if tf32 else None)
     sq = (Xt * Xt).sum(dim=1)
     need = None if work.need_rank is None else torch.from_numpy(work.need_rank).to(dev)
     trust_rows = None if work.trust_rows is None else torch.from_numpy(work.trust_rows).to(dev)

@@ -1,6 +1,7 @@
-"""Epoch-end processing of one embedding set: reduce, align with the previous epoch, score.
+"""The reduce stage of one run of one embedding set: reduce, then align with the previous run.
 
-Pure apart from the ``warn`` callback: the same inputs give the same :class:`Projection`.
+Pure apart from the ``warn`` callback: the same inputs give the same layouts. Scoring them is
+the next stage (:func:`lightning_embproj.pipeline.process_run` runs the stages in order).
 
 Example:
     >>> import numpy as np
@@ -8,8 +9,8 @@ Example:
     >>> rng = np.random.default_rng(0)
     >>> s = EpochSample("emb", np.arange(50, dtype=np.int64), list(range(50)),
     ...                 rng.normal(size=(50, 8)).astype(np.float32))
-    >>> p = project_epoch(s, epoch=0, step=10, previous=None, settings=ReduceSettings(["pca"]))
-    >>> p.layouts["pca"].shape
+    >>> layouts = reduce_layouts(s, previous=None, settings=ReduceSettings(["pca"]))
+    >>> layouts["pca"].shape
     (50, 2)
 """
 
@@ -20,7 +21,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lightning_embproj.metrics.scores import epoch_metrics
 from lightning_embproj.reduce.align import procrustes_align
 from lightning_embproj.reduce.dispatch import Threads, prepare, reduce, warm_init
 from lightning_embproj.reduce.tsne_online import tsne_next
@@ -43,23 +43,22 @@ def _no_warn(topic: str, message: str) -> None:
     """Default for ``warn``: stay silent."""
 
 
-def project_epoch(
+def reduce_layouts(
     sample: EpochSample,
-    epoch: int,
-    step: int,
     previous: Projection | None,
     settings: ReduceSettings,
     warn: Callable[[str, str], None] = _no_warn,
     n_jobs: Threads = 1,
-    device: str | None = None,
-) -> Projection:
-    """Reduce ``sample`` with every reducer, align each layout with ``previous``, score it.
+    *,
+    epoch: int = 0,
+) -> dict[str, np.ndarray]:
+    """Reduce ``sample`` with every reducer and align each layout with ``previous``; returns
+    reducer name -> ``(N, n_components)`` float64 layout.
 
-    A reducer that fails is left out of this run (one warning); the others and the metrics are
+    A reducer that fails is left out of this run (one warning naming ``epoch``); the others are
     still computed. t-SNE and UMAP start from the previous run's layout when there is one. One
     PCA serves the PCA reducer and t-SNE's PCA-to-50. ``n_jobs``: t-SNE threads, or a function
     giving them (read again during a run: 1 while training, every core after it).
-    ``device``: where the metrics pass runs (None: numpy).
     """
     # A continued t-SNE (tsne_next) runs its own PCA over both runs: then the shared one need
     # not reserve t-SNE's 50 components, only what the other reducers ask for.
@@ -98,13 +97,5 @@ def project_epoch(
                 f"reducer {name!r} failed at epoch {epoch} for {sample.name!r} and is left out "
                 f"of that epoch ({type(err).__name__}: {err})",
             )
-    projection = Projection(sample=sample, epoch=epoch, step=step, layouts=layouts)
-    try:
-        projection.metrics = epoch_metrics(projection, previous, device=device)
-    except Exception as err:  # noqa: BLE001
-        warn(
-            f"score:{type(err).__name__}",
-            f"metrics failed at epoch {epoch} for {sample.name!r} ({type(err).__name__}: {err})",
-        )
-    return projection
+    return layouts
 

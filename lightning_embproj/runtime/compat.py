@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import importlib
+import os
 import warnings
 from typing import TYPE_CHECKING, Any
 
@@ -84,3 +85,19 @@ def find_logger(trainer: Any, class_name: str) -> Any | None:
         if any(cls.__name__ == class_name for cls in type(logger).__mro__):
             return logger
     return None
+
+
+def run_root(trainer: Any, log_dir: str | None, is_zero: bool) -> str:
+    """Root of the local files: the trainer's log dir, or with a ``WandbLogger`` first,
+    ``<save_dir>/<project>/<run id>`` (where Lightning puts that run's checkpoints), so two W&B
+    runs sharing a ``save_dir`` never share a folder."""
+    loggers = list(getattr(trainer, "loggers", []) or [])
+    first = loggers[0] if loggers else None
+    if first is not None and any(c.__name__ == "WandbLogger" for c in type(first).__mro__):
+        if is_zero:
+            first.experiment  # noqa: B018 - creates (or attaches to) the run: its id names the folder
+        version = first.version
+        if version:
+            return os.path.join(first.save_dir or ".", str(first.name or "lightning_logs"),
+                                str(version))
+    return log_dir or trainer.default_root_dir

@@ -1,5 +1,6 @@
 """The table layout of the output contract, shared by every sink, and the one definition of
-every column name the projector generates (metadata columns must not reuse them).
+every column name the projector generates (metadata columns must not reuse them). A run's table
+is computed once, by :func:`run_result`, into the frozen result every sink gets.
 
 Example:
     >>> layout_columns("tsne", 3)
@@ -12,12 +13,13 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from lightning_embproj.reduce.dispatch import REDUCERS
-from lightning_embproj.results import Projection
+from lightning_embproj.results import EpochSample, RunIdentity, RunResult, frozen_sample
 
 AXES = ("x", "y", "z")
 IDENTITY_COLUMNS = ("sample_id", "epoch", "step", "val_index", "dataloader_idx")
@@ -62,47 +64,78 @@ def _cell(value: Any) -> Any:
     return value
 
 
-def table_columns(projection: Projection, include_images: bool = True) -> dict[str, list[Any]]:
+def table_columns(sample: EpochSample, identity: RunIdentity, clusters: np.ndarray | None,
+                  layouts: Mapping[str, np.ndarray]) -> dict[str, list[Any]]:
     """The contract's columns, in order, as plain lists of length N.
 
     ``sample_id``, ``epoch``, ``step``, ``val_index``, ``dataloader_idx`` (with several
     validation dataloaders), each metadata key, ``label`` (when labels are set), ``cluster``
-    (when clusters are computed), then ``R_x``,
-    ``R_y`` (``R_z``) per reducer. Image columns hold uint8 ``(H, W, C)`` arrays;
-    ``include_images=False`` drops them.
+    (when clusters are computed), then ``R_x``, ``R_y`` (``R_z``) per reducer. Image columns
+    hold uint8 ``(H, W, C)`` arrays. :func:`run_result` calls it once per run; sinks read the
+    result's ``columns``.
     """
-    sample = projection.sample
     n = len(sample)
     sample_id, epoch, step, val_index, dataloader_idx = IDENTITY_COLUMNS
     cols: dict[str, list[Any]] = {
         sample_id: [_cell(v) for v in sample.sample_ids],
-        epoch: [projection.epoch] * n,
-        step: [projection.step] * n,
-        val_index: [projection.val_index] * n,
+        epoch: [identity.epoch] * n,
+        step: [identity.step] * n,
+        val_index: [identity.val_index] * n,
     }
     if sample.dataloader_idx is not None:
         cols[dataloader_idx] = [int(v) for v in sample.dataloader_idx]
     images = set(sample.image_columns())
     for key, values in sample.metadata.items():
-        if key in images:
-            if include_images:
-                cols[key] = list(values)
-            continue
-        cols[key] = [_cell(v) for v in values]
+        cols[key] = list(values) if key in images else [_cell(v) for v in values]
     if sample.labels is not None:
         cols[LABEL_COLUMN] = [_cell(v) for v in sample.labels]
-    if projection.clusters is not None:
-        cols[CLUSTER_COLUMN] = [_cell(v) for v in projection.clusters]
-    for reducer, layout in projection.layouts.items():
+    if clusters is not None:
+        cols[CLUSTER_COLUMN] = [_cell(v) for v in clusters]
+    for reducer, layout in layouts.items():
         for j, col in enumerate(layout_columns(reducer, layout.shape[1])):
             cols[col] = [float(v) for v in layout[:, j]]
     return cols
 
 
-def mover_columns(projection: Projection) -> dict[str, list[Any]]:
-    """The movers of an epoch with their contract columns: ``kind``, ``overlap``,
-    ``foreign_fraction``, then the same columns as the epoch's table for those rows."""
-    movers = projection.movers or {}
+def run_result(
+    sample: EpochSample, identity: RunIdentity, layouts: Mapping[str, np.ndarray] | None = None,
+    *, metrics: Mapping[str, float] | None = None, clusters: np.ndarray | None = None,
+    lineage: Sequence[Mapping[str, Any]] | None = None,
+    per_label: Sequence[Mapping[str, Any]] | None = None,
+    movers: Mapping[str, np.ndarray] | None = None,
+) -> RunResult:
+    """The frozen :class:`~lightning_embproj.results.RunResult` of one run, its contract
+    columns computed here, once, for every sink.
+
+    Example:
+        >>> from lightning_embproj.results import EpochSample, RunIdentity
+        >>> s = EpochSample("z", np.array([5, 9]), ["a", "b"], np.zeros((2, 3), np.float32))
+        >>> r = run_result(s, RunIdentity(val_index=4, epoch=1, step=30),
+        ...                {"pca": np.array([[0.0, 1.0], [2.0, 3.0]])})
+        >>> r.columns["val_index"], r.columns["pca_y"]
+        ((4, 4), (1.0, 3.0))
+        >>> r.metrics["silhouette"] = 1.0
+        Traceback (most recent call last):
+        ...
+        TypeError: 'mappingproxy' object does not support item assignment
+    """
+    sample = frozen_sample(sample)
+    layouts = dict(layouts or {})
+    return RunResult(
+        sample, identity.epoch, identity.step, layouts, val_index=identity.val_index,
+        chain=identity.chain, stage=identity.stage, metrics=dict(metrics or {}),
+        clusters=clusters, lineage=lineage, per_label=per_label, movers=movers,
+        columns=table_columns(sample, identity, clusters, layouts),
+        image_columns=tuple(sample.image_columns()),
+    )
+
+
+def mover_columns(result: RunResult, columns: Mapping[str, Sequence[Any]] | None = None,
+                  ) -> dict[str, list[Any]]:
+    """The movers of a run with their contract columns: ``kind``, ``overlap``,
+    ``foreign_fraction``, then the run's table columns (``columns``, default the result's
+    own) for those rows."""
+    movers = result.movers or {}
     index = [int(i) for i in movers.get("index", [])]
     kind, overlap, foreign = MOVER_COLUMNS
     cols: dict[str, list[Any]] = {
@@ -110,6 +143,6 @@ def mover_columns(projection: Projection) -> dict[str, list[Any]]:
         overlap: [_cell(v) for v in movers.get(overlap, [])],
         foreign: [_cell(v) for v in movers.get(foreign, [])],
     }
-    for name, values in table_columns(projection).items():
+    for name, values in (result.columns if columns is None else columns).items():
         cols[name] = [values[i] for i in index]
     return cols

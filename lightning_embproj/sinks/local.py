@@ -7,7 +7,7 @@ Layout under ``<root>/embproj/<NAME>/``:
   Several validation runs per epoch (``val_check_interval``) never share a file.
 - ``metrics.jsonl``: one JSON object per run,
   ``{"val_index": 3, "epoch": 1, "step": 120, "chain": 0, "stage": "fit", "metrics": {...}}``
-  (``chain``: the run's chain, see :class:`~lightning_embproj.results.Projection`).
+  (``chain``: the run's chain, see :class:`~lightning_embproj.results.RunIdentity`).
 - ``ledger.jsonl``: every validation run the Trainer performed and what became of it
   (projected, not selected, dropped, empty, failed, interrupted; :func:`read_ledger`).
 - ``schema.json``: the kind of each column (``str``, ``int``, ``float``, ``bool``, ``json``), so
@@ -33,8 +33,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from lightning_embproj.results import Projection
-from lightning_embproj.sinks.columns import table_columns
+from lightning_embproj.results import RunResult
 
 SUBDIR = "embproj"
 RUN_FILE = "val_{val_index:04d}_epoch_{epoch:04d}_step_{step}.csv"
@@ -76,7 +75,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, text)
 
 
-def run_file_name(projection: Projection) -> str:
+def run_file_name(projection: RunResult) -> str:
     """``val_0003_epoch_0001_step_120.csv``: the file of one validation run."""
     return RUN_FILE.format(
         val_index=projection.val_index, epoch=projection.epoch, step=projection.step
@@ -112,10 +111,11 @@ def _csv_cell(value: Any, kind: str) -> Any:
     return value
 
 
-def write_projection(root: str | os.PathLike[str], projection: Projection) -> Path:
-    """Write one validation run's CSV, its metrics line and the schema; returns the CSV path."""
+def write_projection(root: str | os.PathLike[str], projection: RunResult) -> Path:
+    """Write one validation run's CSV (its contract columns without images), its metrics line
+    and the schema; returns the CSV path."""
     folder = set_dir(root, projection.name)
-    cols = table_columns(projection, include_images=False)
+    cols = projection.table(images=False)
     kinds = {name: column_kind(values) for name, values in cols.items()}
     _update_schema(folder, kinds)
     buf = io.StringIO()
@@ -131,7 +131,7 @@ def write_projection(root: str | os.PathLike[str], projection: Projection) -> Pa
     return path
 
 
-def _write_lineage(folder: Path, projection: Projection) -> None:
+def _write_lineage(folder: Path, projection: RunResult) -> None:
     """``lineage.csv``: every run's lineage rows; a rerun (after a resume) replaces its rows."""
     path = folder / LINEAGE_FILE
     kept: list[list[str]] = []
@@ -174,14 +174,14 @@ def read_schema(folder: Path) -> dict[str, str]:
         return {}
 
 
-def _write_metrics(folder: Path, projection: Projection) -> None:
+def _write_metrics(folder: Path, projection: RunResult) -> None:
     """Keep one line per validation run: a rerun (after a resume) replaces its line."""
     entries = [
         e for e in read_jsonl(folder / METRICS_FILE) if e["val_index"] != projection.val_index
     ]
     entries.append({
         "val_index": projection.val_index, "epoch": projection.epoch, "step": projection.step,
-        "chain": projection.chain, "stage": projection.stage, "metrics": projection.metrics,
+        "chain": projection.chain, "stage": projection.stage, "metrics": dict(projection.metrics),
     })
     entries.sort(key=lambda e: e["val_index"])
     atomic_write_text(folder / METRICS_FILE, "".join(json.dumps(e) + "\n" for e in entries))

@@ -36,8 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from lightning_embproj.results import Projection
-from lightning_embproj.sinks.columns import table_columns
+from lightning_embproj.results import RunResult
 from lightning_embproj.sinks.local import atomic_write
 
 SUBDIR = "embproj"
@@ -79,9 +78,9 @@ def tsv_cell(value: Any, max_text_length: int = 200) -> str:
     return text
 
 
-def metadata_tsv(projection: Projection, max_text_length: int = 200) -> str:
+def metadata_tsv(projection: RunResult, max_text_length: int = 200) -> str:
     """The contract's columns (images left out, layouts included) as TSV with a header row."""
-    cols = table_columns(projection, include_images=False)
+    cols = projection.table(images=False)
     header = [tsv_cell(name, max_text_length) for name in cols]
     rows = zip(*cols.values(), strict=True)
     lines = ["\t".join(header)]
@@ -146,7 +145,7 @@ def sprite_png(images: np.ndarray, column: str = "image") -> tuple[bytes, list[i
 
 
 def write_tensorboard_projector(
-    log_dir: str | os.PathLike[str], projection: Projection, *, max_text_length: int = 200
+    log_dir: str | os.PathLike[str], projection: RunResult, *, max_text_length: int = 200
 ) -> Path:
     """Write one epoch of one set for TensorBoard's Projector tab; returns the epoch folder.
 

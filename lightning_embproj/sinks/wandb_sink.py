@@ -10,9 +10,12 @@ stays one table and a failure stays local to its run. Each part of a run's paylo
 pictures, ...) is built on its own: one that fails is left out of that run with one warning per
 kind of failure, and the rest is logged.
 
+Every part is built from the run's precomputed columns (``RunResult.columns``): nothing here
+computes the contract table again.
+
 Example:
     >>> sink = WandbSink(run, reducers=["pca", "tsne"])   # doctest: +SKIP
-    >>> sink.write(projection)                           # doctest: +SKIP
+    >>> sink.write(result)                               # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -23,14 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from lightning_embproj.results import Projection
+from lightning_embproj.results import RunResult
 from lightning_embproj.runtime.warn import WarnOnce
-from lightning_embproj.sinks.columns import (
-    MOVER_COLUMNS,
-    layout_columns,
-    mover_columns,
-    table_columns,
-)
+from lightning_embproj.sinks.columns import layout_columns, mover_columns
 from lightning_embproj.sinks.local import LINEAGE_COLUMNS
 from lightning_embproj.sinks.plot import Limits, Palette, render, widen
 from lightning_embproj.sinks.wandb_history import (
@@ -86,34 +84,30 @@ def label_categories(labels: np.ndarray | None, n: int) -> np.ndarray:
 
 
 def fixed_columns(
-    projection: Projection,
+    projection: RunResult,
     reducers: Sequence[str],
     n_components: int = 2,
 ) -> dict[str, list[Any]]:
-    """:func:`~lightning_embproj.sinks.columns.table_columns` with a fixed set of layout columns.
+    """The run's contract columns with a fixed set of layout columns.
 
-    The columns of every reducer in ``reducers`` (then of any other layout the projection has)
-    come last, ``None`` cells where the projection lacks that layout, so every run of a set has
-    the same columns.
+    The columns of every reducer in ``reducers`` (then of any other layout the run has) come
+    last, ``None`` cells where the run lacks that layout, so every run of a set has the same
+    columns.
 
     Example:
-        >>> fixed_columns(p, ["pca", "tsne"])["tsne_x"]   # doctest: +SKIP
+        >>> fixed_columns(result, ["pca", "tsne"])["tsne_x"]   # doctest: +SKIP
         [None, None, None]
     """
-    cols = table_columns(projection)
+    cols = projection.table()
     names = list(reducers) + [r for r in projection.layouts if r not in reducers]
-    for reducer in names:
-        layout = projection.layouts.get(reducer)
-        dims = layout.shape[1] if layout is not None else n_components
-        for col in layout_columns(reducer, dims):
-            cols.pop(col, None)
+    layout_cols: dict[str, list[Any]] = {}
     n = len(projection.sample)
     for reducer in names:
         layout = projection.layouts.get(reducer)
         dims = layout.shape[1] if layout is not None else n_components
-        for j, col in enumerate(layout_columns(reducer, dims)):
-            cols[col] = [None] * n if layout is None else [float(v) for v in layout[:, j]]
-    return cols
+        for col in layout_columns(reducer, dims):
+            layout_cols[col] = cols.pop(col, []) or [None] * n
+    return {**cols, **layout_cols}
 
 
 def installed_row_limit() -> int:
@@ -134,15 +128,15 @@ class WandbSink:
     with the lineage table ``embproj/NAME/lineage`` (every run's cluster events), both logged
     at a set's runs 1-4, 6, 8, 12, 16, ... (:func:`evolution_due`) and, complete, by
     :meth:`finish`.
-    With ``view_root``, :meth:`finish` logs each set's final slider view
-    (``<view_root>/embproj/NAME/view.html``) as ``wandb.Html`` under ``embproj/NAME/view``:
-    once, since each copy is ~5 MB.
+    With ``view``, :meth:`finish` logs each set's final slider view (``view(NAME)``: the view
+    sink's last page, never read back from its file) as ``wandb.Html`` under
+    ``embproj/NAME/view``: once, since each copy is ~5 MB.
 
     Args:
         run: the W&B run (``WandbLogger.experiment``).
         warn: warns once per topic.
         max_rows: rows of the evolution table (capped at the installed ``wandb.Table.MAX_ROWS``).
-        view_root: the local output root holding the slider views.
+        view: set name -> the view's last page (None: no page).
         reducers: the configured reducers: their columns are in every table.
         n_components: 2 or 3, the layout columns per reducer.
         plots: log the ``R_plot`` pictures.
@@ -152,14 +146,15 @@ class WandbSink:
 
     def __init__(
         self, run: Any, warn: WarnOnce | None = None, max_rows: int = EVOLUTION_MAX_ROWS,
-        view_root: str | None = None, reducers: Sequence[str] = (), n_components: int = 2,
+        view: Callable[[str], str | None] | None = None, reducers: Sequence[str] = (),
+        n_components: int = 2,
         plots: bool = True, history: WandbHistory | None = None,
     ) -> None:
         self.run = run
         self.warn = warn or WarnOnce()
         self.row_limit = installed_row_limit()
         self.max_rows = min(max_rows, self.row_limit)
-        self.view_root = view_root
+        self.view = view
         self.reducers = list(reducers)
         self.n_components = n_components
         self.plots = plots
@@ -178,12 +173,12 @@ class WandbSink:
         """The W&B run's id."""
         return str(getattr(self.run, "id", "") or "")
 
-    def write(self, projection: Projection) -> None:
+    def write(self, projection: RunResult) -> None:
         """Log one validation run of one set (the ``run.log`` call itself may raise)."""
         with self._lock:
             self._write(projection)
 
-    def remember(self, projection: Projection) -> None:
+    def remember(self, projection: RunResult) -> None:
         """Add a run this W&B run already got (before a kill) to the evolution and lineage
         history without logging it again; :meth:`finish` sends the tables."""
         with self._lock:
@@ -192,13 +187,13 @@ class WandbSink:
             self.history.of(projection.name).behind = True
             self.last_step[projection.name] = projection.step
 
-    def _reducers_of(self, projection: Projection) -> list[str]:
+    def _reducers_of(self, projection: RunResult) -> list[str]:
         for reducer in projection.layouts:  # without configured reducers: those seen so far
             if reducer not in self.reducers:
                 self.reducers.append(reducer)
         return self.reducers
 
-    def _write(self, projection: Projection) -> None:
+    def _write(self, projection: RunResult) -> None:
         name = projection.name
         columns = fixed_columns(projection, self._reducers_of(projection), self.n_components)
         payload: dict[str, Any] = {}
@@ -231,14 +226,14 @@ class WandbSink:
             out[metric_key(name, "lineage")] = build_table(columns)
         return out
 
-    def _per_label(self, p: Projection, out: dict[str, Any]) -> None:
+    def _per_label(self, p: RunResult, out: dict[str, Any]) -> None:
         if not p.per_label:
             return
         names = list(p.per_label[0])
         columns = {c: [_plain(row[c]) for row in p.per_label] for c in names}
         out[metric_key(p.name, "per_label")] = build_table(columns)
 
-    def _part(self, what: str, projection: Projection, build: Callable[[], None]) -> None:
+    def _part(self, what: str, projection: RunResult, build: Callable[[], None]) -> None:
         """Build one part of the payload; a failure leaves it out of this run, one warning."""
         try:
             build()
@@ -250,7 +245,7 @@ class WandbSink:
                 f"({type(err).__name__}: {err}); the rest is logged and training continues",
             )
 
-    def _table(self, p: Projection, columns: dict[str, list[Any]], out: dict[str, Any]) -> None:
+    def _table(self, p: RunResult, columns: dict[str, list[Any]], out: dict[str, Any]) -> None:
         if len(p.sample) > self.row_limit:
             self.warn(
                 f"wandb:rows:{p.name}",
@@ -259,18 +254,15 @@ class WandbSink:
                 f"every run), the local files keep all",
             )
             columns = _first_rows(columns, p.sample.keys, self.row_limit)
-        out[table_key(p.name)] = build_table(columns, p.sample.image_columns())
+        out[table_key(p.name)] = build_table(columns, p.image_columns)
 
-    def _movers(self, p: Projection, columns: dict[str, list[Any]], out: dict[str, Any]) -> None:
+    def _movers(self, p: RunResult, columns: dict[str, list[Any]], out: dict[str, Any]) -> None:
         if p.movers is None or not p.movers["index"].size:
             return
-        head = mover_columns(p)
-        index = [int(i) for i in p.movers["index"]]
-        cols = {k: head[k] for k in MOVER_COLUMNS}
-        cols.update({c: [values[i] for i in index] for c, values in columns.items()})
-        out[metric_key(p.name, "movers")] = build_table(cols, p.sample.image_columns())
+        out[metric_key(p.name, "movers")] = build_table(mover_columns(p, columns),
+                                                        p.image_columns)
 
-    def _clouds(self, p: Projection, out: dict[str, Any]) -> None:
+    def _clouds(self, p: RunResult, out: dict[str, Any]) -> None:
         import wandb
 
         categories = label_categories(p.sample.labels, len(p.sample))
@@ -279,7 +271,7 @@ class WandbSink:
                 cloud = np.column_stack([layout, categories])
                 out[metric_key(p.name, f"{reducer}_3d")] = wandb.Object3D(cloud)
 
-    def _plots(self, p: Projection, columns: dict[str, list[Any]], out: dict[str, Any]) -> None:
+    def _plots(self, p: RunResult, columns: dict[str, list[Any]], out: dict[str, Any]) -> None:
         import wandb
 
         colour_by = "label" if "label" in columns else "cluster" if "cluster" in columns else None
@@ -304,11 +296,11 @@ class WandbSink:
             out[metric_key(p.name, f"{reducer}_plot")] = wandb.Image(image)
 
     def _evolution(
-        self, p: Projection, columns: dict[str, list[Any]], out: dict[str, Any]
+        self, p: RunResult, columns: dict[str, list[Any]], out: dict[str, Any]
     ) -> None:
         kept = self.history.of(p.name)
         history = kept.evolution
-        images = set(p.sample.image_columns())  # the per-run table's columns, without images
+        images = set(p.image_columns)  # the per-run table's columns, without images
         columns = {c: v for c, v in columns.items() if c not in images}
         run = (p.val_index, p.epoch, p.step)  # unique even where val_index is left at 0
         if p.lineage is not None:
@@ -329,7 +321,7 @@ class WandbSink:
 
     def finish(self) -> None:
         """Log the evolution tables that missed their newest runs and the slider view of every
-        set written so far (the view only with ``view_root``). A set whose log fails does not
+        set written so far (the view only with ``view``). A set whose log fails does not
         stop the others; the first failure is raised at the end."""
         with self._lock:
             failed: list[BaseException] = []
@@ -349,17 +341,14 @@ class WandbSink:
                 raise failed[0]
 
     def _log_views(self) -> None:
-        if self.view_root is None:
+        if self.view is None:
             return
         import wandb
 
-        from lightning_embproj.sinks.local import set_dir
-        from lightning_embproj.sinks.view import VIEW_FILE
-
         for name, step in self.last_step.items():
-            path = set_dir(self.view_root, name) / VIEW_FILE
-            if path.is_file():
-                html = wandb.Html(path.read_text(encoding="utf-8"), inject=False)
+            page = self.view(name)
+            if page is not None:
+                html = wandb.Html(page, inject=False)
                 self.run.log({metric_key(name, "view"): html, STEP_METRIC: step})
 
 

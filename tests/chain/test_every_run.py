@@ -25,7 +25,7 @@ from digits import DigitsModel, loaders, trainer
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-import lightning_embproj.callback as callback_module
+import lightning_embproj.pipeline as pipeline_module
 from lightning_embproj import (
     EmbeddingProjector,
     list_validations,
@@ -52,15 +52,15 @@ class Gate:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, val_index: int) -> None:
         self.open, self.started = threading.Event(), threading.Event()
-        real = callback_module.EmbeddingProjector._project
+        real = pipeline_module.process_run
 
-        def held(projector: Any, sample: Any, identity: Any) -> Any:
+        def held(sample: Any, identity: Any, *args: Any, **kwargs: Any) -> Any:
             if identity.val_index == val_index and not self.open.is_set():
                 self.started.set()
                 assert self.open.wait(60)
-            return real(projector, sample, identity)
+            return real(sample, identity, *args, **kwargs)
 
-        monkeypatch.setattr(callback_module.EmbeddingProjector, "_project", held)
+        monkeypatch.setattr(pipeline_module, "process_run", held)
 
 
 class OpenAtTrainEnd(Callback):

@@ -26,7 +26,7 @@ from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
-import lightning_embproj.callback as callback_module
+import lightning_embproj.pipeline as pipeline_module
 from lightning_embproj import EmbeddingProjector, read_metrics, read_projections
 
 LAYOUT = ["pca_x", "pca_y", "tsne_x", "tsne_y"]
@@ -63,22 +63,22 @@ def uninterrupted(tmp_path_factory) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 class Calls:
-    """Wraps the callback's ``project_epoch``: records each epoch it is called for, and with
+    """Wraps the pipeline's ``process_run``: records each epoch it is called for, and with
     ``gate`` holds the call for ``gated_epoch`` until the gate opens."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, gated_epoch: int | None = None) -> None:
         self.epochs: list[int] = []
         self.gate = threading.Event()
         self.gated_epoch = gated_epoch
-        real = callback_module.project_epoch
+        real = pipeline_module.process_run
 
-        def wrapped(sample: Any, epoch: int, *args: Any, **kwargs: Any) -> Any:
-            self.epochs.append(epoch)
-            if epoch == self.gated_epoch:
+        def wrapped(sample: Any, identity: Any, *args: Any, **kwargs: Any) -> Any:
+            self.epochs.append(identity.epoch)
+            if identity.epoch == self.gated_epoch:
                 self.gate.wait()
-            return real(sample, epoch, *args, **kwargs)
+            return real(sample, identity, *args, **kwargs)
 
-        monkeypatch.setattr(callback_module, "project_epoch", wrapped)
+        monkeypatch.setattr(pipeline_module, "process_run", wrapped)
 
 
 class Steer(Callback):

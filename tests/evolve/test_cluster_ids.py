@@ -27,7 +27,7 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from lightning_embproj import EmbeddingProjector, read_lineage, read_metrics, read_projections
 from lightning_embproj.evolve.lineage import ClusterChain, transition
-from lightning_embproj.evolve.set_chain import EvolveSettings, SetChain, evolve
+from lightning_embproj.evolve.set_chain import Evolved, EvolveSettings, SetChain, evolve
 from lightning_embproj.metrics.health import cluster_scores
 from lightning_embproj.results import EpochSample, Projection
 
@@ -255,12 +255,12 @@ def test_evolve_writes_the_ids_and_rows_of_one_transition():
     rng = np.random.default_rng(0)
     centres = np.eye(4)[[0, 0, 1, 2]] * 20  # two blobs share a centre: k-means splits them
 
-    def run(index: int, groups: np.ndarray, chain: SetChain) -> tuple[Projection, SetChain]:
+    def run(index: int, groups: np.ndarray, chain: SetChain) -> tuple[Evolved, SetChain]:
         X = (centres[groups] + rng.normal(size=(groups.size, 4))).astype(np.float32)
         p = Projection(EpochSample("z", np.arange(groups.size), list(range(groups.size)), X),
                        epoch=index, step=index)
-        p.val_index = index
-        return p, evolve(p, None, chain, EvolveSettings(n_clusters=3))
+        out = evolve(p, None, chain, EvolveSettings(n_clusters=3), val_index=index)
+        return out, out.chain
 
     first, chain = run(0, np.repeat([0, 1, 2, 3], 25), SetChain())
     second, chain = run(1, np.repeat([0, 2, 3, 3], 25), chain)

@@ -94,15 +94,16 @@ def test_an_exception_past_the_drain_deadline_still_sends_the_whole_evolution_ta
     import wandb
 
     import lightning_embproj.callback as callback_module
+    import lightning_embproj.pipeline as pipeline_module
 
     started, release = threading.Event(), threading.Event()
-    real = callback_module.project_epoch
+    real = pipeline_module.process_run
 
-    def held(sample, epoch, *args, **kwargs):
-        if epoch == 5:
+    def held(sample, identity, *args, **kwargs):
+        if identity.epoch == 5:
             started.set()
             assert release.wait(60)
-        return real(sample, epoch, *args, **kwargs)
+        return real(sample, identity, *args, **kwargs)
 
     class Boom(Callback):
         def on_train_epoch_start(self, trainer, pl_module):
@@ -110,7 +111,7 @@ def test_an_exception_past_the_drain_deadline_still_sends_the_whole_evolution_ta
                 assert started.wait(60)  # runs 1-5 are written, run 6's job is stuck
                 raise RuntimeError("bug in training")
 
-    monkeypatch.setattr(callback_module, "project_epoch", held)
+    monkeypatch.setattr(pipeline_module, "process_run", held)
     monkeypatch.setattr(callback_module, "EXCEPTION_DRAIN_S", 0.5)
     monkeypatch.setattr(callback_module, "CANCEL_WAIT_S", 0.5)
     logger = WandbLogger(project="embproj-test", save_dir=str(wandb_offline))

@@ -278,12 +278,14 @@ def test_checkpoint_of_an_older_hash_is_rekeyed_from_its_ids():
 
     from lightning_embproj.chain.checkpoint import projection_to_state, sample_to_state
     from lightning_embproj.collect.hashing import HASH_VERSION, hash_ids
-    from lightning_embproj.results import EpochSample, Projection
+    from lightning_embproj.results import EpochSample, RunIdentity
+    from lightning_embproj.sinks.columns import run_result
 
     ids = ["img_7", "img_10000", "a" * 40]
     old = EpochSample("embeddings", np.array([3, 1, 2]), ids, np.eye(3, dtype=np.float32))
     state = {
-        "previous": {"embeddings": projection_to_state(Projection(old, epoch=4, step=40))},
+        "previous": {"embeddings": projection_to_state(
+            run_result(old, RunIdentity(0, epoch=4, step=40)))},
         "pending": [{"val_index": 5, "epoch": 5, "step": 50, "sample": sample_to_state(old)}],
     }  # a 0.1.0 checkpoint: no hash_version, keys of the old string hash
     proj = projector()

@@ -22,7 +22,8 @@ from lightning_embproj.report.compare_two import (
     layout_neighbours,
     neighbourhood_overlap,
 )
-from lightning_embproj.results import EpochSample, Projection
+from lightning_embproj.results import EpochSample, RunIdentity
+from lightning_embproj.sinks.columns import run_result
 from lightning_embproj.sinks.local import write_projection
 from lightning_embproj.sinks.view import PALETTE
 
@@ -50,9 +51,8 @@ def make_run(root: Path, name: str = "emb", *, epochs: int = 5, n: int = 60, dim
                              embeddings=np.zeros((n, 4), np.float32),
                              labels=labels, metadata={"text": [f"t{i}" for i in range(n)]})
         layouts = {"pca": pos, "tsne": -pos}
-        write_projection(root, Projection(
-            sample=sample, epoch=e, step=10 * v, val_index=v,
-            layouts={r: layouts[r] for r in reducers},
+        write_projection(root, run_result(
+            sample, RunIdentity(v, epoch=e, step=10 * v), {r: layouts[r] for r in reducers},
             metrics={"silhouette": t, "knn_accuracy": 0.5 + t / 2}))
 
 

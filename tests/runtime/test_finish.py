@@ -100,13 +100,13 @@ def test_a_real_fit_reports_what_it_waits_for(tmp_path, capsys):
 def test_a_run_started_while_training_takes_every_core_once_it_ends(tmp_path, monkeypatch):
     """The thread count reaches the reducers as a function read during the run: the n_jobs
     option while training runs, every core as soon as it is over (same job, no restart)."""
-    import lightning_embproj.callback as callback_module
+    import lightning_embproj.pipeline as pipeline_module
 
     projector = EmbeddingProjector(label_key="labels", reducers=["pca"], n_jobs=1,
                                    output_dir=str(tmp_path))
     seen: list[int] = []
     started = threading.Event()
-    real = callback_module.project_epoch
+    real = pipeline_module.process_run
 
     def spy(*args, n_jobs, **kwargs):
         seen.append(n_jobs())
@@ -120,7 +120,7 @@ def test_a_run_started_while_training_takes_every_core_once_it_ends(tmp_path, mo
             if trainer.current_epoch == 1:  # the first run's job has begun, training goes on
                 assert started.wait(WAIT)
 
-    monkeypatch.setattr(callback_module, "project_epoch", spy)
+    monkeypatch.setattr(pipeline_module, "process_run", spy)
     train, val = loaders(n_train=128, n_val=128)
     tr = trainer(tmp_path, [projector, HoldTraining()], max_epochs=2, num_sanity_val_steps=0)
     tr.fit(DigitsModel(), train, val)

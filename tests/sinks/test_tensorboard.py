@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -14,7 +15,8 @@ from PIL import Image
 from sklearn.datasets import load_digits
 from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
 
-from lightning_embproj.results import EpochSample, Projection
+from lightning_embproj.results import EpochSample, RunIdentity, RunResult
+from lightning_embproj.sinks.columns import run_result
 from lightning_embproj.sinks.tensorboard import (
     MAX_SPRITE_PX,
     sprite_grid,
@@ -37,7 +39,7 @@ NASTY = [
 ]
 
 
-def make_projection(epoch: int, name: str = "digits", images: bool = True) -> Projection:
+def make_projection(epoch: int, name: str = "digits", images: bool = True) -> RunResult:
     digits = load_digits()
     emb = digits.data[:N].astype(np.float32) + np.float32(0.1 * epoch)
     meta: dict = {"text": [NASTY[i % len(NASTY)] for i in range(N)]}
@@ -52,9 +54,7 @@ def make_projection(epoch: int, name: str = "digits", images: bool = True) -> Pr
         metadata=meta,
     )
     layouts = {"pca": emb[:, :2].astype(np.float64) * (epoch + 1)}
-    return Projection(
-        sample=sample, epoch=epoch, step=10 * epoch, layouts=layouts, val_index=epoch
-    )
+    return run_result(sample, RunIdentity(epoch, epoch=epoch, step=10 * epoch), layouts)
 
 
 def read_config(log_dir: Path) -> ProjectorConfig:
@@ -64,7 +64,7 @@ def read_config(log_dir: Path) -> ProjectorConfig:
 
 
 @pytest.fixture
-def written(tmp_path: Path) -> tuple[Path, list[Projection]]:
+def written(tmp_path: Path) -> tuple[Path, list[RunResult]]:
     projections = [make_projection(0), make_projection(1)]
     for p in projections:
         write_tensorboard_projector(tmp_path, p, max_text_length=50)
@@ -187,7 +187,8 @@ def test_unchanged_images_reuse_the_sprite_changed_ones_do_not(written):
         folder / "val_0000_epoch_0000/sprite.png", folder / "val_0001_epoch_0001/sprite.png"
     )
     p = make_projection(2)
-    p.sample.metadata["image"] = 255 - p.sample.metadata["image"]
+    inverted = {**p.sample.metadata, "image": 255 - p.sample.metadata["image"]}
+    p = run_result(dataclasses.replace(p.sample, metadata=inverted), p.identity, p.layouts)
     write_tensorboard_projector(log_dir, p)
     sprite = folder / "val_0002_epoch_0002/sprite.png"
     assert not os.path.samefile(folder / "val_0001_epoch_0001/sprite.png", sprite)
@@ -234,11 +235,11 @@ def test_bad_input_raises_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="max_text_length must be an int >= 1; got 0"):
         write_tensorboard_projector(tmp_path, p, max_text_length=0)
     for bad in ("a/b", "..", "", "a\\b"):
-        p.sample.name = bad
+        renamed = run_result(dataclasses.replace(p.sample, name=bad), p.identity, p.layouts)
         with pytest.raises(ValueError, match="plain folder name"):
-            write_tensorboard_projector(tmp_path, p)
-    p = make_projection(0)
-    p.sample.embeddings = p.sample.embeddings[:, :0]
+            write_tensorboard_projector(tmp_path, renamed)
+    empty = dataclasses.replace(p.sample, embeddings=p.sample.embeddings[:, :0])
+    p = run_result(empty, p.identity, p.layouts)
     with pytest.raises(ValueError, match=r"non-empty \(N, D\) array .* got shape \(150, 0\)"):
         write_tensorboard_projector(tmp_path, p)
     with pytest.raises(ValueError, match="image column 'im' must be .* got shape"):

@@ -30,8 +30,9 @@ from digits import DigitsModel, load_example, loaders, trainer
 
 from lightning_embproj import EmbeddingProjector, readers
 from lightning_embproj.readers import read_metrics, read_projections
-from lightning_embproj.results import EpochSample, Projection
+from lightning_embproj.results import EpochSample, RunIdentity
 from lightning_embproj.runtime.warn import ProjectorWarning
+from lightning_embproj.sinks.columns import run_result
 from lightning_embproj.sinks.local import write_projection
 from lightning_embproj.sinks.view import build_payload, render_view, write_view
 from lightning_embproj.sinks.view.encode import (
@@ -89,9 +90,9 @@ def make_run(root: Path, *, runs: int = 5, n: int = 45, dims: int = 2, labels: b
             embeddings=np.zeros((len(keep), 8), np.float32),
             labels=names[keep] if labels else None, metadata=meta,
         )
-        projection = Projection(
-            sample=sample, epoch=v // 2, step=25 * (v + 1), val_index=v,
-            layouts={"pca": pos[keep], "tsne": 3 * pos[keep][:, ::-1] + 1},
+        projection = run_result(
+            sample, RunIdentity(v, epoch=v // 2, step=25 * (v + 1)),
+            {"pca": pos[keep], "tsne": 3 * pos[keep][:, ::-1] + 1},
             metrics={"silhouette": 0.1 + 0.5 * t, "knn_accuracy": 0.4 + 0.5 * t,
                      "tsne/trustworthiness": 0.8 + 0.1 * t, "pca/displacement": 2.0 - t,
                      "drift/knn_overlap": 0.5 + 0.4 * t, "clusters/count": 3.0,
@@ -176,8 +177,8 @@ def write_scaled_runs(root: Path, layouts: list[np.ndarray]) -> Path:
                              sample_ids=[f"s{i}" for i in range(n)],
                              embeddings=np.zeros((n, 4), np.float32),
                              labels=np.arange(n) % 3, metadata={})
-        write_projection(root, Projection(sample=sample, epoch=v, step=10 * (v + 1),
-                                          val_index=v, layouts={"pca": xy}, metrics={}))
+        write_projection(root, run_result(sample, RunIdentity(v, epoch=v, step=10 * (v + 1)),
+                                          {"pca": xy}))
     return write_view(root, "emb")
 
 

@@ -14,8 +14,9 @@ from lightning.pytorch.loggers import WandbLogger
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_embproj import EmbeddingProjector, read_projections
-from lightning_embproj.results import EpochSample, Projection
+from lightning_embproj.results import EpochSample, RunIdentity, RunResult
 from lightning_embproj.runtime.warn import ProjectorWarning, WarnOnce
+from lightning_embproj.sinks.columns import run_result
 from lightning_embproj.sinks.wandb_history import EvolutionHistory
 from lightning_embproj.sinks.wandb_sink import WandbSink
 
@@ -145,13 +146,12 @@ def test_the_note_says_what_is_kept():
 
 # ---------------------------------------------------------------- the sink, a real offline run
 
-def _projection(run: int, keys: np.ndarray) -> Projection:
+def _projection(run: int, keys: np.ndarray) -> RunResult:
     rng = np.random.default_rng(run)
     X = rng.normal(size=(keys.size, 4)).astype(np.float32)
     sample = EpochSample("emb", keys, [int(k) for k in keys], X)
-    p = Projection(sample, epoch=run, step=10 * (run + 1), layouts={"pca": X[:, :2]})
-    p.val_index = run
-    return p
+    return run_result(sample, RunIdentity(run, epoch=run, step=10 * (run + 1)),
+                      {"pca": X[:, :2]})
 
 
 def test_sink_table_grows_with_the_runs_then_thins_to_the_same_points(wandb_offline):

@@ -22,9 +22,11 @@ from wandb_records import history, scalars
 
 import lightning_embproj.reduce.dispatch as reduce_module
 from lightning_embproj import EmbeddingProjector
-from lightning_embproj.reduce.project import ReduceSettings, project_epoch
-from lightning_embproj.results import EpochSample, Projection
+from lightning_embproj.metrics.scores import epoch_metrics
+from lightning_embproj.reduce.project import ReduceSettings, reduce_layouts
+from lightning_embproj.results import EpochSample, Projection, RunIdentity, RunResult
 from lightning_embproj.runtime.warn import ProjectorWarning, WarnOnce
+from lightning_embproj.sinks.columns import run_result
 from lightning_embproj.sinks.plot import Palette, render, widen
 from lightning_embproj.sinks.wandb_history import EvolutionHistory
 from lightning_embproj.sinks.wandb_sink import WandbSink, fixed_columns
@@ -51,7 +53,7 @@ def _projector_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
     return [str(w.message) for w in caught if issubclass(w.category, ProjectorWarning)]
 
 
-def _write_all(sink: WandbSink, projections: list[Projection]) -> list[str]:
+def _write_all(sink: WandbSink, projections: list[RunResult]) -> list[str]:
     """Write every projection, finish the run; the projector warnings that were raised."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -163,23 +165,32 @@ def test_several_validation_runs_per_epoch_each_keep_their_rows(tmp_path, wandb_
 
 
 # -- the sink on a real offline run ------------------------------------------------------------
-def _projections(n_runs: int, n: int = 80, seed: int = 0) -> list[Projection]:
+def _projections(n_runs: int, n: int = 80, seed: int = 0) -> list[RunResult]:
     """Consecutive real projections (PCA + t-SNE) of drifting clustered embeddings."""
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 4, n)
     base = rng.normal(size=(4, 8))[labels] * 4 + rng.normal(size=(n, 8))
-    out: list[Projection] = []
+    out: list[RunResult] = []
     previous = None
     for run in range(n_runs):
         x = (base + 0.3 * run * rng.normal(size=base.shape)).astype(np.float32)
         sample = EpochSample("emb", np.arange(n, dtype=np.int64) * 7 + 3, list(range(n)), x,
                              labels=labels)
-        p = project_epoch(sample, epoch=run // 2, step=10 * (run + 1), previous=previous,
-                          settings=ReduceSettings(["pca", "tsne"], perplexity=10.0))
-        p.val_index = run
+        identity = RunIdentity(run, epoch=run // 2, step=10 * (run + 1))
+        layouts = reduce_layouts(sample, previous,
+                                 ReduceSettings(["pca", "tsne"], perplexity=10.0))
+        metrics = epoch_metrics(Projection(sample, identity.epoch, identity.step, layouts),
+                                previous)
+        p = run_result(sample, identity, layouts, metrics=metrics)
         out.append(p)
         previous = p
     return out
+
+
+def _without(result: RunResult, reducer: str) -> RunResult:
+    """``result`` as if ``reducer`` had failed in that run."""
+    layouts = {r: v for r, v in result.layouts.items() if r != reducer}
+    return run_result(result.sample, result.identity, layouts, metrics=result.metrics)
 
 
 @pytest.fixture
@@ -216,7 +227,7 @@ def test_evolution_table_is_logged_twice_per_doubling_and_complete_at_the_end(
 
 def test_first_run_without_tsne_still_has_its_columns(wandb_offline, offline_run):
     runs = _projections(3)
-    del runs[0].layouts["tsne"]  # t-SNE failed in the very first run
+    runs[0] = _without(runs[0], "tsne")  # t-SNE failed in the very first run
     sink = WandbSink(offline_run, WarnOnce(), reducers=["pca", "tsne"], n_components=2)
     for p in runs:
         sink.write(p)
@@ -331,8 +342,7 @@ def test_render_draws_an_image_without_pyplot_figures():
 
 
 def test_fixed_columns_fill_a_missing_reducer_with_none():
-    p = _projections(1, n=40)[0]
-    del p.layouts["tsne"]
+    p = _without(_projections(1, n=40)[0], "tsne")
     cols = fixed_columns(p, ["pca", "tsne"], 2)
     assert list(cols)[-4:] == ["pca_x", "pca_y", "tsne_x", "tsne_y"]
     assert cols["tsne_x"] == [None] * 40 and all(isinstance(v, float) for v in cols["pca_y"])

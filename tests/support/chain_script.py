@@ -37,6 +37,7 @@ from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, OnExceptionCheckpoint
 
 import lightning_embproj.callback as callback_module
+import lightning_embproj.pipeline as pipeline_module
 import lightning_embproj.reduce.dispatch as reduce_module
 from lightning_embproj import EmbeddingProjector
 from lightning_embproj.reduce.tsne import threads_now
@@ -125,15 +126,15 @@ def main(plan: dict[str, Any]) -> None:
     root, ckpt = Path(plan["root"]), Path(plan["ckpt"])
     root.mkdir(parents=True, exist_ok=True)
     hold = threading.Event()
-    real = callback_module.EmbeddingProjector._project
+    real = pipeline_module.process_run
 
-    def project(projector: Any, sample: Any, identity: Any) -> Any:
+    def project(sample: Any, identity: Any, *args: Any, **kwargs: Any) -> Any:
         while hold.is_set():
             projector.worker.check_cancelled()  # a stopping point, as t-SNE's chunks are
             time.sleep(0.05)  # held: the run stays queued (a kill finds it there)
-        return real(projector, sample, identity)
+        return real(sample, identity, *args, **kwargs)
 
-    callback_module.EmbeddingProjector._project = project  # type: ignore[method-assign]
+    pipeline_module.process_run = project  # type: ignore[assignment]
     if plan.get("slow_tsne"):
         reduce_module.tsne = slow_tsne(reduce_module.tsne)  # type: ignore[assignment]
     if "drain_s" in plan:

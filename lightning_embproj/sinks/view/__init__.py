@@ -2,7 +2,9 @@
 
 Modules: :mod:`.encode` (pure: tables -> compact JSON-ready data), :mod:`.page` (the HTML with
 plotly.js and the script inlined, strict CSP), :mod:`.assets` (stylesheet and script),
-:mod:`.images` (the optional ``images.json`` thumbnails).
+:mod:`.images` (the optional ``images.json`` thumbnails), :mod:`.history` (the runs the view
+shows, kept in memory) and :mod:`.sink` (the view sink of a fit: renders from that history).
+:func:`write_view` renders a set's local files instead, after the fact (as ``compare`` does).
 
 Example:
     >>> from lightning_embproj.sinks.view import write_view
@@ -120,9 +122,10 @@ def write_view(root: str | os.PathLike[str], name: str, *, max_runs: int = 50,
                projection: Any | None = None) -> Path:
     """Render set ``name``'s local files to ``<root>/embproj/<name>/view.html``; returns it.
 
-    Only the runs the slider shows are read (at most ``max_runs`` files), so rewriting the
-    view after every run costs the same at run 1,000 as at run 50. With ``projection`` (the
-    run just written) holding an image column, its thumbnails are added to ``images.json``.
+    For a folder after training: the view sink of a fit renders from its own history, never
+    from these files. Only the runs the slider shows are read (at most ``max_runs`` files).
+    With ``projection`` (a run) holding an image column, its thumbnails are added to
+    ``images.json``.
 
     >>> write_view("lightning_logs/version_0", "embeddings")     # doctest: +SKIP
     """

@@ -66,19 +66,13 @@ def read_images(folder: str | os.PathLike[str]) -> dict[str, str]:
         images, dict) else {}
 
 
-def write_thumbnails(folder: str | os.PathLike[str], projection: Any) -> Path | None:
-    """Add thumbnails of the projection's first image column for points not yet in the file.
-
-    Returns the file, or ``None`` when the projection has no image column or nothing is new.
+def add_thumbnails(images: dict[str, str], sample: Any) -> str | None:
+    """Add to ``images`` thumbnails of the sample's first image column for points not yet in it
+    (at most ``MAX_IMAGES`` in all); returns that column's name when any was added, else None.
     """
-    from lightning_embproj.sinks.local import atomic_write_text
-
-    sample = projection.sample
     columns = sample.image_columns()
     if not columns:
         return None
-    path = Path(folder) / IMAGES_FILE
-    images = read_images(folder)
     ids = [text(v, 200) for v in sample.sample_ids]
     if sample.dataloader_idx is not None:
         ids = [f"{int(d)}:{k}" for d, k in zip(sample.dataloader_idx, ids, strict=True)]
@@ -90,7 +84,25 @@ def write_thumbnails(folder: str | os.PathLike[str], projection: Any) -> Path | 
         if key not in images:
             images[key] = thumbnail_uri(pixels[i])
             added += 1
-    if not added:
+    return columns[0] if added else None
+
+
+def images_json(images: dict[str, str], column: str) -> str:
+    """The text of ``images.json``."""
+    return json.dumps({"version": 1, "column": column, "images": images})
+
+
+def write_thumbnails(folder: str | os.PathLike[str], projection: Any) -> Path | None:
+    """Add thumbnails of the projection's first image column for points not yet in the file.
+
+    Returns the file, or ``None`` when the projection has no image column or nothing is new.
+    """
+    from lightning_embproj.sinks.local import atomic_write_text
+
+    images = read_images(folder)
+    column = add_thumbnails(images, projection.sample)
+    if column is None:
         return None
-    atomic_write_text(path, json.dumps({"version": 1, "column": columns[0], "images": images}))
+    path = Path(folder) / IMAGES_FILE
+    atomic_write_text(path, images_json(images, column))
     return path

@@ -1,0 +1,212 @@
+"""Rank zero's validation runs, from the queue to the ledger.
+
+A run's sample is queued on the worker (:class:`Runs`); its job runs the stages of
+:func:`process_run`, reduce -> score -> evolve, each returning its values, into one frozen
+:class:`~lightning_embproj.results.RunResult`; gives that one result to every sink
+(:class:`~lightning_embproj.sinks.Sinks`); then records it with the chain owner (the set's
+previous run and cluster chain) and in the ledger files. The stages read the chain's previous
+run and cluster chain and change neither.
+
+Example:
+    >>> import numpy as np
+    >>> from lightning_embproj.evolve.set_chain import EvolveSettings, SetChain
+    >>> from lightning_embproj.reduce.project import ReduceSettings
+    >>> from lightning_embproj.results import EpochSample, RunIdentity
+    >>> rng = np.random.default_rng(0)
+    >>> s = EpochSample("z", np.arange(60), list(range(60)),
+    ...                 rng.normal(size=(60, 8)).astype(np.float32), labels=np.arange(60) % 3)
+    >>> stages = Stages(ReduceSettings(["pca"]), EvolveSettings(n_clusters=3))
+    >>> result, chain = process_run(s, RunIdentity(0, epoch=0, step=10), None, SetChain(), stages)
+    >>> list(result.columns)
+    ['sample_id', 'epoch', 'step', 'val_index', 'label', 'cluster', 'pca_x', 'pca_y']
+    >>> later, _ = process_run(s, RunIdentity(1, epoch=1, step=20), result, chain, stages)
+    >>> later.metrics["drift/knn_overlap"], later.lineage[0]["event"]
+    (1.0, 'survive')
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, cast
+
+from lightning_embproj.chain.owner import ChainState
+from lightning_embproj.evolve.set_chain import EvolveSettings, SetChain, evolve
+from lightning_embproj.metrics.scores import epoch_metrics, movers
+from lightning_embproj.options import ProjectorOptions
+from lightning_embproj.reduce.dispatch import Threads
+from lightning_embproj.reduce.project import ReduceSettings, reduce_layouts
+from lightning_embproj.results import EpochSample, Projection, RunIdentity, RunResult
+from lightning_embproj.runtime.progress import job_label
+from lightning_embproj.runtime.warn import WarnOnce, guarded
+from lightning_embproj.runtime.worker import QUEUE_POLICY, JobCancelled, Worker
+from lightning_embproj.sinks import Sinks
+from lightning_embproj.sinks.columns import run_result
+from lightning_embproj.sinks.local import set_dir
+
+Warn = Callable[[str, str], None]
+
+
+def _no_warn(topic: str, message: str) -> None:
+    """Default for ``warn``: stay silent."""
+
+
+@dataclass(frozen=True)
+class Stages:
+    """How each stage runs: reducers, clusters, and where the metrics pass runs (None: numpy;
+    ``"cuda"``: torch on the GPU)."""
+
+    reduce: ReduceSettings
+    evolve: EvolveSettings
+    device: str | None = None
+
+
+def score(current: Projection, previous: Projection | None, device: str | None = None,
+          warn: Warn = _no_warn) -> tuple[dict[str, float], dict[str, Any] | None]:
+    """The score stage: metrics and movers of ``current`` (each None / empty with one warning
+    when it fails; the metrics' kNN are memoised, so the movers cost no second pass)."""
+    metrics: dict[str, float] = {}
+    try:
+        metrics = epoch_metrics(current, previous, device=device)
+    except Exception as err:  # noqa: BLE001 - the layouts are still worth writing
+        warn(f"score:{type(err).__name__}", f"metrics failed at epoch {current.epoch} for "
+             f"{current.name!r} ({type(err).__name__}: {err})")
+    found = guarded(warn, "movers", "the movers table",
+                    lambda: movers(current, previous, device=device))
+    return metrics, found
+
+
+def process_run(
+    sample: EpochSample, identity: RunIdentity, previous: RunResult | None, chain: SetChain,
+    stages: Stages, warn: Warn = _no_warn, n_jobs: Threads = 1,
+) -> tuple[RunResult, SetChain]:
+    """Run every stage for one run; returns its frozen result and the next cluster chain.
+
+    ``previous``: the chain's last written run of this set (alignment, warm starts, drift), or
+    None at a chain's start. ``n_jobs``: t-SNE threads, or a function giving them (read again
+    during the run; it is also where a run asked to stop at shutdown stops).
+    """
+    layouts = reduce_layouts(sample, previous, stages.reduce, warn, n_jobs=n_jobs,
+                             epoch=identity.epoch)
+    current = Projection(sample, identity.epoch, identity.step, layouts)
+    metrics, found = score(current, previous, stages.device, warn)
+    evolved = evolve(current, previous, chain, stages.evolve, warn, identity.val_index)
+    result = run_result(
+        sample, identity, layouts, metrics={**metrics, **evolved.metrics},
+        clusters=evolved.clusters, lineage=evolved.lineage, per_label=evolved.per_label,
+        movers=found,
+    )
+    return result, evolved.chain
+
+
+class Runs:
+    """Rank zero's runs: each queued on one background :class:`Worker`, whose job processes
+    it, hands the result to every sink and records it; every set's ``ledger.jsonl`` mirrors the
+    chain's ledger. ``sinks``, ``stages`` and ``root`` are set anew at each ``setup``.
+    """
+
+    def __init__(self, chain: ChainState, options: ProjectorOptions, stages: Stages,
+                 warn: WarnOnce) -> None:
+        self.chain, self.options, self.stages, self.warn = chain, options, stages, warn
+        self.worker = Worker(options.background, max_pending=options.max_queued_epochs,
+                             warn=warn, on_drop=self.on_drop)
+        self.sinks = Sinks()
+        self.root = options.output_dir or "."
+        self.is_zero = True
+        self.deadline_s = 30.0  # the shutdown deadline, for the reasons given
+        self._ledger_lock = threading.Lock()
+
+    def submit(self, sample: EpochSample, identity: RunIdentity, log_wandb: bool = True,
+               restored: bool = False) -> None:
+        """Queue a run; ``restored``: accepted before a checkpoint, never dropped now."""
+        self.chain.queue(sample, identity)
+        self.worker.submit(
+            sample.name, partial(self.job, sample, identity, log_wandb),
+            label=job_label(sample.name, len(sample), self.stages.reduce.reducers,
+                            identity.val_index),
+            token=(sample.name, identity.val_index), droppable=not restored,
+        )
+
+    def on_drop(self, token: object, reason: str) -> None:
+        """The worker dropped a queued run: say which and why, in the ledger."""
+        name, val_index = cast(tuple[str, int], token)
+        if reason == QUEUE_POLICY:
+            self.chain.dropped(name, val_index, f"skipped by the queue policy: more than "
+                               f"max_queued_epochs={self.options.max_queued_epochs} runs waited")
+        else:
+            self.chain.interrupted(name, val_index, f"not started within the "
+                                   f"{self.deadline_s:g} s shutdown deadline")
+
+    def job(self, sample: EpochSample, identity: RunIdentity, log_wandb: bool) -> None:
+        """One run on the worker: the stages, then every sink gets the result, then it is
+        recorded (the set's previous run, its cluster chain, the ledger)."""
+        name, val_index = sample.name, identity.val_index
+        try:
+            result, chain = process_run(
+                sample, identity, self.chain.previous.get(name), self.chain.chain_of(name),
+                self.stages, self.warn, n_jobs=self.threads,
+            )
+        except JobCancelled:
+            self.chain.interrupted(name, val_index, "stopped at shutdown, before it was written")
+            self.write_ledgers([name])
+            raise
+        except Exception as err:  # noqa: BLE001 - recorded and warned; training goes on
+            self.chain.failed(name, val_index, f"{type(err).__name__}: {err}")
+            self.write_ledgers([name])
+            raise
+        wandb = self.sinks.write(result, self.warn, log_wandb)
+        self.chain.written(result, chain, wandb)
+        self.write_ledgers([name])
+
+    def threads(self) -> int:
+        """Threads a job may use now: the ``n_jobs`` option while training runs, every core
+        once it is over (read again during a run, so a queued t-SNE speeds up at the end).
+        Also where a run in progress stops when shutdown asks it to."""
+        self.worker.check_cancelled()
+        return self.worker.job_threads() if self.worker.training_over else self.options.n_jobs
+
+    def shutdown(self, exception: BaseException, drain_s: float, cancel_s: float) -> None:
+        """After ``exception``: finish the queued runs within one deadline (on every core), then
+        stop the running one at its next stopping point; the runs left are marked interrupted
+        (they stay pending, so a checkpoint saved now holds them) with one warning."""
+        self.deadline_s = drain_s
+        self.worker.end_training()
+        if not self.worker.drain(timeout=drain_s):
+            self.worker.cancel()  # t-SNE stops within 50 iterations
+            self.worker.wait_idle(timeout=cancel_s)
+        left = self.chain.waiting()
+        error = type(exception).__name__
+        for sample, identity in left:
+            self.chain.interrupted(sample.name, identity.val_index, f"not written within the "
+                                   f"{drain_s:g} s shutdown deadline after {error}")
+        if left and self.is_zero:
+            runs = ", ".join(f"{s.name!r} run {i.val_index} (epoch {i.epoch})" for s, i in left)
+            self.warn(
+                "shutdown",
+                f"after {error}, {len(left)} validation run(s) were not written within the "
+                f"{drain_s:g} s shutdown deadline: {runs}. A run whose reduction still ends is "
+                f"written if the process lives on; the others stay in the callback's "
+                f"checkpoint state: a checkpoint saved now (Lightning's OnExceptionCheckpoint) "
+                f"holds them, and fit(ckpt_path=...) processes them. read_ledger lists them as "
+                f"'interrupted'",
+            )
+
+    def write_ledgers(self, names: list[str] | None = None) -> None:
+        """Mirror the ledger of each set to its ``ledger.jsonl`` (rank zero)."""
+        if not self.is_zero:
+            return
+        for name in names or self.chain.ledger.names():
+            with self._ledger_lock:  # a snapshot is written whole, never an older one last
+                # The ledger is one of the local files: one warning for both when the disk fails.
+                guarded(self.warn, "sink:local files", "writing to local files", partial(
+                    self.chain.ledger.write, set_dir(self.root, name), name))
+
+    def append_ledgers(self, val_index: int) -> None:
+        """Record a run just performed in each set's ``ledger.jsonl`` (one line, on the
+        training thread): a process killed before the run is written still leaves it there."""
+        for name in self.options.set_names:
+            with self._ledger_lock:
+                guarded(self.warn, "sink:local files", "writing to local files", partial(
+                    self.chain.ledger.append, set_dir(self.root, name), name, val_index))
