@@ -104,6 +104,20 @@ _find_spec = importlib.util.find_spec
 importlib.util.find_spec = lambda name, package=None: (
     None if blocked(name) else _find_spec(name, package))
 sys.meta_path.insert(0, NotInstalled())
+
+
+# ...and when asked for a distribution's metadata (lightning_utilities' RequirementCache probes
+# optional packages, e.g. torchmetrics' ``regex``, by version): not found.
+def _refuse(from_name):
+    def lookup(name):
+        if canonical(name) not in allowed and canonical(name) in installed:
+            raise md.PackageNotFoundError(name)
+        return from_name(name)
+    return lookup
+
+
+installed = {canonical(d.metadata["Name"]) for d in md.distributions()}
+md.Distribution.from_name = staticmethod(_refuse(md.Distribution.from_name))
 names = runpy.run_path(sys.argv[3], run_name="__main__")
 try:
     import lightning  # noqa: F401 - installed here by the dev extra, not by the package
