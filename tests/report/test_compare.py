@@ -24,7 +24,7 @@ from lightning_embproj.report.compare_two import (
 )
 from lightning_embproj.results import EpochSample, Projection
 from lightning_embproj.sinks.local import write_projection
-from lightning_embproj.sinks.view import PALETTE
+from lightning_embproj.sinks.palette import colour_map, hex_rgb
 
 REPO = Path(__file__).resolve().parents[2]
 BAD_LABEL = r"$\bad$ <img src=x onerror=window.__pwned=1>"
@@ -64,8 +64,8 @@ def png_check(path: Path, size: tuple[int, int]) -> None:
     assert img.size == size
     rgb = np.asarray(img.convert("RGB")).reshape(-1, 3).astype(int)
     assert (rgb.min(1) < 200).mean() > 0.005  # enough ink
-    for hex_colour in PALETTE[:3]:
-        colour = np.array([int(hex_colour[i:i + 2], 16) for i in (1, 3, 5)])
+    for hex_colour in colour_map(["a", "b", BAD_LABEL]).values():
+        colour = np.array(hex_rgb(hex_colour))
         target = ALPHA * colour + (1 - ALPHA) * 255  # drawn semi-transparent on white
         assert (np.abs(rgb - target).sum(1) < 30).sum() > 20, hex_colour
 
