@@ -218,25 +218,10 @@ def compare(log_dir: str | os.PathLike[str], output: str | os.PathLike[str],
     if name is not None and name not in found:
         raise ValueError(f"compare: no embedding set {name!r} under {str(root)!r}; "
                          f"available: {', '.join(found)}")
-    plans, problems = [], []
-    for set_name in [name] if name is not None else list(found):  # check every set first
-        path, arg = found[set_name]
-        points = read_projections(path, arg)
-        available = sorted({int(e) for e in points["epoch"]})
-        chosen = default_epochs(available) if not epochs else [int(e) for e in epochs]
-        unknown = [e for e in chosen if e not in available]
-        reducers = list(reducers_in(points))
-        r = reducer if reducer is not None else next(iter(reducers), None)
-        problem = None
-        if unknown:
-            problem = (f"epochs {unknown} not in set {set_name!r}; available epochs: "
-                       f"{available}")
-        elif r not in reducers:
-            problem = (f"reducer {reducer!r} not in set {set_name!r}; available: "
-                       f"{', '.join(reducers)}")
-        if problem:
-            problems.append(problem)
-        plans.append((set_name, path, arg, points, chosen, None if problem else r, problem))
+    # every set checked first
+    plans = [_plan(s, *found[s], epochs, reducer)
+             for s in ([name] if name is not None else list(found))]
+    problems = [plan[-1] for plan in plans if plan[-1]]
     if len(problems) == len(plans):
         raise ValueError("compare: " + "; ".join(problems))
     written: list[Path] = []
@@ -260,6 +245,25 @@ def compare(log_dir: str | os.PathLike[str], output: str | os.PathLike[str],
         written.append(plot_epochs(points, metrics, folder / f"compare_{r}.png", epochs=chosen,
                                    reducer=str(r), title=title))
     return written
+
+
+def _plan(set_name: str, path: Path, arg: str | None, epochs: Sequence[int] | None,
+          reducer: str | None) -> tuple[Any, ...]:
+    """``(set, path, name argument, points, epochs, reducer, problem)`` of one set: the
+    problem (epochs or reducer it lacks) leaves it without a PNG."""
+    points = read_projections(path, arg)
+    available = sorted({int(e) for e in points["epoch"]})
+    chosen = default_epochs(available) if not epochs else [int(e) for e in epochs]
+    unknown = [e for e in chosen if e not in available]
+    reducers = list(reducers_in(points))
+    r = reducer if reducer is not None else next(iter(reducers), None)
+    problem = None
+    if unknown:
+        problem = f"epochs {unknown} not in set {set_name!r}; available epochs: {available}"
+    elif r not in reducers:
+        problem = (f"reducer {reducer!r} not in set {set_name!r}; available: "
+                   f"{', '.join(reducers)}")
+    return (set_name, path, arg, points, chosen, None if problem else r, problem)
 
 
 def _folder(path: Path, name: str | None) -> Path:
