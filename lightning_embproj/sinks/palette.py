@@ -70,7 +70,7 @@ def category_key(value: Any) -> int | str | None:
     >>> [category_key(v) for v in (True, 3.0, "3", "cat", 0.5, float("nan"), None)]
     [1, 3, 3, 'cat', '0.5', None, None]
     """
-    if value is None:
+    if value is None or type(value).__name__ in ("NAType", "NaTType"):  # pandas' missing
         return None
     if isinstance(value, str):
         return int(value) if _INTEGER.fullmatch(value) else value
