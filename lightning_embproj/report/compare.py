@@ -5,7 +5,8 @@ One run (``compare LOG_DIR``), for each embedding set (or the one named), into
 
 - ``view.html``: the view (see :mod:`lightning_embproj.sinks.view`);
 - ``compare_<reducer>.png``: the chosen epochs side by side (default: first, middle, last; the
-  last validation run of each), coloured by label, on shared axes; 400 x 460 pixels per epoch.
+  last validation run of each), coloured by label (the one palette), on shared axes at equal
+  scale; 400 x 460 pixels per epoch.
 
 Two runs (``compare RUN_A RUN_B``) are :mod:`~lightning_embproj.report.compare_two`.
 
@@ -26,14 +27,14 @@ from typing import Any
 import numpy as np
 
 from lightning_embproj.readers import list_sets, list_validations, read_metrics, read_projections
+from lightning_embproj.sinks import palette
 from lightning_embproj.sinks.local import atomic_write_text, set_dir
+from lightning_embproj.sinks.plot import equal_scale
 from lightning_embproj.sinks.view import (
-    PALETTE,
     VIEW_FILE,
     read_lineage_or_none,
     reducers_in,
     render_view,
-    sorted_labels,
 )
 from lightning_embproj.sinks.view.images import read_images
 
@@ -64,9 +65,59 @@ def _plain(value: Any, limit: int = 24) -> str:
     return text.replace("$", r"\$")
 
 
+def _label_values(rows: Any) -> list[Any]:
+    """The rows' labels as objects, ``None`` where missing."""
+    values = rows["label"].astype(object)
+    return values.where(values.notna(), None).tolist()
+
+
+def _panel_title(by_epoch: Any, epoch: int) -> str:
+    scores = []
+    if by_epoch is not None and epoch in by_epoch.index:
+        scores = [f"{m} {float(by_epoch.at[epoch, m]):.3f}" for m in TITLE_METRICS
+                  if m in by_epoch.columns and np.isfinite(by_epoch.at[epoch, m])]
+    return "\n".join([f"epoch {epoch}", ", ".join(scores)])
+
+
+def _legend(fig: Any, values: list[Any], mapping: dict[Any, str]) -> None:
+    """The labels under the panels, in natural order, markers at full colour."""
+    from matplotlib.lines import Line2D
+
+    keys = sorted(mapping, key=palette.natural_key)
+    entries = [(_plain(k), mapping[k]) for k in keys]
+    if any(v is None for v in values):
+        entries.append(("(missing)", palette.MISSING))
+    handles = [Line2D([], [], marker="o", linestyle="", markersize=6, color=colour, label=text)
+               for text, colour in entries[:MAX_LEGEND]]
+    extra = len(entries) - MAX_LEGEND
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 10), fontsize=8,
+               frameon=False, title=f"label (+{extra} more)" if extra > 0 else "label",
+               title_fontsize=8, handletextpad=0.2, columnspacing=1.0)
+
+
+def _equal_axes(ax: Any, fig: Any, lims: list[tuple[float, float]]) -> None:
+    """Shared limits at equal scale: 2-D widened to the panel's box, 3-D a box in the
+    limits' proportions."""
+    if len(lims) == 3:
+        spans = [hi - lo for lo, hi in lims]
+        ax.set_xlim(*lims[0])
+        ax.set_ylim(*lims[1])
+        ax.set_zlim(*lims[2])
+        ax.set_box_aspect([max(s / max(spans), 0.01) for s in spans])
+        ax.set_zticks([])
+        return
+    box = ax.get_position()
+    width, height = fig.get_size_inches()
+    x0, x1, y0, y1 = equal_scale((*lims[0], *lims[1]), box.width * width, box.height * height)
+    ax.set_xlim(x0, x1)
+    ax.set_ylim(y0, y1)
+
+
 def plot_epochs(points: Any, metrics: Any | None, path: Path, *, epochs: Sequence[int],
                 reducer: str, title: str = "") -> Path:
-    """Draw ``epochs`` of one reducer's layout side by side into a PNG at ``path``."""
+    """Draw ``epochs`` of one reducer's layout side by side into a PNG at ``path``: shared
+    axes at equal scale, each label in its colour of the one palette
+    (:mod:`lightning_embproj.sinks.palette`)."""
     try:
         from matplotlib.figure import Figure
     except ImportError as err:
@@ -81,47 +132,27 @@ def plot_epochs(points: Any, metrics: Any | None, path: Path, *, epochs: Sequenc
     lims = [(float(np.nanmin(shown[c])), float(np.nanmax(shown[c]))) for c in cols]
     lims = [(lo - 0.05 * (hi - lo or 1), hi + 0.05 * (hi - lo or 1)) for lo, hi in lims]
     has_label = "label" in points.columns
-    labels = (sorted_labels(points["label"].astype(object).where(points["label"].notna(),
-                                                                  "(missing)"))
-              if has_label else [None])
+    mapping = palette.colour_map(_label_values(shown)) if has_label else {}
     by_epoch = (metrics.sort_values("val_index").drop_duplicates("epoch", keep="last")
                 .set_index("epoch") if metrics is not None and len(metrics) else None)
 
     fig = Figure(figsize=(PANEL_INCHES * len(epochs), HEIGHT_INCHES), dpi=DPI)
     fig.subplots_adjust(left=0.02, right=0.98, top=0.80, bottom=0.16, wspace=0.06)
     size = float(np.clip(3000 / max(len(shown) / len(epochs), 1), 3, 30))  # fewer points: bigger
-    handles = []
     for i, epoch in enumerate(epochs):
         ax = fig.add_subplot(1, len(epochs), i + 1, **({"projection": "3d"} if dims == 3 else {}))
         rows = shown[shown["epoch"] == epoch]
-        row_labels = (rows["label"].astype(object).where(rows["label"].notna(), "(missing)")
-                      if has_label else None)
-        for g, lab in enumerate(labels):
-            sel = rows if row_labels is None else rows[(row_labels == lab).to_numpy()]
-            xyz = [sel[c].to_numpy() for c in cols]
-            h = ax.scatter(*xyz, s=size, alpha=ALPHA, linewidths=0,  # type: ignore[misc]
-                           color=PALETTE[g % len(PALETTE)], label=_plain(lab))
-            if i == 0:
-                handles.append(h)
-        ax.set_xlim(*lims[0])
-        ax.set_ylim(*lims[1])
+        colours = (palette.colours(_label_values(rows), mapping) if has_label
+                   else palette.SINGLE)
+        ax.scatter(*[rows[c].to_numpy() for c in cols], s=size, alpha=ALPHA,  # type: ignore[misc]
+                   linewidths=0, c=colours)
         ax.set_xticks([])
         ax.set_yticks([])
-        if dims == 3:
-            ax.set_zlim(*lims[2])  # type: ignore[attr-defined]
-            ax.set_zticks([])  # type: ignore[attr-defined]
-        scores = []
-        if by_epoch is not None and epoch in by_epoch.index:
-            scores = [f"{m} {float(by_epoch.at[epoch, m]):.3f}" for m in TITLE_METRICS
-                      if m in by_epoch.columns and np.isfinite(by_epoch.at[epoch, m])]
-        ax.set_title("\n".join([f"epoch {epoch}", ", ".join(scores)]), fontsize=9)
+        _equal_axes(ax, fig, lims)
+        ax.set_title(_panel_title(by_epoch, epoch), fontsize=9)
     fig.suptitle(_plain(title, 80) + f" ({reducer})", fontsize=12, y=0.985)
     if has_label:
-        extra = len(handles) - MAX_LEGEND
-        fig.legend(handles=handles[:MAX_LEGEND], loc="lower center", markerscale=2.5,
-                   ncol=min(len(handles[:MAX_LEGEND]), 10), fontsize=8, frameon=False,
-                   title=f"label (+{extra} more)" if extra > 0 else "label",
-                   title_fontsize=8)
+        _legend(fig, _label_values(shown), mapping)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fig.savefig(tmp, dpi=DPI, format="png")
@@ -187,25 +218,10 @@ def compare(log_dir: str | os.PathLike[str], output: str | os.PathLike[str],
     if name is not None and name not in found:
         raise ValueError(f"compare: no embedding set {name!r} under {str(root)!r}; "
                          f"available: {', '.join(found)}")
-    plans, problems = [], []
-    for set_name in [name] if name is not None else list(found):  # check every set first
-        path, arg = found[set_name]
-        points = read_projections(path, arg)
-        available = sorted({int(e) for e in points["epoch"]})
-        chosen = default_epochs(available) if not epochs else [int(e) for e in epochs]
-        unknown = [e for e in chosen if e not in available]
-        reducers = list(reducers_in(points))
-        r = reducer if reducer is not None else next(iter(reducers), None)
-        problem = None
-        if unknown:
-            problem = (f"epochs {unknown} not in set {set_name!r}; available epochs: "
-                       f"{available}")
-        elif r not in reducers:
-            problem = (f"reducer {reducer!r} not in set {set_name!r}; available: "
-                       f"{', '.join(reducers)}")
-        if problem:
-            problems.append(problem)
-        plans.append((set_name, path, arg, points, chosen, None if problem else r, problem))
+    # every set checked first
+    plans = [_plan(s, *found[s], epochs, reducer)
+             for s in ([name] if name is not None else list(found))]
+    problems = [plan[-1] for plan in plans if plan[-1]]
     if len(problems) == len(plans):
         raise ValueError("compare: " + "; ".join(problems))
     written: list[Path] = []
@@ -229,6 +245,25 @@ def compare(log_dir: str | os.PathLike[str], output: str | os.PathLike[str],
         written.append(plot_epochs(points, metrics, folder / f"compare_{r}.png", epochs=chosen,
                                    reducer=str(r), title=title))
     return written
+
+
+def _plan(set_name: str, path: Path, arg: str | None, epochs: Sequence[int] | None,
+          reducer: str | None) -> tuple[Any, ...]:
+    """``(set, path, name argument, points, epochs, reducer, problem)`` of one set: the
+    problem (epochs or reducer it lacks) leaves it without a PNG."""
+    points = read_projections(path, arg)
+    available = sorted({int(e) for e in points["epoch"]})
+    chosen = default_epochs(available) if not epochs else [int(e) for e in epochs]
+    unknown = [e for e in chosen if e not in available]
+    reducers = list(reducers_in(points))
+    r = reducer if reducer is not None else next(iter(reducers), None)
+    problem = None
+    if unknown:
+        problem = f"epochs {unknown} not in set {set_name!r}; available epochs: {available}"
+    elif r not in reducers:
+        problem = (f"reducer {reducer!r} not in set {set_name!r}; available: "
+                   f"{', '.join(reducers)}")
+    return (set_name, path, arg, points, chosen, None if problem else r, problem)
 
 
 def _folder(path: Path, name: str | None) -> Path:

@@ -12,16 +12,26 @@ Example:
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from lightning_embproj.readers import list_validations, read_projections
+from lightning_embproj.reduce.align import procrustes_align
 from lightning_embproj.report.compare import _folder, find_sets
 from lightning_embproj.sinks.local import atomic_write_text
-from lightning_embproj.sinks.view import PALETTE, reducers_in
+from lightning_embproj.sinks.view import reducers_in
+from lightning_embproj.sinks.view.encode import (
+    RUN_FIELDS,
+    encode_images,
+    encode_points,
+    point_keys,
+    text,
+)
 from lightning_embproj.sinks.view.images import read_images
+from lightning_embproj.sinks.view.page import render_page
 
 MIN_SHARED = 10  # ids two runs must share to align them and compare neighbourhoods
 COMPARE_FILE = "compare.html"
@@ -69,6 +79,195 @@ def _label(df: Any, keys: Any) -> Any:
     return df.assign(_key=keys.to_numpy()).drop_duplicates("_key").set_index("_key")
 
 
+def id_order(key: str) -> list[tuple[int, int, str]]:
+    """Sort key for ids as text: digit runs by value ("2" before "10", "s9" before "s10").
+
+    >>> sorted(["10", "2", "100", "s10", "s9"], key=id_order)
+    ['2', '10', '100', 's9', 's10']
+    """
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", key) if t]
+
+
+def _pairs(paths: dict[str, Path], name: str | None
+           ) -> list[tuple[str, tuple[Path, str | None], tuple[Path, str | None]]]:
+    """(set name, A's (path, name), B's (path, name)) of each set both runs have."""
+    found = {}
+    for which, p in paths.items():
+        if not p.is_dir():
+            raise FileNotFoundError(f"compare: run {which} {str(p)!r} does not exist")
+        found[which] = find_sets(p)
+        if not found[which]:
+            raise ValueError(f"compare: no embedding sets in run {which} {str(p)!r} "
+                             "(expected a log dir with embproj/<NAME>/val_*.csv, or a set folder)")
+    single = all(len(f) == 1 and next(iter(f.values()))[1] is None for f in found.values())
+    if single:  # two set folders: compare them whatever their names
+        return [(next(iter(found["A"])), next(iter(found["A"].values())),
+                 next(iter(found["B"].values())))]
+    names = [n for n in found["A"] if n in found["B"]]
+    if name is not None:
+        names = [name] if name in names else []
+    if not names:
+        raise ValueError(
+            f"compare: no embedding set {'named ' + repr(name) + ' ' if name else ''}in both "
+            f"runs; run A has {', '.join(found['A'])}; run B has {', '.join(found['B'])}")
+    return [(n, found["A"][n], found["B"][n]) for n in names]
+
+
+def _plan(set_name: str, src_a: tuple[Path, str | None], src_b: tuple[Path, str | None],
+          epoch: int | None, reducer: str | None) -> dict[str, Any]:
+    """One set's two runs read and checked (enough shared ids, a layout in common)."""
+    ra, rb = pick_run(*src_a, epoch, "A"), pick_run(*src_b, epoch, "B")
+    a = read_projections(*src_a, validations=[ra[0]]).reset_index(drop=True)
+    b = read_projections(*src_b, validations=[rb[0]]).reset_index(drop=True)
+    ka, kb = point_keys(a), point_keys(b)
+    shared = set(ka) & set(kb)
+    if len(shared) < MIN_SHARED:
+        raise ValueError(
+            f"compare: runs A and B share {len(shared)} ids in set {set_name!r} ({len(a)} "
+            f"and {len(b)} tracked points); at least {MIN_SHARED} are needed to align the "
+            "layouts and compare neighbourhoods. Do both runs track the same dataset with "
+            "the same id_key?")
+    both = [r for r in reducers_in(a) if reducers_in(b).get(r) == reducers_in(a)[r]]
+    if reducer is not None:
+        if reducer not in both:
+            raise ValueError(f"compare: reducer {reducer!r} not in both runs of set "
+                             f"{set_name!r}; in both: {', '.join(both) or 'none'}")
+        both = [reducer]
+    if not both:
+        raise ValueError(f"compare: runs A and B of set {set_name!r} have no layout in "
+                         f"common (A: {', '.join(reducers_in(a))}; B: "
+                         f"{', '.join(reducers_in(b))})")
+    return {"name": set_name, "a": a, "b": b.copy(), "ka": ka, "kb": kb, "ra": ra, "rb": rb,
+            "both": both, "src_a": src_a, "src_b": src_b,
+            "universe": list(dict.fromkeys(list(ka) + list(kb)))}
+
+
+def _metadata(info: Any) -> list[str]:
+    """A's metadata columns (texts, numbers, cluster) for the table of changed points."""
+    layouts = {f"{r}_{ax}" for r in reducers_in(info) for ax in "xyz"}
+    skip = {*RUN_FIELDS, "sample_id", "dataloader_idx", "label"} | layouts
+    return [c for c in info.columns if c not in skip and not c.startswith("_")]
+
+
+def _neighbours(plan: dict[str, Any], r: str, k: int) -> tuple[Any, np.ndarray, int]:
+    """Align B's ``r`` layout onto A's; the table of shared points (most changed first, ids
+    in natural order among equals), their overlap over the universe, and the k used."""
+    import pandas as pd
+
+    a, b, ka, kb = plan["a"], plan["b"], plan["ka"], plan["kb"]
+    cols = [f"{r}_{ax}" for ax in "xyz"[: reducers_in(a)[r]]]
+    fa = np.isfinite(a[cols].to_numpy(dtype=float)).all(axis=1)
+    fb = np.isfinite(b[cols].to_numpy(dtype=float)).all(axis=1)
+    b.loc[fb, cols] = procrustes_align(b.loc[fb, cols].to_numpy(dtype=float),
+                                       kb[fb].to_numpy(dtype=str),
+                                       a.loc[fa, cols].to_numpy(dtype=float),
+                                       ka[fa].to_numpy(dtype=str))
+    common = sorted(set(ka[fa]) & set(kb[fb]), key=id_order)
+    if len(common) < MIN_SHARED:
+        raise ValueError(f"compare: only {len(common)} shared ids have a {r} layout in both "
+                         f"runs of set {plan['name']!r}; at least {MIN_SHARED} are needed")
+    kk = min(k, len(common) - 1)
+    xa = _label(a[cols], ka).loc[common].to_numpy(dtype=float)
+    xb = _label(b[cols], kb).loc[common].to_numpy(dtype=float)
+    near_a, near_b = layout_neighbours(xa, kk), layout_neighbours(xb, kk)
+    overlap = neighbourhood_overlap(near_a, near_b)
+    index = {key: i for i, key in enumerate(plan["universe"])}
+    full = np.full(len(plan["universe"]), np.nan)
+    full[[index[c] for c in common]] = overlap
+    info = _label(a, ka).loc[common]
+    ids = info["sample_id"].astype(str).to_numpy()
+    table = pd.DataFrame({"sample_id": ids})
+    for c in ("dataloader_idx", "label", *_metadata(info)):
+        if c in info.columns:
+            table[c] = info[c].to_numpy()
+    table["overlap"] = overlap.round(4)
+    table["only_in_a"] = [" ".join(ids[j] for j in sorted(set(x) - set(y)))
+                          for x, y in zip(near_a.tolist(), near_b.tolist(), strict=True)]
+    table["only_in_b"] = [" ".join(ids[j] for j in sorted(set(y) - set(x)))
+                          for x, y in zip(near_a.tolist(), near_b.tolist(), strict=True)]
+    for j, ax in enumerate(cols):
+        table[f"{ax}_a"], table[f"{ax}_b"] = xa[:, j], xb[:, j]
+    table["_index"] = [index[c] for c in common]
+    # `common` is in natural id order: a stable sort by overlap keeps it among equals.
+    return table.sort_values("overlap", kind="stable"), full, kk
+
+
+def _page_table(table: Any, r: str, kk: int, top: int) -> dict[str, Any]:
+    """The ``top`` most changed points for the page: id, label, metadata (texts cut), overlap
+    and the neighbours only one run has; the page adds each point's thumbnail."""
+    shown = table.head(top)
+    coords = {f"{r}_{ax}_{w}" for ax in "xyz" for w in "ab"}
+    head = [c for c in shown.columns if c != "_index" and c not in coords]
+    return {
+        "title": f"The {len(shown)} points whose {r} neighbourhoods differ most (k={kk} nearest "
+                 "shared points in each run's layout; 1 = same neighbours)",
+        "columns": ["id" if c == "sample_id" else c.replace("_", " ") for c in head],
+        "rows": [[text(v, 120) for v in row] for row in shown[head].itertuples(index=False)],
+        "index": [int(i) for i in shown["_index"]],
+    }
+
+
+def _point_table(plan: dict[str, Any], extra: dict[str, np.ndarray]) -> dict[str, Any]:
+    """One point table for both panels: A's metadata, B's for points only B has, the
+    overlap columns, and which run has each point when they differ."""
+    import pandas as pd
+
+    a, b, ka, kb, ra = plan["a"], plan["b"], plan["ka"], plan["kb"], plan["ra"]
+    meta = pd.concat([a, b[~kb.isin(set(ka))]], ignore_index=True)
+    meta["val_index"], meta["epoch"], meta["step"] = 0, ra[1], ra[2]
+    keys = point_keys(meta)
+    pos = {key: i for i, key in enumerate(plan["universe"])}
+    for column, values in extra.items():
+        meta[column] = [values[pos[key]] for key in keys]
+    if len(plan["universe"]) > len(set(ka) & set(kb)):
+        in_a, in_b = set(ka), set(kb)
+        meta["in run"] = ["both" if key in in_a and key in in_b else
+                          "A only" if key in in_a else "B only" for key in keys]
+    points = encode_points(meta, keys=plan["universe"])
+    points["runs"] = [{"val_index": 0, "epoch": ra[1], "step": ra[2], "label": "A and B"}]
+    points.pop("reducers")
+    return points
+
+
+def _write_set(plan: dict[str, Any], paths: dict[str, Path], output: Path, k: int,
+               top: int) -> list[Path]:
+    folder = output / plan["name"]
+    written: list[Path] = []
+    extra: dict[str, np.ndarray] = {}
+    tables, summary = {}, []
+    for r in plan["both"]:
+        table, full, kk = _neighbours(plan, r, k)
+        csv_path = folder / f"neighbours_{r}.csv"
+        atomic_write_text(csv_path, table.drop(columns="_index").to_csv(index=False))
+        written.append(csv_path)
+        extra[f"neighbourhood overlap ({r})"] = full
+        tables[r] = _page_table(table, r, kk, top)
+        summary.append(f"{r} {np.nanmean(full):.2f}")
+    panels = []
+    for which, df, run in (("A", plan["a"], plan["ra"]), ("B", plan["b"], plan["rb"])):
+        enc = encode_points(df.assign(val_index=0), keys=plan["universe"])
+        panels.append({
+            "title": f"{which}: {paths[which]} \u2014 epoch {run[1]} \u00b7 step {run[2]}"
+                     + (" (aligned onto A)" if which == "B" else ""),
+            "reducers": {r: enc["reducers"][r] for r in plan["both"]}})
+    thumbs = {**read_images(_folder(*plan["src_b"])), **read_images(_folder(*plan["src_a"]))}
+    shared, a, b = len(set(plan["ka"]) & set(plan["kb"])), plan["a"], plan["b"]
+    payload = {
+        "title": f"{plan['name']}: A {paths['A'].name} vs B {paths['B'].name}",
+        "note": (f"{shared} shared ids ({len(a)} tracked in A, {len(b)} in B). B's layouts "
+                 "are rotated onto A's on the shared ids. Mean neighbourhood overlap (k="
+                 f"{k} nearest in each layout; the original embeddings are not stored "
+                 f"locally): {', '.join(summary)}. Select points in either panel: they are "
+                 "highlighted in both."),
+        "colour": f"neighbourhood overlap ({plan['both'][0]})",
+        "points": _point_table(plan, extra), "panels": panels, "metrics": None,
+        "lineage": None, "images": encode_images(thumbs, plan["universe"]), "tables": tables,
+    }
+    page = folder / COMPARE_FILE
+    atomic_write_text(page, render_page(payload))
+    return [page, *written]
+
+
 def compare_runs(run_a: str | os.PathLike[str], run_b: str | os.PathLike[str],
                  output: str | os.PathLike[str], *, name: str | None = None,
                  epoch: int | None = None, reducer: str | None = None, k: int = 10,
@@ -82,8 +281,9 @@ def compare_runs(run_a: str | os.PathLike[str], run_b: str | os.PathLike[str],
     embeddings are not kept in the local files, so neighbourhoods are those of the layouts.
 
     Writes ``<output>/<NAME>/compare.html`` (both layouts side by side, linked selection,
-    colour by overlap, the ``top`` most changed points in a table) and
-    ``<output>/<NAME>/neighbours_<reducer>.csv`` (every shared point, most changed first).
+    colour by overlap, the ``top`` most changed points in a table with their metadata and
+    thumbnails) and ``<output>/<NAME>/neighbours_<reducer>.csv`` (every shared point, most
+    changed first, ids in natural order among equals: 2 before 10).
 
     Args:
         run_a, run_b: two log dirs (holding ``embproj/<NAME>/``) or two set folders.
@@ -95,158 +295,7 @@ def compare_runs(run_a: str | os.PathLike[str], run_b: str | os.PathLike[str],
         k: neighbours per point.
         top: rows of the table in the page.
     """
-    import pandas as pd
-
-    from lightning_embproj.reduce.align import procrustes_align
-    from lightning_embproj.sinks.view import render_page
-    from lightning_embproj.sinks.view.encode import encode_images, encode_points, point_keys
-
     paths = {"A": Path(run_a), "B": Path(run_b)}
-    found = {}
-    for which, p in paths.items():
-        if not p.is_dir():
-            raise FileNotFoundError(f"compare: run {which} {str(p)!r} does not exist")
-        found[which] = find_sets(p)
-        if not found[which]:
-            raise ValueError(f"compare: no embedding sets in run {which} {str(p)!r} "
-                             "(expected a log dir with embproj/<NAME>/val_*.csv, or a set folder)")
-    single = all(len(f) == 1 and next(iter(f.values()))[1] is None for f in found.values())
-    if single:  # two set folders: compare them whatever their names
-        pairs = [(next(iter(found["A"])), next(iter(found["A"].values())),
-                  next(iter(found["B"].values())))]
-    else:
-        names = [n for n in found["A"] if n in found["B"]]
-        if name is not None:
-            names = [name] if name in names else []
-        if not names:
-            raise ValueError(
-                f"compare: no embedding set {'named ' + repr(name) + ' ' if name else ''}in both "
-                f"runs; run A has {', '.join(found['A'])}; run B has {', '.join(found['B'])}")
-        pairs = [(n, found["A"][n], found["B"][n]) for n in names]
-    plans = []
-    for set_name, (pa, na), (pb, nb) in pairs:  # check every set before writing
-        ra, rb = pick_run(pa, na, epoch, "A"), pick_run(pb, nb, epoch, "B")
-        a = read_projections(pa, na, validations=[ra[0]]).reset_index(drop=True)
-        b = read_projections(pb, nb, validations=[rb[0]]).reset_index(drop=True)
-        ka, kb = point_keys(a), point_keys(b)
-        shared = sorted(set(ka) & set(kb))
-        if len(shared) < MIN_SHARED:
-            raise ValueError(
-                f"compare: runs A and B share {len(shared)} ids in set {set_name!r} ({len(a)} "
-                f"and {len(b)} tracked points); at least {MIN_SHARED} are needed to align the "
-                "layouts and compare neighbourhoods. Do both runs track the same dataset with "
-                "the same id_key?")
-        both = [r for r in reducers_in(a) if r in reducers_in(b)
-                and reducers_in(a)[r] == reducers_in(b)[r]]
-        if reducer is not None:
-            if reducer not in both:
-                raise ValueError(f"compare: reducer {reducer!r} not in both runs of set "
-                                 f"{set_name!r}; in both: {', '.join(both) or 'none'}")
-            both = [reducer]
-        if not both:
-            raise ValueError(f"compare: runs A and B of set {set_name!r} have no layout in "
-                             f"common (A: {', '.join(reducers_in(a))}; B: "
-                             f"{', '.join(reducers_in(b))})")
-        plans.append((set_name, a, b, ka, kb, ra, rb, both, (pa, na), (pb, nb)))
-    written: list[Path] = []
-    for set_name, a, b, ka, kb, ra, rb, both, (pa, na), (pb, nb) in plans:
-        folder = Path(output) / set_name
-        universe = list(dict.fromkeys(list(ka) + list(kb)))
-        b = b.copy()
-        extra: dict[str, np.ndarray] = {}
-        tables, summary = {}, []
-        for r in both:
-            cols = [f"{r}_{ax}" for ax in "xyz"[: reducers_in(a)[r]]]
-            fa = np.isfinite(a[cols].to_numpy(dtype=float)).all(axis=1)
-            fb = np.isfinite(b[cols].to_numpy(dtype=float)).all(axis=1)
-            aligned = procrustes_align(b.loc[fb, cols].to_numpy(dtype=float),
-                                       kb[fb].to_numpy(dtype=str),
-                                       a.loc[fa, cols].to_numpy(dtype=float),
-                                       ka[fa].to_numpy(dtype=str))
-            b.loc[fb, cols] = aligned
-            common = sorted(set(ka[fa]) & set(kb[fb]))
-            if len(common) < MIN_SHARED:
-                raise ValueError(f"compare: only {len(common)} shared ids have a {r} layout "
-                                 f"in both runs of set {set_name!r}; at least {MIN_SHARED} "
-                                 "are needed")
-            kk = min(k, len(common) - 1)
-            xa = _label(a[cols], ka).loc[common].to_numpy(dtype=float)
-            xb = _label(b[cols], kb).loc[common].to_numpy(dtype=float)
-            near_a, near_b = layout_neighbours(xa, kk), layout_neighbours(xb, kk)
-            overlap = neighbourhood_overlap(near_a, near_b)
-            column = f"neighbourhood overlap ({r})"
-            full = np.full(len(universe), np.nan)
-            index = {key: i for i, key in enumerate(universe)}
-            full[[index[c] for c in common]] = overlap
-            extra[column] = full
-            info = _label(a, ka)
-            ids = info.loc[common, "sample_id"].astype(str).to_numpy()
-            only_a = [" ".join(ids[j] for j in sorted(set(x) - set(y)))
-                      for x, y in zip(near_a.tolist(), near_b.tolist(), strict=True)]
-            only_b = [" ".join(ids[j] for j in sorted(set(y) - set(x)))
-                      for x, y in zip(near_a.tolist(), near_b.tolist(), strict=True)]
-            table = pd.DataFrame({"sample_id": ids})
-            if "dataloader_idx" in info.columns:
-                table["dataloader_idx"] = info.loc[common, "dataloader_idx"].to_numpy()
-            if "label" in info.columns:
-                table["label"] = info.loc[common, "label"].to_numpy()
-            table["overlap"] = overlap.round(4)
-            table["only_in_a"], table["only_in_b"] = only_a, only_b
-            for j, ax in enumerate(cols):
-                table[f"{ax}_a"], table[f"{ax}_b"] = xa[:, j], xb[:, j]
-            table["_index"] = [index[c] for c in common]
-            table = table.sort_values(["overlap", "sample_id"], kind="stable")
-            csv_path = folder / f"neighbours_{r}.csv"
-            atomic_write_text(csv_path, table.drop(columns="_index").to_csv(index=False))
-            written.append(csv_path)
-            shown = table.head(top)
-            head = [c for c in ("sample_id", "dataloader_idx", "label", "overlap", "only_in_a",
-                                "only_in_b") if c in shown.columns]
-            tables[r] = {
-                "title": f"The {len(shown)} points whose {r} neighbourhoods differ most "
-                         f"(k={kk} nearest shared points in each run's layout; 1 = same "
-                         "neighbours)",
-                "columns": ["id" if c == "sample_id" else c.replace("_", " ") for c in head],
-                "rows": [[str(v) for v in row] for row in shown[head].itertuples(index=False)],
-                "index": [int(i) for i in shown["_index"]],
-            }
-            summary.append(f"{r} {overlap.mean():.2f}")
-        # One point table for both panels: A's metadata, B's for points only B has.
-        meta = pd.concat([a, b[~kb.isin(set(ka))]], ignore_index=True)
-        meta["val_index"], meta["epoch"], meta["step"] = 0, ra[1], ra[2]
-        for column, values in extra.items():
-            meta[column] = np.nan
-            pos = {key: i for i, key in enumerate(universe)}
-            meta[column] = [values[pos[key]] for key in point_keys(meta)]
-        if len(universe) > len(set(ka) & set(kb)):
-            in_a, in_b = set(ka), set(kb)
-            meta["in run"] = ["both" if key in in_a and key in in_b else
-                              "A only" if key in in_a else "B only" for key in point_keys(meta)]
-        points = encode_points(meta, keys=universe)
-        thumbs = {**read_images(_folder(pb, nb)), **read_images(_folder(pa, na))}
-        one = {"val_index": 0, "epoch": ra[1], "step": ra[2], "label": "A and B"}
-        panels = []
-        for which, df, run in (("A", a, ra), ("B", b, rb)):
-            enc = encode_points(df.assign(val_index=0), keys=universe)
-            panels.append({
-                "title": f"{which}: {paths[which]} \\u2014 epoch {run[1]} \\u00b7 step {run[2]}"
-                         + (" (aligned onto A)" if which == "B" else ""),
-                "reducers": {r: enc["reducers"][r] for r in both}})
-        points["runs"] = [one]
-        points.pop("reducers")
-        colour_by = f"neighbourhood overlap ({both[0]})"
-        payload = {
-            "title": f"{set_name}: A {paths['A'].name} vs B {paths['B'].name}",
-            "note": (f"{len(set(ka) & set(kb))} shared ids ({len(a)} tracked in A, {len(b)} "
-                     f"in B). B's layouts are rotated onto A's on the shared ids. Mean "
-                     f"neighbourhood overlap (k={k} nearest in each layout; the original "
-                     f"embeddings are not stored locally): {', '.join(summary)}. Select points "
-                     "in either panel: they are highlighted in both."),
-            "palette": list(PALETTE), "colour": colour_by, "points": points, "panels": panels,
-            "metrics": None, "lineage": None, "images": encode_images(thumbs, universe),
-            "tables": tables,
-        }
-        page = folder / COMPARE_FILE
-        atomic_write_text(page, render_page(payload, panels=2))
-        written.insert(len(written) - len(both), page)
-    return written
+    # every set checked before anything is written
+    plans = [_plan(n, a, b, epoch, reducer) for n, a, b in _pairs(paths, name)]
+    return [p for plan in plans for p in _write_set(plan, paths, Path(output), k, top)]

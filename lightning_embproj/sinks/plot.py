@@ -2,8 +2,10 @@
 
 Rendering uses matplotlib's Agg canvas through the object API (``Figure``), never ``pyplot``:
 it runs on the background thread, and pyplot's global figure registry is not thread-safe and
-would keep every figure alive. Axes stay fixed across validation runs (:func:`widen`), and each
-label keeps its colour (:class:`Palette`), so stepping through the pictures shows real motion.
+would keep every figure alive. Axes stay fixed across validation runs (:func:`widen`) and at
+equal scale (:func:`equal_scale`), and each label has its colour of the one palette
+(:mod:`lightning_embproj.sinks.palette`, as in the view and the reports), so stepping through
+the pictures shows real motion.
 
 A 3-D layout is drawn by its first two axes (the ``R_x``, ``R_y`` columns; the layouts are
 aligned, so those axes are stable across runs too); the 3-D cloud itself is W&B's ``R_3d``.
@@ -19,28 +21,19 @@ Example:
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from lightning_embproj.sinks import palette
+
 Limits = tuple[float, float, float, float]
 """``(x_min, x_max, y_min, y_max)`` of a plot's axes."""
 
 MAX_LEGEND = 20
-"""Labels with their own colour and legend entry; the rest share the grey "other"."""
-OTHER = "other"
-SIZE_INCHES = 6.0
-DPI = 80  # 480 x 480 pixels: ~40-110 KB as PNG at 2,000 points
-# tab20 without its two greys (grey is "other"), then the greys' neighbours for labels 19-20.
-_TAB20 = [
-    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22",
-    "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2",
-    "#dbdb8d", "#9edae5", "#393b79", "#637939",
-]
-_OTHER_COLOUR = "#7f7f7f"
-_SINGLE_COLOUR = "#1f77b4"
+"""Legend entries shown (numbers by value, then texts); more are counted in a last entry."""
+WIDTH, HEIGHT, DPI = 640, 480, 80  # pixels: the plot, the legend beside it, no blank margin
 
 
 def widen(limits: Limits | None, points: np.ndarray, margin: float = 0.05) -> Limits:
@@ -74,44 +67,31 @@ def _limits(lo: np.ndarray, hi: np.ndarray) -> Limits:
     return (float(lo[0]), float(hi[0]), float(lo[1]), float(hi[1]))
 
 
-class Palette:
-    """A fixed colour per label for one embedding set: the same label, the same colour.
-
-    The first run's :data:`MAX_LEGEND` most frequent labels (in sorted order) get the colours;
-    labels seen later take the free ones; past that they are drawn grey as "other".
+def equal_scale(limits: Limits, width: float, height: float) -> Limits:
+    """``limits`` widened on one axis, about its centre, so that a box of ``width`` x
+    ``height`` pixels shows both axes at the same scale (a unit is as long across as up).
 
     Example:
-        >>> p = Palette()
-        >>> p.colours(["b", "a", "b"])
-        ['#ff7f0e', '#1f77b4', '#ff7f0e']
+        >>> equal_scale((-400.0, 400.0, -25.0, 25.0), 200, 100)
+        (-400.0, 400.0, -200.0, 200.0)
     """
-
-    def __init__(self, max_entries: int = MAX_LEGEND) -> None:
-        self.max_entries = min(max_entries, len(_TAB20))
-        self.assigned: dict[str, str] = {}
-
-    def _assign(self, labels: Sequence[str]) -> None:
-        free = self.max_entries - len(self.assigned)
-        if free <= 0:
-            return
-        counts = Counter(lab for lab in labels if lab not in self.assigned)
-        top = sorted(counts, key=lambda lab: (-counts[lab], _natural(lab)))[:free]
-        for lab in sorted(top, key=_natural):
-            self.assigned[lab] = _TAB20[len(self.assigned)]
-
-    def colours(self, labels: Sequence[Any]) -> list[str]:
-        """One colour per point, assigning colours to new labels first."""
-        names = [str(lab) for lab in labels]
-        self._assign(names)
-        return [self.assigned.get(lab, _OTHER_COLOUR) for lab in names]
+    x0, x1, y0, y1 = limits
+    per_px = max((x1 - x0) / width, (y1 - y0) / height)
+    xc, yc = (x0 + x1) / 2, (y0 + y1) / 2
+    return (xc - per_px * width / 2, xc + per_px * width / 2,
+            yc - per_px * height / 2, yc + per_px * height / 2)
 
 
-def _natural(label: str) -> tuple[int, float, str]:
-    """Numbers by value before other strings ("2" before "10")."""
-    try:
-        return (0, float(label), label)
-    except ValueError:
-        return (1, 0.0, label)
+def legend_entries(labels: Sequence[Any], limit: int = MAX_LEGEND
+                   ) -> tuple[list[tuple[str, str]], int]:
+    """``(text, colour)`` of the distinct labels in natural order (at most ``limit``), and how
+    many more there are; colours from :mod:`lightning_embproj.sinks.palette`."""
+    mapping = palette.colour_map(labels)
+    keys = sorted(mapping, key=palette.natural_key)
+    missing = any(palette.category_key(v) is None for v in labels)
+    entries = [(str(k), mapping[k]) for k in keys] + ([("(none)", palette.MISSING)]
+                                                       if missing else [])
+    return entries[:limit], max(0, len(entries) - limit)
 
 
 def render(
@@ -119,49 +99,50 @@ def render(
     limits: Limits,
     title: str,
     labels: Sequence[Any] | None = None,
-    palette: Palette | None = None,
     legend_title: str = "label",
 ) -> np.ndarray:
-    """The scatter of ``layout``'s first two axes as an RGB ``(H, W, 3)`` uint8 image.
+    """The scatter of ``layout``'s first two axes as an RGB ``(HEIGHT, WIDTH, 3)`` uint8 image.
 
-    Points are coloured by ``labels`` through ``palette`` (one colour without labels), with a
-    legend of the labels shown (at most :data:`MAX_LEGEND` plus "other").
+    Points are coloured by ``labels`` through the one palette (one colour without labels),
+    with a legend of the labels shown beside the plot; the plot takes the rest of the picture
+    and both axes have the same scale (``limits`` widened on one axis, :func:`equal_scale`).
 
     Raises:
         ImportError: matplotlib is not installed (the ``view`` extra).
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.layout_engine import ConstrainedLayoutEngine
     from matplotlib.lines import Line2D
 
     xy = np.asarray(layout, dtype=np.float64)[:, :2]
-    fig = Figure(figsize=(SIZE_INCHES, SIZE_INCHES), dpi=DPI)
+    fig = Figure(figsize=(WIDTH / DPI, HEIGHT / DPI), dpi=DPI,
+                 layout=ConstrainedLayoutEngine(w_pad=2 / DPI, h_pad=2 / DPI))
     canvas = FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    handles: list[Any] = []
-    if labels is None:
-        ax.scatter(xy[:, 0], xy[:, 1], s=6, c=_SINGLE_COLOUR, linewidths=0, alpha=0.8)
-    else:
-        palette = palette or Palette()
-        colours = palette.colours(labels)
-        ax.scatter(xy[:, 0], xy[:, 1], s=6, c=colours, linewidths=0, alpha=0.8)
-        shown = set(colours)
-        entries = [(lab, col) for lab, col in palette.assigned.items() if col in shown]
-        if _OTHER_COLOUR in shown:
-            entries.append((OTHER, _OTHER_COLOUR))
-        handles = [
-            Line2D([], [], marker="o", linestyle="", markersize=5, color=col, label=lab[:20])
-            for lab, col in entries
-        ]
-    ax.set_xlim(limits[0], limits[1])
-    ax.set_ylim(limits[2], limits[3])
+    colours = [palette.SINGLE] * len(xy) if labels is None else palette.colours(labels)
+    ax.scatter(xy[:, 0], xy[:, 1], s=6, c=colours, linewidths=0, alpha=0.8)
     ax.set_title(title, fontsize=9)
     ax.tick_params(labelsize=7)
-    if handles:
-        ax.legend(handles=handles, title=legend_title, fontsize=7, title_fontsize=7,
-                  loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
-        fig.subplots_adjust(left=0.09, right=0.78, bottom=0.07, top=0.93)
-    else:
-        fig.subplots_adjust(left=0.09, right=0.97, bottom=0.07, top=0.93)
+    if labels is not None:
+        entries, more = legend_entries(labels)
+        handles = [Line2D([], [], marker="o", linestyle="", markersize=6, color=col,
+                          label=text[:20]) for text, col in entries]
+        if more:
+            handles.append(Line2D([], [], linestyle="", label=f"+{more} more"))
+        fig.legend(handles=handles, title=legend_title, fontsize=7, title_fontsize=7,
+                   loc="outside right upper", frameon=False, handletextpad=0.2,
+                   borderaxespad=0.2)
+    # The layout places the plot beside the legend; then the limits are made equal-scale for
+    # the plot's box (twice: the new limits' tick labels may move the box a little).
+    for _ in range(2):
+        ax.set_xlim(limits[0], limits[1])
+        ax.set_ylim(limits[2], limits[3])
+        fig.draw_without_rendering()
+        box = ax.get_window_extent()
+        x0, x1, y0, y1 = equal_scale(limits, box.width, box.height)
+        ax.set_xlim(x0, x1)
+        ax.set_ylim(y0, y1)
+    fig.set_layout_engine("none")
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()

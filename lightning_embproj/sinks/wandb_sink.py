@@ -28,9 +28,10 @@ import numpy as np
 
 from lightning_embproj.results import RunResult
 from lightning_embproj.runtime.warn import WarnOnce
+from lightning_embproj.sinks import palette
 from lightning_embproj.sinks.columns import layout_columns, mover_columns
 from lightning_embproj.sinks.local import LINEAGE_COLUMNS
-from lightning_embproj.sinks.plot import Limits, Palette, render, widen
+from lightning_embproj.sinks.plot import Limits, render, widen
 from lightning_embproj.sinks.wandb_history import (
     EVOLUTION_MAX_ROWS,
     WANDB_MAX_ROWS,
@@ -75,12 +76,13 @@ def _image(img: np.ndarray) -> Any:
     return wandb.Image(img[..., 0] if img.shape[-1] == 1 else img)
 
 
-def label_categories(labels: np.ndarray | None, n: int) -> np.ndarray:
-    """W&B point-cloud categories (1..14, its colour palette) for the labels, in order seen."""
+def label_rgb(labels: np.ndarray | None, n: int) -> np.ndarray:
+    """``(n, 3)`` RGB (0-255) of each point for W&B's point clouds: the labels' colours of
+    the one palette (:mod:`lightning_embproj.sinks.palette`), as in every other picture."""
     if labels is None:
-        return np.ones(n)
-    _, codes = np.unique(np.asarray(labels).astype(str), return_inverse=True)
-    return (codes % 14 + 1).astype(np.float64)
+        return np.tile(np.array(palette.hex_rgb(palette.SINGLE), dtype=np.float64), (n, 1))
+    return np.array([palette.hex_rgb(c) for c in palette.colours(list(labels))],
+                    dtype=np.float64).reshape(n, 3)
 
 
 def fixed_columns(
@@ -163,7 +165,6 @@ class WandbSink:
             self.history.max_rows = self.max_rows
         self.last_step: dict[str, int] = {}  # sets written by this sink: their views are logged
         self.limits: dict[tuple[str, str], Limits] = {}
-        self.palettes: dict[str, Palette] = {}
         # finish may run on the training thread while a late job still writes (an exception
         # whose drain timed out): one at a time.
         self._lock = threading.Lock()
@@ -265,10 +266,10 @@ class WandbSink:
     def _clouds(self, p: RunResult, out: dict[str, Any]) -> None:
         import wandb
 
-        categories = label_categories(p.sample.labels, len(p.sample))
+        rgb = label_rgb(p.sample.labels, len(p.sample))
         for reducer, layout in p.layouts.items():
             if layout.shape[1] == 3:
-                cloud = np.column_stack([layout, categories])
+                cloud = np.column_stack([layout, rgb])
                 out[metric_key(p.name, f"{reducer}_3d")] = wandb.Object3D(cloud)
 
     def _plots(self, p: RunResult, columns: dict[str, list[Any]], out: dict[str, Any]) -> None:
@@ -276,14 +277,13 @@ class WandbSink:
 
         colour_by = "label" if "label" in columns else "cluster" if "cluster" in columns else None
         labels = columns[colour_by] if colour_by else None
-        palette = self.palettes.setdefault(p.name, Palette())
         for reducer, layout in p.layouts.items():
             key = (p.name, reducer)
             self.limits[key] = widen(self.limits.get(key), layout)
             title = (f"{p.name} {reducer}: epoch {p.epoch}, step {p.step}, "
                      f"validation run {p.val_index}")
             try:
-                image = render(layout, self.limits[key], title, labels, palette,
+                image = render(layout, self.limits[key], title, labels,
                                legend_title=colour_by or "")
             except ImportError as err:
                 self.plots = False

@@ -20,6 +20,7 @@ from wandb_records import scalars
 
 from lightning_embproj import EmbeddingProjector, read_metrics, read_projections
 from lightning_embproj.collect.hashing import hash_ids
+from lightning_embproj.sinks.palette import colours, hex_rgb
 
 
 def _fit(tmp_path, projector, epochs=3, model=None, dict_batches=False, n_val=300, **kw):
@@ -244,7 +245,9 @@ def test_every_n_epochs_and_3d(tmp_path, wandb_offline):
     assert len(clouds) == 2
     with open(clouds[0]) as fh:
         points = json.load(fh)
-    assert len(points) == 60 and len(points[0]) == 4  # x, y, z, label category
+    assert len(points) == 60 and len(points[0]) == 6  # x, y, z and the label's colour (RGB)
+    labels = [row[tables[0]["columns"].index("label")] for row in tables[0]["data"]]
+    assert [tuple(p[3:]) for p in points] == [hex_rgb(c) for c in colours(labels)]
 
 
 def test_several_validation_dataloaders_get_a_column(tmp_path):

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -24,8 +25,9 @@ from lightning_embproj.report.compare_two import (
 )
 from lightning_embproj.results import EpochSample, RunIdentity
 from lightning_embproj.sinks.columns import run_result
-from lightning_embproj.sinks.local import write_projection
-from lightning_embproj.sinks.view import PALETTE
+from lightning_embproj.sinks.local import set_dir, write_projection
+from lightning_embproj.sinks.palette import colour_map, hex_rgb
+from lightning_embproj.sinks.view.images import write_thumbnails
 
 REPO = Path(__file__).resolve().parents[2]
 BAD_LABEL = r"$\bad$ <img src=x onerror=window.__pwned=1>"
@@ -33,10 +35,11 @@ BAD_LABEL = r"$\bad$ <img src=x onerror=window.__pwned=1>"
 
 def make_run(root: Path, name: str = "emb", *, epochs: int = 5, n: int = 60, dims: int = 2,
              reducers: tuple[str, ...] = ("pca", "tsne"), seed: int = 1,
-             id_offset: int = 0) -> None:
+             id_offset: int = 0, images: bool = False) -> None:
     """Three label clusters that tighten epoch by epoch; one label is bad mathtext and HTML.
 
     Epoch 0 is validated twice (val_index 0 and 1): an epoch's PNG panel shows its last run.
+    With ``images``, an 8x8 image per point whose thumbnails go to ``images.json``.
     """
     rng = np.random.default_rng(seed)
     labels = np.array(["a", "b", BAD_LABEL])[np.arange(n) % 3]
@@ -46,14 +49,21 @@ def make_run(root: Path, name: str = "emb", *, epochs: int = 5, n: int = 60, dim
     for v, e in runs:
         t = e / (epochs - 1)
         pos = (1 - t) * start + t * (centers[np.arange(n) % 3] + rng.normal(size=(n, dims)))
+        meta: dict[str, Any] = {"text": [f"t{i}" for i in range(n)]}
+        if images:
+            meta["image"] = (np.arange(n)[:, None, None, None] * np.ones((1, 8, 8, 1)) * 4
+                             ).astype(np.uint8)
         sample = EpochSample(name=name, keys=np.arange(n, dtype=np.int64),
                              sample_ids=[i + id_offset for i in range(n)],
                              embeddings=np.zeros((n, 4), np.float32),
-                             labels=labels, metadata={"text": [f"t{i}" for i in range(n)]})
+                             labels=labels, metadata=meta)
         layouts = {"pca": pos, "tsne": -pos}
-        write_projection(root, run_result(
+        result = run_result(
             sample, RunIdentity(v, epoch=e, step=10 * v), {r: layouts[r] for r in reducers},
-            metrics={"silhouette": t, "knn_accuracy": 0.5 + t / 2}))
+            metrics={"silhouette": t, "knn_accuracy": 0.5 + t / 2})
+        write_projection(root, result)
+        if images:
+            write_thumbnails(set_dir(root, name), result)
 
 
 def png_check(path: Path, size: tuple[int, int]) -> None:
@@ -64,8 +74,8 @@ def png_check(path: Path, size: tuple[int, int]) -> None:
     assert img.size == size
     rgb = np.asarray(img.convert("RGB")).reshape(-1, 3).astype(int)
     assert (rgb.min(1) < 200).mean() > 0.005  # enough ink
-    for hex_colour in PALETTE[:3]:
-        colour = np.array([int(hex_colour[i:i + 2], 16) for i in (1, 3, 5)])
+    for hex_colour in colour_map(["a", "b", BAD_LABEL]).values():
+        colour = np.array(hex_rgb(hex_colour))
         target = ALPHA * colour + (1 - ALPHA) * 255  # drawn semi-transparent on white
         assert (np.abs(rgb - target).sum(1) < 30).sum() > 20, hex_colour
 
@@ -260,3 +270,45 @@ def test_compare_page_in_browser(tmp_path: Path) -> None:
         assert page.evaluate("window.__pwned") is None and page.query_selector("img") is None
         assert problems == []
         page.close()
+
+
+def natural_order_within_ties(ids: list[int], overlaps: list[float]) -> bool:
+    """Ids ascend by value wherever the overlap is the same (and some tie spans 9 to 10)."""
+    groups: dict[float, list[int]] = {}
+    for i, o in zip(ids, overlaps, strict=True):
+        groups.setdefault(o, []).append(i)
+    assert any(min(g) < 10 <= max(g) for g in groups.values())  # a tie that string order breaks
+    return all(g == sorted(g) for g in groups.values())
+
+
+def test_compare_page_titles_ids_and_changed_points(tmp_path: Path) -> None:
+    """compare.html: panel titles render (no raw escapes), the changed points are listed with
+    numeric ids in numeric order, with their metadata and thumbnails."""
+    make_run(tmp_path / "a", epochs=3, seed=1, images=True)
+    make_run(tmp_path / "b", epochs=3, seed=2, images=True)
+    paths = compare_runs(tmp_path / "a", tmp_path / "b", tmp_path / "out", reducer="pca",
+                         top=60)
+    csv = pd.read_csv(tmp_path / "out" / "emb" / "neighbours_pca.csv")
+    assert natural_order_within_ties(csv["sample_id"].tolist(), csv["overlap"].tolist())
+    assert csv["text"].tolist() == [f"t{i}" for i in csv["sample_id"]]
+    with launch_chromium() as browser:
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        problems: list[str] = []
+        page.on("pageerror", lambda e: problems.append(str(e)))
+        page.goto(paths[0].as_uri())
+        page.wait_for_selector("#embproj-view[data-ready='1']", timeout=60_000)
+        titles = [page.text_content(f"#panel-title-{k}") for k in (0, 1)]
+        head = page.eval_on_selector_all("#table thead th", "els => els.map(e => e.textContent)")
+        rows = page.eval_on_selector_all("#table tbody tr", """trs => trs.map(tr => ({
+            cells: [...tr.querySelectorAll('td')].map(td => td.textContent),
+            img: (tr.querySelector('img.thumb') || {}).src || ''}))""")
+        assert problems == []
+        page.close()
+    assert titles[0] == f"A: {tmp_path / 'a'} \u2014 epoch 2 \u00b7 step 30"
+    assert titles[1].startswith(f"B: {tmp_path / 'b'} \u2014 epoch 2") and "\\u" not in titles[1]
+    assert head[:5] == ["", "id", "label", "text", "overlap"]
+    assert len(rows) == 60
+    ids = [int(r["cells"][1]) for r in rows]
+    assert natural_order_within_ties(ids, [float(r["cells"][4]) for r in rows])
+    assert [r["cells"][3] for r in rows] == [f"t{i}" for i in ids]  # each point's own text
+    assert all(r["img"].startswith("data:image/png;base64,") for r in rows)

@@ -38,13 +38,13 @@ from lightning_embproj.sinks.view import build_payload, render_view, write_view
 from lightning_embproj.sinks.view.encode import (
     LEVELS,
     MISSING,
-    encode_lineage,
-    encode_metrics,
     encode_points,
     reducers_in,
     thin_runs,
 )
 from lightning_embproj.sinks.view.images import IMAGES_FILE, read_images
+from lightning_embproj.sinks.view.lineage import encode_lineage
+from lightning_embproj.sinks.view.metric_panels import encode_metrics
 from lightning_embproj.sinks.view.page import json_block
 
 REPO = Path(__file__).resolve().parents[2]
@@ -606,19 +606,27 @@ def test_fit_then_validate_marks_a_new_chain_in_browser(tmp_path: Path, browser:
         boxes = [page.locator(".chain-mark").nth(k).bounding_box() for k in range(2)]
         assert boxes[0]["x"] < boxes[1]["x"]
         assert overlaps(page) == []
-        # The axes are the validate run's own range; chain 0's cover its three runs.
-        def axis_range(frame: int) -> list[float]:
+        # The axes are the validate run's own range; chain 0's cover its three runs (at
+        # equal scale, one axis is the runs' padded range, the other wider about its centre).
+        def axis_ranges(frame: int) -> list[list[float]]:
             return list(page.evaluate(f"""async () => {{
                 await window.embproj.setFrame({frame});
-                return {GD}._fullLayout.xaxis.range; }}"""))
+                const L = {GD}._fullLayout;
+                return [L.xaxis.range, L.yaxis.range]; }}"""))
 
-        def padded(runs: list[int]) -> list[float]:
-            x = points.loc[points["val_index"].isin(runs), "pca_x"]
+        def padded(runs: list[int], axis: str) -> list[float]:
+            x = points.loc[points["val_index"].isin(runs), f"pca_{axis}"]
             pad = 0.04 * (x.max() - x.min())
             return [x.min() - pad, x.max() + pad]
 
-        assert axis_range(3) == pytest.approx(padded([3]))
-        assert axis_range(2) == pytest.approx(padded([0, 1, 2]))
+        for frame, runs in ((3, [3]), (2, [0, 1, 2])):
+            shown = axis_ranges(frame)
+            fits = [padded(runs, a) for a in "xy"]
+            exact = [shown[j] == pytest.approx(fits[j]) for j in range(2)]
+            assert any(exact), (shown, fits)
+            for (lo, hi), (flo, fhi) in zip(shown, fits, strict=True):
+                assert lo <= flo + 1e-9 and hi >= fhi - 1e-9
+                assert (lo + hi) / 2 == pytest.approx((flo + fhi) / 2)
         assert not page.is_visible("#chain-note")
         # A followed point's trail: three runs in chain 0, one at the validate run.
         page.evaluate("window.embproj.select([0])")

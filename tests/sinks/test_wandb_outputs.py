@@ -26,8 +26,9 @@ from lightning_embproj.metrics.scores import epoch_metrics
 from lightning_embproj.reduce.project import ReduceSettings, reduce_layouts
 from lightning_embproj.results import EpochSample, Projection, RunIdentity, RunResult
 from lightning_embproj.runtime.warn import ProjectorWarning, WarnOnce
+from lightning_embproj.sinks import palette
 from lightning_embproj.sinks.columns import run_result
-from lightning_embproj.sinks.plot import Palette, render, widen
+from lightning_embproj.sinks.plot import HEIGHT, WIDTH, render, widen
 from lightning_embproj.sinks.wandb_history import EvolutionHistory
 from lightning_embproj.sinks.wandb_sink import WandbSink, fixed_columns
 
@@ -318,17 +319,17 @@ def test_axis_limits_start_with_a_margin_widen_when_needed_and_never_shrink():
     assert widen(limits, nan_only) == limits
 
 
-def test_palette_keeps_colours_and_caps_the_legend():
-    palette = Palette(max_entries=3)
-    first = palette.colours(["b", "a", "c", "d", "a", "b", "a"])
-    assert first[:3] == [palette.assigned["b"], palette.assigned["a"], palette.assigned["c"]]
-    assert sorted(palette.assigned) == ["a", "b", "c"] and first[3] == "#7f7f7f"
-    again = palette.colours(["c", "a", "e"])
-    assert again[:2] == [palette.assigned["c"], palette.assigned["a"]] and again[2] == "#7f7f7f"
-    assert Palette().colours(["10", "2"]) == Palette().colours(["10", "2"])
-    numbers = Palette()
-    numbers.colours(["10", "2", "1"])
-    assert list(numbers.assigned) == ["1", "2", "10"]  # numbers by value
+def test_palette_colours_follow_the_value_not_the_order_seen():
+    first = palette.colour_map(["b", "a", "c", 3, 12])
+    again = palette.colour_map([12, "c", 3, "a", "b", "zebra"])
+    assert all(again[k] == first[k] for k in first)  # same value, same colour, any order
+    assert palette.colours([3, 3.0, "3", np.int64(3), True, 1]) == [palette.CATEGORICAL[3]] * 4 + [
+        palette.CATEGORICAL[1]] * 2
+    assert palette.colours([-1, None, float("nan")]) == [palette.NOISE] + [palette.MISSING] * 2
+    # 32 live ids never look alike, whatever they are: ids that share a home colour move on.
+    live = [0, 32, 64, 5, 37, 100, 131, 7, 40, 1000]
+    assert len(set(palette.colour_map(live).values())) == len(live)
+    assert len(set(palette.colour_map(range(32)).values())) == 32
 
 
 def test_render_draws_an_image_without_pyplot_figures():
@@ -336,8 +337,8 @@ def test_render_draws_an_image_without_pyplot_figures():
 
     rng = np.random.default_rng(0)
     xy = rng.normal(size=(300, 3))  # a 3-D layout is drawn by its first two axes
-    image = render(xy, widen(None, xy), "emb pca: epoch 0", rng.integers(0, 30, 300), Palette())
-    assert image.dtype == np.uint8 and image.shape == (480, 480, 3)
+    image = render(xy, widen(None, xy), "emb pca: epoch 0", rng.integers(0, 30, 300).tolist())
+    assert image.dtype == np.uint8 and image.shape == (HEIGHT, WIDTH, 3)
     assert (image != 255).any() and plt.get_fignums() == []
 
 

@@ -1,10 +1,12 @@
 """The HTML view of one embedding set: a self-contained page with a validation-run slider.
 
-Modules: :mod:`.encode` (pure: tables -> compact JSON-ready data), :mod:`.page` (the HTML with
-plotly.js and the script inlined, strict CSP), :mod:`.assets` (stylesheet and script),
-:mod:`.images` (the optional ``images.json`` thumbnails), :mod:`.history` (the runs the view
-shows, kept in memory) and :mod:`.sink` (the view sink of a fit: renders from that history).
-:func:`write_view` renders a set's local files instead, after the fact (as ``compare`` does).
+Modules: :mod:`.encode` (pure: tables -> compact JSON-ready data; :mod:`.coords` the layouts'
+codes, :mod:`.metric_panels`, :mod:`.lineage`), :mod:`.page` (the HTML with plotly.js and the
+script inlined, strict CSP), :mod:`.assets` (the shipped ``static/view.html``, ``view.css``,
+``view.js``), :mod:`.images` (the optional ``images.json`` thumbnails), :mod:`.history` (the
+runs the view shows, kept in memory) and :mod:`.sink` (the view sink of a fit: renders from that
+history). :func:`write_view` renders a set's local files instead, after the fact (as ``compare``
+does). Colours come from :mod:`lightning_embproj.sinks.palette`, as in every other picture.
 
 Example:
     >>> from lightning_embproj.sinks.view import write_view
@@ -21,10 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning_embproj.sinks.view.encode import (
-    PALETTE,
     encode_images,
-    encode_lineage,
-    encode_metrics,
     encode_points,
     reducers_in,
     run_chains,
@@ -33,11 +32,13 @@ from lightning_embproj.sinks.view.encode import (
     thin_runs,
 )
 from lightning_embproj.sinks.view.images import read_images, write_thumbnails
+from lightning_embproj.sinks.view.lineage import encode_lineage
+from lightning_embproj.sinks.view.metric_panels import encode_metrics
 from lightning_embproj.sinks.view.page import CSP, render_page
 
 VIEW_FILE = "view.html"
 
-__all__ = ["CSP", "PALETTE", "VIEW_FILE", "build_payload", "reducers_in", "render_view",
+__all__ = ["CSP", "VIEW_FILE", "build_payload", "reducers_in", "render_view",
            "sorted_labels", "thin_runs", "write_view"]
 
 
@@ -67,7 +68,7 @@ def build_payload(points: Any, metrics: Any | None, *, title: str, max_runs: int
             "point for its data; click, lasso or search to follow points." + apart)
     thumbs = encode_images(images, data["keys"])
     return {
-        "title": title, "note": note, "palette": list(PALETTE),
+        "title": title, "note": note,
         "colour": default_colour(data["columns"]),
         "points": {k: v for k, v in data.items() if k != "reducers"},
         "panels": [{"title": "", "reducers": data["reducers"]}],

@@ -1,21 +1,34 @@
 """The self-contained HTML page: plotly.js inlined, the data as one JSON block, a strict CSP.
 
+The page is ``static/view.html`` with its ``{{slot}}`` markers filled in one pass
+(:func:`fill`): the title as escaped text, the data as :func:`json_block`, and the shipped
+stylesheet and script and plotly.js as they are (checked not to close their element). Nothing
+from the data is ever joined into the HTML; the script builds the page from the data block.
+
 Example:
-    >>> page = render_page({"title": "t", ...}, panels=1)      # doctest: +SKIP
+    >>> page = render_page({"title": "t", ...})      # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import html
 import json
+import re
 from typing import Any
 
-from lightning_embproj.sinks.view.assets import CSS, JS
+from lightning_embproj.sinks import palette
+from lightning_embproj.sinks.view.assets import read_asset
+from lightning_embproj.sinks.view.coords import LEVELS, MISSING
+from lightning_embproj.sinks.view.encode import IMAGE_URI
 
 CSP = (
     "default-src 'none'; script-src 'unsafe-inline' 'unsafe-eval'; style-src 'unsafe-inline'; "
     "img-src data: blob:; font-src data:; form-action 'none'"
 )
+SLOT = re.compile(r"\{\{(\w+)\}\}")
+# What a trusted asset may not hold: the end of the element it is inlined into.
+CLOSERS = {"css": re.compile(r"</style", re.I), "plotly": re.compile(r"</script", re.I),
+           "script": re.compile(r"</script", re.I)}
 
 
 def plotly_js() -> str:
@@ -42,53 +55,53 @@ def json_block(payload: dict[str, Any]) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def render_page(payload: dict[str, Any], *, panels: int = 1) -> str:
-    """The whole page for one payload (see :mod:`lightning_embproj.sinks.view.build`)."""
-    plots = "".join(
-        f'<div class="panel"><h2 id="panel-title-{k}"></h2>'
-        f'<div class="plot" id="plot-{k}"></div></div>' for k in range(panels))
-    title = html.escape(str(payload.get("title", "")))
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">\n'
-        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">\n'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f"<title>{title}</title>\n<style>{CSS}</style>\n</head><body>\n"
-        '<main id="embproj-view">\n'
-        '<header><h1 id="title"></h1><p id="note"></p></header>\n'
-        '<div id="toolbar" class="bar">'
-        '<label data-control>layout <select id="reducer"></select></label>'
-        '<label data-control>colour by <select id="colour"></select></label>'
-        '<label data-control>trail <select id="trail"><option value="0">off</option>'
-        '<option value="3">3 runs</option><option value="6">6 runs</option>'
-        '<option value="12">12 runs</option><option value="1000">all runs</option>'
-        "</select></label>"
-        '<span class="search" data-control><input id="search" type="search" '
-        'placeholder="find an id or a text" aria-label="find an id or a text">'
-        '<button id="find" type="button">find</button></span>'
-        '<span id="search-msg" data-control></span>'
-        '<button id="clear" type="button" data-control>clear selection</button>'
-        "</div>\n"
-        '<div id="legend" data-control></div>\n'
-        f'<div id="main"><div id="plots">{plots}</div>'
-        '<aside id="side" data-control><h2>Followed points <span id="count"></span></h2>'
-        '<p id="side-hint" class="hint">Click a point, draw a lasso (toolbar above the plot) '
-        "or find an id or text to follow points across runs: they stay highlighted and draw "
-        "their trail.</p><ol id=\"selected\"></ol></aside></div>\n"
-        '<div id="player" class="bar">'
-        '<button id="play" type="button" data-control>\u25b6 play</button>'
-        '<div id="track"><input id="slider" type="range" min="0" step="1" '
-        'aria-label="validation run" data-control><div id="chain-marks" hidden></div></div>'
-        '<span id="run-label" data-control></span>'
-        '<span id="chain-note" data-control hidden></span></div>\n'
-        '<section id="lineage-panel" hidden><h2>Cluster lineage</h2>'
-        '<p id="lineage-note" class="hint"></p><div id="lineage"></div></section>\n'
-        '<section id="table-panel" hidden><h2 id="table-title"></h2>'
-        '<div id="table-wrap"><table id="table"></table></div></section>\n'
-        '<section id="metrics"></section>\n'
-        "</main>\n"
-        '<div id="tooltip" hidden></div>\n'
-        f'<script type="application/json" id="embproj-data">{json_block(payload)}</script>\n'
-        f"<script>{plotly_js()}</script>\n"
-        f"<script>{JS}</script>\n"
-        "</body></html>\n"
-    )
+def escape_text(value: str) -> str:
+    """Text for an element's content or a double-quoted attribute (``'`` stays as it is).
+
+    >>> escape_text('<b> & "x"')
+    '&lt;b&gt; &amp; &quot;x&quot;'
+    """
+    return html.escape(value, quote=False).replace('"', "&quot;")
+
+
+def fill(template: str, *, text: dict[str, str], data: dict[str, Any],
+         assets: dict[str, str]) -> str:
+    """``template`` with each ``{{name}}`` replaced once, in one pass (nothing inserted is
+    read again): ``text`` values escaped (:func:`escape_text`), ``data`` values as
+    :func:`json_block`, ``assets`` (ours and plotly's code) as they are, refused if they
+    would close their element. Every slot must be given and every value used.
+
+    >>> fill("<p>{{a}}</p>", text={"a": "<i>"}, data={}, assets={})
+    '<p>&lt;i&gt;</p>'
+    """
+    values = {**{k: escape_text(v) for k, v in text.items()},
+              **{k: json_block(v) for k, v in data.items()}}
+    for name, code in assets.items():
+        closer = CLOSERS.get(name)
+        if closer is None or closer.search(code):
+            raise ValueError(f"view: asset {name!r} is not known or would close its element")
+        values[name] = code
+    slots = SLOT.findall(template)
+    if sorted(slots) != sorted(values):
+        raise ValueError(f"view: the template's slots {sorted(slots)} are not the values "
+                         f"given {sorted(values)}")
+    return SLOT.sub(lambda m: values[m[1]], template)
+
+
+def render_page(payload: dict[str, Any], *, panels: int | None = None) -> str:
+    """The whole page for one payload (see :func:`lightning_embproj.sinks.view.build_payload`):
+    one scatter panel per ``payload["panels"]`` entry (``panels``, if given, must agree).
+
+    The page's constants (the coordinate codes, the image pattern) and its colours besides each
+    column's own (:func:`lightning_embproj.sinks.palette.for_page`) are added to the data, so
+    the script repeats none of them.
+    """
+    if panels is not None and panels != len(payload.get("panels", [])):
+        raise ValueError(f"view: {panels} panels asked, the payload has "
+                         f"{len(payload.get('panels', []))}")
+    data = {**payload, "colours": palette.for_page(),
+            "constants": {"missing": MISSING, "levels": LEVELS, "image": IMAGE_URI.pattern}}
+    return fill(read_asset("view.html"), text={"csp": CSP, "title": str(payload.get("title", ""))},
+                data={"data": data},
+                assets={"css": read_asset("view.css"), "plotly": plotly_js(),
+                        "script": read_asset("view.js")})
