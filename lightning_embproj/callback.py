@@ -18,7 +18,7 @@ from lightning_embproj.chain.owner import ChainState, Run, RunIdentity
 from lightning_embproj.chain.selection import warn_if_never_projected
 from lightning_embproj.chain.settle import previous_root, rebuild_wandb_history, settle
 from lightning_embproj.collect.capture import LayerCapture
-from lightning_embproj.collect.collector import Collector, Placement
+from lightning_embproj.collect.collector import Collector, Placement, ScheduleCache
 from lightning_embproj.collect.extract import lookup
 from lightning_embproj.collect.gather import gather_samples
 from lightning_embproj.collect.ranks import check_position_ids, placement
@@ -154,6 +154,7 @@ class EmbeddingProjector(CallbackBase):
         self._settled = False
         self._metrics_device: str | None = None
         self._collector: Collector | None = None
+        self._schedules = ScheduleCache()  # simulated by a fit's first run, replayed by the rest
         self._placements: dict[int, Placement] = {}  # per loader, for one validation run
         self._capture: LayerCapture | None = None
         self._sinks = sink_factory.Sinks()
@@ -299,12 +300,13 @@ class EmbeddingProjector(CallbackBase):
             if note is not None and self._is_zero:
                 self.warn("sampler", note)
         if trainer.sanity_checking:
-            self._collector = Collector(self.options, warn=self.warn)
+            self._collector = Collector(self.options, warn=self.warn, schedules=self._schedules)
             return
         self._settle()  # a validate has no on_fit_start
         run = self._run = self.chain.next_run(trainer.current_epoch, trainer.global_step,
                                               self.options)
-        self._collector = Collector(self.options, warn=self.warn) if run.selected else None
+        self._collector = (Collector(self.options, warn=self.warn, schedules=self._schedules)
+                           if run.selected else None)
         if not run.selected and self._is_zero:
             self.chain.not_selected(self.options.set_names, run.identity)
             self._append_ledgers(run.identity.val_index)

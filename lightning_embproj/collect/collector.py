@@ -16,8 +16,8 @@ checked on every batch, so an error never depends on which rows are kept. Three 
   tensor on that device (strings, lists, float tensors) make the collector use the host path from
   that batch on.
 - **scheduled** (host, ids derived from positions): the bottom-k of the positions is simulated
-  once per fit (:mod:`~lightning_embproj.collect.schedule`), so a batch is a binary search and
-  a row copy.
+  once per fit (:mod:`~lightning_embproj.collect.schedule`, kept in the ``schedules`` the
+  callback holds), so a batch is a binary search and a row copy.
 - **streaming** (host, anything else): ids hashed vectorised, rows that beat the threshold copied.
 
 Example:
@@ -55,10 +55,12 @@ from lightning_embproj.collect.extract import (
 )
 from lightning_embproj.collect.hashing import derived_ids, hash_ids, hash_ids_torch, position_ids
 from lightning_embproj.collect.pooling import as_mask, check_masks, pool
-from lightning_embproj.collect.schedule import Schedule, schedule_for
+from lightning_embproj.collect.schedule import Schedule, ScheduleCache
 from lightning_embproj.options import ProjectorOptions
 from lightning_embproj.results import EpochSample
 from lightning_embproj.runtime.warn import ProjectorWarning
+
+__all__ = ["Collector", "Placement", "ScheduleCache"]
 
 _ID, _LABEL, _DL, _ROW = "__id", "__label", "__dataloader_idx", "__row"
 DEVICE_PATH_ENV = "EMBPROJ_DEVICE_PATH"
@@ -94,13 +96,17 @@ class Collector:
         device_path: ``None`` (default): the device path when the first batch's embeddings
             are tensors on an accelerator (or as ``EMBPROJ_DEVICE_PATH`` says); ``True``: for
             any tensors, CPU included; ``False``: never.
+        schedules: the schedules of position-derived ids, kept by their owner across runs (the
+            callback passes its own, so they are simulated once per fit and replayed by every
+            later run); None: a cache of this collector's own, for this run only.
     """
 
     def __init__(
         self, options: ProjectorOptions, warn: Callable[[str, str], None] | None = None,
-        device_path: bool | None = None,
+        device_path: bool | None = None, schedules: ScheduleCache | None = None,
     ) -> None:
         self.options = options
+        self.schedules = schedules if schedules is not None else ScheduleCache()
         dtype = np.float16 if options.storage_dtype == "float16" else np.float32
         self.buffers = {n: SampleBuffer(options.max_samples, dtype) for n in options.set_names}
         self.positions: dict[int, int] = {}
@@ -348,7 +354,8 @@ class Collector:
             if self.seen or start:  # the schedule starts from an empty buffer
                 return False
             self._schedule_dl = dl
-            self._schedule = schedule_for(k, dl, where.rank, where.world_size, where.dataset_len)
+            self._schedule = self.schedules.get(k, dl, where.rank, where.world_size,
+                                                where.dataset_len)
         schedule, end = self._schedule, start + n
         if dl != self._schedule_dl or n > k or not schedule.ensure(end):
             return False
