@@ -563,7 +563,10 @@ def test_scheduled_path_keeps_what_streaming_keeps_in_every_run(nan_at, streams)
             end = min(rows, start + batch)
             outputs = {"y": labels[start:end], "id": torch.arange(start, end)}
             c.add_batch({"embeddings": z[start:end]}, outputs, None, 0)
-        assert c._streaming == (id_key is None and streams)
+        if id_key is not None:
+            assert c.paths == ("streaming",)
+        else:
+            assert c.paths == (("scheduled", "streaming") if streams else ("scheduled",))
         s = c.samples()["embeddings"]
         order = np.argsort(s.keys)
         return ({"ids": [s.sample_ids[i] for i in order], "labels": s.labels[order].tolist(),
