@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_embproj.callback as callback_module
 from lightning_embproj import EmbeddingProjector
-from lightning_embproj.collect.collector import Collector
+from lightning_embproj.collect.collector import Collector, ScheduleCache
 from lightning_embproj.options import ProjectorOptions
 
 logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
@@ -255,8 +255,19 @@ class StreamingCollector(Collector):
     """The collection before the schedule: every batch hashes its ids and streams its rows."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._streaming = True
+        super().__init__(*args, **{**kwargs, "schedules": ScheduleCache(max_positions=0)})
+
+
+FIT_SCHEDULES = ScheduleCache()
+
+
+class FitCollector(Collector):
+    """Ours, with one schedule cache across the repeats: each repeat's callback is new, and this
+    stands for the callback's own cache across the validation runs of one fit (the first
+    repeat is a fit's first run, which simulates the schedule and works out the plans)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **{**kwargs, "schedules": FIT_SCHEDULES})
 
 
 def part_collect(args: argparse.Namespace) -> list[str]:
@@ -276,7 +287,8 @@ def part_collect(args: argparse.Namespace) -> list[str]:
                                   label_key="labels")
                 cpu: list[float] = []
                 per_batch = time_hook(cb, "on_validation_batch_end", cpu) if cb else []
-                callback_module.Collector = StreamingCollector if mode == "before" else Collector
+                callback_module.Collector = (StreamingCollector if mode == "before" else
+                                             FitCollector)
                 try:
                     make_trainer(root, [timer] + ([cb] if cb else [])).validate(
                         model, val, verbose=False)
@@ -286,7 +298,7 @@ def part_collect(args: argparse.Namespace) -> list[str]:
                 hooks[mode].append(sum(per_batch))
                 cpus[mode].append(sum(cpu))
     # Best of the repeats: the machine may be shared, noise only ever adds time. The first
-    # repeat of "ours" includes simulating the schedule (once per process and loader).
+    # repeat of "ours" includes simulating the schedule (once per fit and loader).
     best = {m: min(v) for m, v in loops.items()}
     print(f"  collect loops: { {m: [round(x, 3) for x in v] for m, v in loops.items()} }, "
           f"per-batch hooks: { {m: [round(x, 3) for x in v] for m, v in hooks.items()} }",
@@ -322,10 +334,12 @@ def collect_alone(model: L.LightningModule, val: DataLoader,
     with torch.inference_mode():
         outputs = [model.validation_step(batch, i) for i, batch in enumerate(val)]
     best: dict[str, tuple[float, float]] = {}
+    schedules = ScheduleCache()  # the callback's, across the runs of a fit
     for mode, kind in [("before", StreamingCollector), ("ours", Collector)]:
         runs = []
         for _ in range(repeats + 1):  # the first run of "ours" simulates the schedule
-            collector = kind(ProjectorOptions(label_key="labels", reducers=["pca"]))
+            collector = kind(ProjectorOptions(label_key="labels", reducers=["pca"]),
+                             schedules=schedules)
             t, c = time.perf_counter(), time.thread_time()
             for out in outputs:
                 collector.add_batch({"embeddings": out["embeddings"]}, out, None, 0)

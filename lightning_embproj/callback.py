@@ -17,7 +17,7 @@ from lightning_embproj.chain.owner import ChainState, Run
 from lightning_embproj.chain.selection import warn_if_never_projected
 from lightning_embproj.chain.settle import rebuild_histories, settle
 from lightning_embproj.collect.capture import LayerCapture
-from lightning_embproj.collect.collector import Collector, Placement
+from lightning_embproj.collect.collector import Collector, Placement, ScheduleCache
 from lightning_embproj.collect.extract import lookup
 from lightning_embproj.collect.gather import gather_samples
 from lightning_embproj.collect.ranks import check_position_ids, placement
@@ -152,6 +152,7 @@ class EmbeddingProjector(CallbackBase):
         self._label: tuple[int, int] | None = None  # (epoch, step) of a checkpoint loaded
         self._settled = False
         self._collector: Collector | None = None
+        self._schedules = ScheduleCache()  # simulated by a fit's first run, replayed by the rest
         self._placements: dict[int, Placement] = {}  # per loader, for one validation run
         self._capture: LayerCapture | None = None
 
@@ -266,12 +267,13 @@ class EmbeddingProjector(CallbackBase):
             if note is not None and self.runs.is_zero:
                 self.warn("sampler", note)
         if trainer.sanity_checking:
-            self._collector = Collector(self.options, warn=self.warn)
+            self._collector = Collector(self.options, warn=self.warn, schedules=self._schedules)
             return
         self._settle()  # a validate has no on_fit_start
         run = self._run = self.chain.next_run(trainer.current_epoch, trainer.global_step,
                                               self.options)
-        self._collector = Collector(self.options, warn=self.warn) if run.selected else None
+        self._collector = (Collector(self.options, warn=self.warn, schedules=self._schedules)
+                           if run.selected else None)
         if not run.selected and self.runs.is_zero:
             self.chain.not_selected(self.options.set_names, run.identity)
             self.runs.append_ledgers(run.identity.val_index)

@@ -199,8 +199,9 @@ def placement(trainer: Any, dataloader_idx: int, *, ids_derived: bool = True) ->
         ids_derived: ``False`` when ``id_key`` gives the ids: then no dataset length is needed.
 
     Returns:
-        ``Placement()`` on one process; otherwise the rank, the world size and, for derived
-        ids, the length of the loader's dataset (``DistributedSampler`` padding wraps around it).
+        The rank, the world size and, for derived ids, the length of the loader's dataset
+        (``DistributedSampler`` padding wraps around it; on one process it only tells how far
+        the positions' schedule may be simulated ahead, and may be None).
 
     Raises:
         ValueError: on more than one process with derived ids when the loader's dataset length
@@ -217,12 +218,12 @@ def placement(trainer: Any, dataloader_idx: int, *, ids_derived: bool = True) ->
         Placement(rank=1, world_size=2, dataset_len=4)
     """
     rank, size = world(trainer)
-    if size == 1:
-        return Placement()
     if not ids_derived:
         return Placement(rank=rank, world_size=size)
     loaders = getattr(trainer, "val_dataloaders", None)
     length = dataset_length(loaders, dataloader_idx)
+    if size == 1:
+        return Placement(dataset_len=length)
     if length is None:
         raise ValueError(
             f"EmbeddingProjector needs `id_key` under DDP (world size {size}) for validation "

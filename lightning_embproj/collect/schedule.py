@@ -3,8 +3,10 @@
 Without ``id_key`` the ``p``-th row a process sees in a validation run of loader ``dl`` has a
 known id (:func:`~lightning_embproj.collect.hashing.derived_ids`), hence a known key, the same
 in every run. Feeding those keys in order into a bottom-k buffer that starts empty is
-deterministic, so :class:`Schedule` simulates it once, lazily and in growing chunks as far as the
-positions reached, and :func:`schedule_for` caches it across validation runs. It records, for
+deterministic, so :class:`Schedule` simulates it once, lazily and never past the dataset's end
+(in growing chunks up to it when its length is known, else exactly as far as the positions
+reached), and a :class:`ScheduleCache`, held by its owner (the callback, across the validation
+runs of its fits), keeps it for every later run. It records, for
 every row that ever enters, the buffer slot it takes and the position whose smaller key evicts it,
 and for every position the k-th smallest key so far. A batch ``[start, end)`` then needs no
 hashing: the rows that beat the threshold at ``start`` (the ones the streaming buffer would look
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import heapq
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,8 +42,6 @@ beyond it the collector streams as before."""
 _SLOT, _KEY, _LEAVE = 0, 1, 2
 _FIRST_CHUNK = 4096
 _BLOCK = 512
-_CACHE: OrderedDict[tuple[int, int, int, int, int], Schedule] = OrderedDict()
-_CACHE_SIZE = 8
 # Batch plans kept per schedule (a validation run's batches recur in every run of the fit);
 # each holds a few int64 arrays of the rows its batch looks at and keeps.
 _PLANS = 16_384
@@ -72,19 +73,25 @@ class Schedule:
         k: ``max_samples``.
         dataloader_idx: salts the keys.
         rank, world_size, dataset_len: as in :func:`~lightning_embproj.collect.hashing.derived_ids`;
-            under DDP a rank sees ``ceil(dataset_len / world_size)`` positions at most.
+            a rank sees ``ceil(dataset_len / world_size)`` positions (under DDP: at most).
+            Known, the schedule is simulated ahead in growing chunks up to there, never past.
+        max_positions: positions simulated at most (:data:`MAX_POSITIONS`).
     """
 
     def __init__(self, k: int, dataloader_idx: int, rank: int = 0, world_size: int = 1,
-                 dataset_len: int | None = None) -> None:
+                 dataset_len: int | None = None, max_positions: int = MAX_POSITIONS) -> None:
         self.k, self.dl = k, dataloader_idx
         self.rank, self.world_size, self.dataset_len = rank, world_size, dataset_len
-        self.limit = MAX_POSITIONS
-        if world_size > 1 and dataset_len:
-            self.limit = min(self.limit, -(-dataset_len // world_size))
+        self.limit = max_positions
+        # The positions a run of this rank reaches, when the dataset's length is known.
+        self.share = -(-dataset_len // world_size) if dataset_len else None
+        if world_size > 1 and self.share is not None:
+            self.limit = min(self.limit, self.share)
         self.covered = 0
-        self.keys = np.empty(0, dtype=np.int64)  # key of every position
-        self.threshold = np.empty(0, dtype=np.int64)  # k-th smallest key after each position
+        # Key of every position and k-th smallest key after it, in arrays that double when
+        # full: a first run extends them batch by batch without copying them every batch.
+        self._keys = np.empty(0, dtype=np.int64)
+        self._threshold = np.empty(0, dtype=np.int64)
         # Rows that ever enter, in position order: their positions, and one row each of
         # (slot, key, evicting position), so that a batch takes its rows in one gather.
         self._cap = 0
@@ -94,29 +101,56 @@ class Schedule:
         self._heap: list[tuple[int, int]] = []  # (-key, entry index): the largest kept key first
         self._plans: dict[tuple[int, int], BatchPlan] = {}
 
+    @property
+    def keys(self) -> np.ndarray:
+        """The key of every position simulated so far."""
+        return self._keys[: self.covered]
+
+    @property
+    def threshold(self) -> np.ndarray:
+        """The k-th smallest key after each position simulated so far (:data:`NEVER` until
+        the buffer is full)."""
+        return self._threshold[: self.covered]
+
     def ids(self, positions: np.ndarray) -> np.ndarray:
         """The derived ids of local positions (the sample's index in the dataset)."""
         return position_ids(positions, rank=self.rank, world_size=self.world_size,
                             dataset_len=self.dataset_len)
 
     def ensure(self, end: int) -> bool:
-        """Simulate up to position ``end`` (exclusive); False when that is past :attr:`limit`."""
-        if end <= self.covered:
+        """Simulate up to position ``end`` (exclusive) at least, never past the dataset's end:
+        False when ``end`` is past :attr:`limit`.
+
+        Example:
+            >>> s = Schedule(k=2, dataloader_idx=0, max_positions=100)
+            >>> s.ensure(30), s.covered, s.ensure(101), s.covered  # length unknown: exactly
+            (True, 30, False, 30)
+            >>> s = Schedule(k=2, dataloader_idx=0, dataset_len=9000)
+            >>> s.ensure(30), s.covered, s.ensure(5000), s.covered  # ahead, up to its end
+            (True, 4096, True, 8192)
+        """
+        start = self.covered
+        if end <= start:
             return True
         if end > self.limit:
             return False
-        target = min(self.limit, max(end, _FIRST_CHUNK, 2 * self.covered))
-        start = self.covered
-        keys = hash_ids(self.ids(np.arange(start, target, dtype=np.int64)), self.dl)
-        events = np.full(target - start, NEVER, dtype=np.int64)
-        for block in range(start, target, _BLOCK):
-            self._simulate(keys, start, block, min(target, block + _BLOCK), events)
-        before = self.threshold[-1] if self.covered else NEVER
+        stop, bound = end, self.limit
+        if self.share is not None:  # far fewer, larger steps for a first run (numpy calls)
+            bound = min(bound, max(end, self.share))
+            stop = max(end, min(bound, max(_FIRST_CHUNK, 2 * start)))
+        keys = hash_ids(self.ids(np.arange(start, stop, dtype=np.int64)), self.dl)
+        events = np.full(stop - start, NEVER, dtype=np.int64)
+        for block in range(start, stop, _BLOCK):
+            self._simulate(keys, start, block, min(stop, block + _BLOCK), events)
+        before = self._threshold[start - 1] if start else NEVER
         # The threshold only falls: a running minimum fills the positions between entries.
         threshold = np.minimum.accumulate(np.concatenate([[before], events]))[1:]
-        self.keys = np.concatenate([self.keys, keys])
-        self.threshold = np.concatenate([self.threshold, threshold])
-        self.covered = target
+        if stop > self._keys.size:
+            size = min(bound, max(stop, 2 * self._keys.size))
+            self._keys = _grown(self._keys, start, size)
+            self._threshold = _grown(self._threshold, start, size)
+        self._keys[start:stop], self._threshold[start:stop] = keys, threshold
+        self.covered = stop
         return True
 
     def _simulate(self, keys: np.ndarray, base: int, lo: int, hi: int,
@@ -154,7 +188,7 @@ class Schedule:
 
     def threshold_before(self, start: int) -> int:
         """Keys at or above this cannot enter at position ``start`` (:data:`NEVER`: not full)."""
-        return NEVER if start == 0 else int(self.threshold[start - 1])
+        return NEVER if start == 0 else int(self._threshold[start - 1])
 
     def kept(self, start: int, end: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Rows of batch ``[start, end)`` still kept after it: ``(rows in the batch, slots,
@@ -185,7 +219,7 @@ class Schedule:
         if threshold == NEVER:
             looked, inside = None, local
         else:
-            looked = np.flatnonzero(self.keys[start:end] < threshold)
+            looked = np.flatnonzero(self._keys[start:end] < threshold)
             inside = np.searchsorted(looked, local)
         found = BatchPlan(looked, inside, local, slots, keys, self.ids(local + start),
                           np.full(local.size, self.dl, dtype=np.int64))
@@ -197,21 +231,54 @@ class Schedule:
         return found
 
 
-def schedule_for(k: int, dataloader_idx: int, rank: int = 0, world_size: int = 1,
-                 dataset_len: int | None = None) -> Schedule:
-    """The cached :class:`Schedule` of a loader and rank (simulated once per fit, not per run).
+def _grown(values: np.ndarray, used: int, size: int) -> np.ndarray:
+    """``values[:used]`` at the start of a new array of ``size`` (the rest not yet written)."""
+    out = np.empty(size, dtype=values.dtype)
+    out[:used] = values[:used]
+    return out
+
+
+class ScheduleCache:
+    """The schedules one owner has simulated, kept for its later validation runs.
+
+    The callback holds one for its lifetime and hands it to the collector of every run, so a
+    loader's bottom-k is simulated by the first run of a fit and replayed by every later one; a
+    collector built without one gets its own (the schedule then lives for that run only). It
+    keeps the last ``size`` schedules used.
+
+    Args:
+        max_positions: positions simulated at most per loader; a run that goes past them
+            streams from that batch on (``0``: never schedule, every batch streams).
+        size: schedules kept (a loader and rank each, for a ``max_samples``).
 
     Example:
-        >>> schedule_for(5, 0) is schedule_for(5, 0), schedule_for(5, 0) is schedule_for(5, 1)
+        >>> cache = ScheduleCache()
+        >>> cache.get(5, 0) is cache.get(5, 0), cache.get(5, 0) is cache.get(5, 1)
         (True, False)
+        >>> cache.get(5, 0) is ScheduleCache().get(5, 0)  # another owner: its own schedules
+        False
     """
-    # One process: the ids are the positions whatever the dataset's length.
-    length = dataset_len or 0 if world_size > 1 else 0
-    key = (k, dataloader_idx, rank, world_size, length)
-    found = _CACHE.get(key)
-    if found is None:
-        found = _CACHE[key] = Schedule(k, dataloader_idx, rank, world_size, dataset_len)
-        while len(_CACHE) > _CACHE_SIZE:
-            _CACHE.popitem(last=False)
-    _CACHE.move_to_end(key)
-    return found
+
+    def __init__(self, max_positions: int = MAX_POSITIONS, size: int = 8) -> None:
+        self.max_positions = max_positions
+        self.size = size
+        self._schedules: OrderedDict[tuple[int, int, int, int, int], Schedule] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._schedules)
+
+    def __iter__(self) -> Iterator[Schedule]:
+        return iter(list(self._schedules.values()))
+
+    def get(self, k: int, dataloader_idx: int, rank: int = 0, world_size: int = 1,
+            dataset_len: int | None = None) -> Schedule:
+        """The :class:`Schedule` of a loader and rank: the one simulated before, or a new one."""
+        key = (k, dataloader_idx, rank, world_size, dataset_len or 0)
+        found = self._schedules.get(key)
+        if found is None:
+            found = self._schedules[key] = Schedule(k, dataloader_idx, rank, world_size,
+                                                    dataset_len, self.max_positions)
+            while len(self._schedules) > self.size:
+                self._schedules.popitem(last=False)
+        self._schedules.move_to_end(key)
+        return found

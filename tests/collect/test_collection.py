@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import threading
 import time
 import tracemalloc
@@ -15,6 +16,7 @@ from torch.utils.data import DistributedSampler
 from lightning_embproj.collect.buffer import SampleBuffer
 from lightning_embproj.collect.collector import Collector, Placement
 from lightning_embproj.collect.hashing import derived_ids, hash_ids
+from lightning_embproj.collect.schedule import Schedule
 from lightning_embproj.options import ProjectorOptions
 from lightning_embproj.runtime.warn import ProjectorWarning, WarnOnce
 from lightning_embproj.runtime.worker import Worker
@@ -561,7 +563,10 @@ def test_scheduled_path_keeps_what_streaming_keeps_in_every_run(nan_at, streams)
             end = min(rows, start + batch)
             outputs = {"y": labels[start:end], "id": torch.arange(start, end)}
             c.add_batch({"embeddings": z[start:end]}, outputs, None, 0)
-        assert c._streaming == (id_key is None and streams)
+        if id_key is not None:
+            assert c.paths == ("streaming",)
+        else:
+            assert c.paths == (("scheduled", "streaming") if streams else ("scheduled",))
         s = c.samples()["embeddings"]
         order = np.argsort(s.keys)
         return ({"ids": [s.sample_ids[i] for i in order], "labels": s.labels[order].tolist(),
@@ -571,6 +576,40 @@ def test_scheduled_path_keeps_what_streaming_keeps_in_every_run(nan_at, streams)
     for _ in range(3):  # the first run builds the plans, the later ones reuse them
         assert run(None) == streamed
     assert all(i not in streamed[0]["ids"] for i in nan_at)
+
+
+def test_a_schedule_never_simulates_past_the_datasets_end():
+    unknown = Schedule(k=50, dataloader_idx=2, max_positions=1000)
+    for end in range(37, 1000, 37):  # length unknown: exactly the positions reached
+        assert unknown.ensure(end) and unknown.covered == end
+    np.testing.assert_array_equal(unknown.keys, hash_ids(np.arange(unknown.covered), 2))
+    assert not unknown.ensure(1001) and unknown.covered == 999
+    assert unknown.threshold[-1] == np.sort(unknown.keys)[49]  # the 50th smallest key so far
+    for length, world, share in [(300, 1, 300), (10_000, 1, 10_000), (9, 2, 5), (20_001, 3, 6667)]:
+        known = Schedule(k=50, dataloader_idx=2, world_size=world, dataset_len=length)
+        covered = []
+        for end in range(64, share + 64, 64):
+            assert known.ensure(min(end, share))
+            covered.append(known.covered)
+        assert covered[-1] == share and max(covered) == share  # ahead, up to its end only
+        assert len(set(covered)) <= 5  # in growing chunks: 4,096, 8,192, ...
+        np.testing.assert_array_equal(known.threshold, _streaming_thresholds(known.keys, 50))
+    # One process, a sampler that goes past the length it declares: exactly, from there on.
+    over = Schedule(k=50, dataloader_idx=0, dataset_len=300)
+    assert over.ensure(310) and over.covered == 310
+
+
+def _streaming_thresholds(keys: np.ndarray, k: int) -> np.ndarray:
+    """The k-th smallest key after each position (the largest int64 before k keys)."""
+    out, kept = np.full(keys.size, np.iinfo(np.int64).max), []
+    for i, key in enumerate(keys.tolist()):
+        if len(kept) < k:
+            heapq.heappush(kept, -key)
+        elif key < -kept[0]:
+            heapq.heapreplace(kept, -key)
+        if len(kept) == k:
+            out[i] = -kept[0]
+    return out
 
 
 def test_buffer_place_then_streaming_continues_from_the_placed_rows():

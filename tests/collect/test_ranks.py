@@ -119,8 +119,10 @@ def test_placement_under_ddp_for_each_loader_of_a_dict(combined):
 
 
 def test_placement_on_one_process_needs_no_length():
-    loaders = DataLoader(Stream(), batch_size=4)
+    loaders = [DataLoader(Stream(), batch_size=4), loader(9)]
     assert placement(ddp_trainer(loaders, rank=0, world_size=1), 0) == Placement()
+    # known, it bounds how far the schedule of positions is simulated ahead
+    assert placement(ddp_trainer(loaders, rank=0, world_size=1), 1) == Placement(dataset_len=9)
 
 
 def test_placement_with_id_key_needs_no_length():

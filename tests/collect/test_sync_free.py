@@ -119,6 +119,11 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "sequence-last": dict(n_rows=300, batch=32, max_samples=40, seq=True, pooling="last",
                           mask_key="mask"),
     "fit-all": dict(n_rows=30, batch=8, max_samples=100),
+    # Batches of at most max_samples rows: the scheduled path takes them (until a bad row).
+    "bf16-scheduled": dict(n_rows=300, batch=32, max_samples=40, dtype=torch.bfloat16),
+    "nan-rows-scheduled": dict(n_rows=400, batch=25, max_samples=30, nan_every=9),
+    "fp16-overflow-scheduled": dict(n_rows=400, batch=25, max_samples=30, big_every=7,
+                                    storage_dtype="float16"),
 }
 
 
@@ -137,15 +142,18 @@ def test_device_and_scheduled_paths_match_streaming(name):
     streaming = _run(_batches(seed=len(name), ids=positions, **data), False, id_key="id", **opts)
     scheduled = _run(batches, False, **opts)
     device = _run(batches, True, **opts)
-    assert device._mode == "device" and scheduled._mode == "host"
-    assert scheduled._schedule is not None  # the scheduled path ran (maybe streamed after NaN)
+    assert streaming.paths == ("streaming",) and device.paths == ("device",)
+    # A batch over max_samples rows, or with a NaN / overflow row it looks at (the first batch
+    # here: all its rows are looked at), streams instead.
+    hands_over = data["batch"] > opts["max_samples"] or "nan" in name or "overflow" in name
+    assert scheduled.paths == (("scheduled", "streaming") if hands_over else ("scheduled",))
     _same(streaming, scheduled)
     _same(streaming, device)
-    if name == "nan-rows":
-        assert scheduled.nonfinite > 0 and scheduled._streaming  # the NaN batch streamed
+    if "nan" in name:
+        assert scheduled.nonfinite > 0
     elif "overflow" in name:
         # rows float16 would hold as Inf are left out and counted, on every path
-        assert scheduled.overflow > 0 and scheduled._streaming
+        assert scheduled.overflow > 0
         s = device.samples()["embeddings"]
         assert s.embeddings.dtype == np.float16 and np.isfinite(s.embeddings).all()
         assert np.abs(s.embeddings).max() >= 65_280  # the largest values float16 holds stay
@@ -160,7 +168,7 @@ def test_int_ids_with_repeats_dedupe_on_the_device_like_the_host():
     batches = _batches(600, 40, 1, ids=ids)
     host = _run(batches, False, id_key="id", max_samples=25)
     device = _run(batches, True, id_key="id", max_samples=25)
-    assert device._mode == "device"
+    assert device.path == "device"
     _same(host, device)
     s = device.samples()["embeddings"]
     np.testing.assert_array_equal(s.keys, _expected_keys(ids.numpy(), 25))
@@ -190,7 +198,8 @@ def test_two_loaders_and_a_run_cut_short_match():
     dl_of = [0] * 6 + [1] * 7  # the first loader is cut after 6 batches (limit_val_batches)
     runs = [_run(batches[:13], path, dl_of=dl_of.__getitem__, max_samples=30)
             for path in (False, True)]
-    assert runs[1]._mode == "device"
+    assert runs[0].paths == ("scheduled", "streaming")  # the second loader streams
+    assert runs[1].paths == ("device",)
     _same(*runs)
     s = runs[0].samples()["embeddings"]
     assert s.dataloader_idx is not None and set(s.dataloader_idx.tolist()) == {0, 1}
@@ -206,7 +215,7 @@ def test_string_ids_fall_back_to_the_host_path():
         out["id"] = [f"s{b}_{i}" for i in range(20)]
     host = _run(batches, False, id_key="id", max_samples=15)
     device = _run(batches, True, id_key="id", max_samples=15)
-    assert device._mode == "host"
+    assert device.paths == ("device", "streaming") and host.paths == ("streaming",)
     _same(host, device)
 
 
@@ -216,7 +225,7 @@ def test_a_later_host_batch_moves_the_device_buffer_to_the_host():
         out["id"] = out["id"].tolist()  # ids turn into a list: hashed on the host from here
     host = _run(batches, False, id_key="id", max_samples=30)
     device = _run(batches, True, id_key="id", max_samples=30)
-    assert device._mode == "host" and device.batches == 8
+    assert device.paths == ("device", "streaming") and device.batches == 8
     _same(host, device)
 
 
@@ -308,7 +317,7 @@ def _fit(tmp_path, monkeypatch, path: str, calls: list[str],
 
     class Recording(Collector):
         def samples(self):  # noqa: D102 - the real samples, kept for the comparison
-            mode = self._mode  # reading the samples moves the device buffers to the host
+            mode = self.path
             out = super().samples()
             recorded.append((mode, out))
             return out
@@ -343,7 +352,7 @@ def test_real_bf16_fit_makes_no_host_sync_in_batches_and_matches_the_host_path(
     # The recorder sees the host path's copies: it would have seen the device path's.
     assert "Tensor.numpy" in host_calls or "Tensor.tolist" in host_calls
     assert [mode for mode, _ in device] == ["device", "device"]
-    assert [mode for mode, _ in host] == ["host", "host"]
+    assert [mode for mode, _ in host] == ["streaming", "streaming"]
     for (_, d), (_, h) in zip(device, host, strict=True):
         assert set(d) == set(h) == {"encoder", "tokens"}
         for name in d:
