@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from lightning_embproj.readers import list_validations, read_projections
-from lightning_embproj.report.compare import _folder, find_sets
+from lightning_embproj.report.compare import find_sets, set_folder
 from lightning_embproj.sinks.local import atomic_write_text
 from lightning_embproj.sinks.view import PALETTE, reducers_in
 from lightning_embproj.sinks.view.images import read_images
@@ -223,7 +223,7 @@ def compare_runs(run_a: str | os.PathLike[str], run_b: str | os.PathLike[str],
             meta["in run"] = ["both" if key in in_a and key in in_b else
                               "A only" if key in in_a else "B only" for key in point_keys(meta)]
         points = encode_points(meta, keys=universe)
-        thumbs = {**read_images(_folder(pb, nb)), **read_images(_folder(pa, na))}
+        thumbs = {**read_images(set_folder(pb, nb)), **read_images(set_folder(pa, na))}
         one = {"val_index": 0, "epoch": ra[1], "step": ra[2], "label": "A and B"}
         panels = []
         for which, df, run in (("A", a, ra), ("B", b, rb)):
