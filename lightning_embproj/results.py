@@ -82,6 +82,10 @@ class Projection:
             ``validate`` starts a new one, a resumed ``fit`` continues its checkpoint's. Runs
             of one chain are aligned and compared with each other, never across chains.
         stage: the Trainer entry point that ran it: ``"fit"`` or ``"validate"``.
+        knn: ``(N, k)`` nearest neighbours of each point in the original space (k = 10, nearest
+            first), from the distance pass of the run's metrics; the movers, the per-label
+            table and the next run's drift reuse it. None when not computed (then they compute
+            it).
     """
 
     sample: EpochSample
@@ -96,6 +100,7 @@ class Projection:
     per_label: list[dict[str, Any]] | None = None
     chain: int = 0
     stage: str = "fit"
+    knn: np.ndarray | None = None
 
     @property
     def name(self) -> str:

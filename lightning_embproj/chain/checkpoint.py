@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lightning_embproj import checks
 from lightning_embproj.collect.hashing import keys_of
 from lightning_embproj.results import EpochSample, Projection
 
@@ -88,8 +89,10 @@ def projection_to_state(p: Projection) -> dict[str, Any]:
 
 
 def projection_from_state(state: dict[str, Any]) -> Projection:
+    """The previous run back from a checkpoint: its sample enters the pipeline here (checked,
+    as ``project_epoch`` checks a new run's), its kNN is computed again when needed."""
     return Projection(
-        sample=sample_from_state(state["sample"]),
+        sample=checks.sample(sample_from_state(state["sample"])),
         epoch=int(state["epoch"]),
         step=int(state["step"]),
         layouts={k: v.numpy() for k, v in state["layouts"].items()},

@@ -1,6 +1,8 @@
 """Epoch-end processing of one embedding set: reduce, align with the previous epoch, score.
 
-Pure apart from the ``warn`` callback: the same inputs give the same :class:`Projection`.
+Pure apart from the ``warn`` callback: the same inputs give the same :class:`Projection`. The
+run's sample enters the pipeline here and is checked once (:func:`lightning_embproj.checks.sample`);
+the reducers, the metrics and the evolve stage take its arrays as they are.
 
 Example:
     >>> import numpy as np
@@ -20,7 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lightning_embproj.metrics.scores import epoch_metrics
+from lightning_embproj import checks
+from lightning_embproj.metrics.scores import score_run
 from lightning_embproj.reduce.align import procrustes_align
 from lightning_embproj.reduce.dispatch import Threads, prepare, reduce, warm_init
 from lightning_embproj.reduce.tsne_online import tsne_next
@@ -59,13 +62,16 @@ def project_epoch(
     still computed. t-SNE and UMAP start from the previous run's layout when there is one. One
     PCA serves the PCA reducer and t-SNE's PCA-to-50. ``n_jobs``: t-SNE threads, or a function
     giving them (read again during a run: 1 while training, every core after it).
-    ``device``: where the metrics pass runs (None: numpy).
+    ``device``: where the metrics pass runs (None: numpy). The metrics' distance pass also
+    gives the run's kNN (``Projection.knn``), which the movers, the per-label table and the next
+    run's drift reuse.
     """
+    sample = checks.sample(sample)
     # A continued t-SNE (tsne_next) runs its own PCA over both runs: then the shared one need
     # not reserve t-SNE's 50 components, only what the other reducers ask for.
     continued = previous is not None and "tsne" in previous.layouts
     shared = [r for r in settings.reducers if not (continued and r == "tsne")]
-    X = prepare(np.asarray(sample.embeddings, dtype=np.float32), shared)
+    X = prepare(np.asarray(sample.embeddings, dtype=np.float32), shared, check_input=False)
     layouts: dict[str, np.ndarray] = {}
     for name in settings.reducers:
         prev_layout = previous.layouts.get(name) if previous is not None else None
@@ -76,7 +82,7 @@ def project_epoch(
                     X.X, sample.keys,
                     (previous.sample.keys, previous.sample.embeddings, prev_layout),
                     settings.n_components, perplexity=settings.perplexity,
-                    random_state=settings.seed, n_jobs=n_jobs,
+                    random_state=settings.seed, n_jobs=n_jobs, check_input=False,
                 )
                 layouts[name] = np.asarray(layout, dtype=np.float64)
                 continue
@@ -88,7 +94,8 @@ def project_epoch(
                 perplexity=settings.perplexity, n_jobs=n_jobs,
             )
             if prev_layout is not None and previous is not None:
-                layout = procrustes_align(layout, sample.keys, prev_layout, previous.sample.keys)
+                layout = procrustes_align(layout, sample.keys, prev_layout, previous.sample.keys,
+                                          check_input=False)
             layouts[name] = np.asarray(layout, dtype=np.float64)
         except ImportError as err:
             warn(f"reduce:{name}:import", f"reducer {name!r} is unavailable and skipped: {err}")
@@ -100,7 +107,7 @@ def project_epoch(
             )
     projection = Projection(sample=sample, epoch=epoch, step=step, layouts=layouts)
     try:
-        projection.metrics = epoch_metrics(projection, previous, device=device)
+        projection.metrics, projection.knn = score_run(projection, previous, device=device)
     except Exception as err:  # noqa: BLE001
         warn(
             f"score:{type(err).__name__}",
