@@ -149,9 +149,22 @@ def label_codes(values: Sequence[object] | np.ndarray, n: int) -> np.ndarray:
         return np.unique(lab.astype(str), return_inverse=True)[1].reshape(-1)
 
 
+def floats(X: Any) -> np.ndarray:
+    """The array the stages compute on: float32 / float64 as they are, anything else (a float16
+    storage, ints) as float32. A conversion, not a check.
+
+    Example:
+        >>> floats(np.ones((2, 2), np.float16)).dtype.name
+        'float32'
+    """
+    a = np.ascontiguousarray(X)
+    return a if a.dtype in (np.float32, np.float64) else a.astype(np.float32)
+
+
 def sample(s: EpochSample) -> EpochSample:
-    """One run's sample checked where it enters the pipeline: finite 2-D embeddings (float32 /
-    float64 kept, other floats made float32), one unique int64 key and one label per row.
+    """One run's sample checked where it enters the pipeline: finite 2-D embeddings (float
+    storage kept as it is, float16 included; anything else made float32), one unique int64 key
+    and one label per row.
 
     Returns ``s`` itself when nothing had to be converted, else a copy with the converted
     arrays.
@@ -163,8 +176,7 @@ def sample(s: EpochSample) -> EpochSample:
         True
     """
     emb = np.asarray(s.embeddings)
-    X = matrix(emb, "embeddings",
-               dtype=None if emb.dtype in (np.float32, np.float64) else np.float32)
+    X = matrix(emb, "embeddings", dtype=emb.dtype if emb.dtype.kind == "f" else np.float32)
     k = keys(s.keys, "keys", rows=X.shape[0], of="embeddings")
     if s.labels is not None:
         per_row(s.labels, X.shape[0], "labels")

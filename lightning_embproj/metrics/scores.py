@@ -192,9 +192,9 @@ def _drift_overlap(
     if ic.size < 2:
         return ic, ip, np.full(ic.size, np.nan)
     kk = knn_k(ic.size, k)
-    now = _neighbours(np.asarray(current.sample.embeddings), ic, kk,
+    now = _neighbours(checks.floats(current.sample.embeddings), ic, kk,
                       current.knn if known is None else known, device)
-    before = _neighbours(np.asarray(previous.sample.embeddings), ip, kk, previous.knn, device)
+    before = _neighbours(checks.floats(previous.sample.embeddings), ip, kk, previous.knn, device)
     return ic, ip, _overlap(before, now)
 
 
@@ -220,7 +220,7 @@ def score_run(
         >>> sorted(scores.metrics), scores.knn.shape
         (['knn_accuracy', 'pca/trustworthiness', 'silhouette'], (40, 10))
     """
-    X = np.ascontiguousarray(current.sample.embeddings)
+    X = checks.floats(current.sample.embeddings)
     n = X.shape[0]
     labels = current.sample.labels
     codes = None if labels is None else checks.label_codes(labels, n)
@@ -292,7 +292,7 @@ def movers(
         >>> movers(Projection(s, 0, 0), Projection(s, 0, 0))["index"].size
         0
     """
-    X = np.asarray(current.sample.embeddings)
+    X = checks.floats(current.sample.embeddings)
     n = X.shape[0]
     overlap = np.full(n, np.nan)
     if previous is not None:
