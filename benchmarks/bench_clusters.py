@@ -9,9 +9,11 @@ this run (the same points slightly moved, rows in another order). Times, all in 
 - ``match+lineage``: :meth:`ClusterChain.update`: ids and lineage rows from one overlap matrix.
 - ``scores``: :func:`cluster_scores` (count, ARI to the previous run, NMI to labels).
 - ``health``: :func:`health_metrics` (RankMe, uniformity, CKA to the previous run).
-- ``per_label``: :func:`per_label_table` with the previous run, this run's kNN already
-  memoised (``epoch_metrics`` computes it first in the pipeline); ``per_label_cold``: memo
-  cleared, one more kNN pass (not in the totals).
+- ``per_label``: :func:`per_label_table` with the previous run, given this run's kNN
+  (``score_run`` computes it first in the pipeline, ``Projection.knn``); ``per_label_cold``:
+  without it, one more kNN pass (not in the totals).
+
+The stages are called as the pipeline calls them: on a checked run (``check_input=False``).
 - ``stability``: :meth:`StabilityPool.add` + ``value`` after 10 runs in the pool.
 - ``total``: everything with k-means; ``total_h``: with HDBSCAN instead.
 
@@ -32,15 +34,12 @@ import logging
 import numpy as np
 from bench_metrics import data, timed  # the same blobs, drifted copy and best-of timer
 
-from lightning_embproj.evolve.clusters import cluster_points
+from lightning_embproj.evolve.clusters import cluster_points, cluster_scores
 from lightning_embproj.evolve.lineage import ClusterChain
-from lightning_embproj.metrics import neighbours
-from lightning_embproj.metrics.health import (
-    StabilityPool,
-    cluster_scores,
-    health_metrics,
-    per_label_table,
-)
+from lightning_embproj.metrics.health import health_metrics
+from lightning_embproj.metrics.labels import per_label_table
+from lightning_embproj.metrics.neighbours import knn
+from lightning_embproj.metrics.stability import StabilityPool
 from lightning_embproj.reduce.dispatch import reduce, warm_init
 
 
@@ -54,8 +53,10 @@ def run(n: int, dim: int, repeat: int) -> dict[str, float]:
     t_warm, lay1 = timed(lambda: reduce("tsne", X1, 2, init=init))
 
     out: dict[str, float] = {"tsne": t_cold, "warm": t_warm}
-    out["kmeans"], raw = timed(lambda: cluster_points(X1, labels=y1, keys=keys1), repeat)
-    out["hdbscan"], raw_h = timed(lambda: cluster_points(X1, "hdbscan", keys=keys1), repeat)
+    out["kmeans"], raw = timed(
+        lambda: cluster_points(X1, labels=y1, keys=keys1, check_input=False), repeat)
+    out["hdbscan"], raw_h = timed(
+        lambda: cluster_points(X1, "hdbscan", keys=keys1, check_input=False), repeat)
     out["n_hdbscan"] = float(np.unique(raw_h[raw_h >= 0]).size)
     chain = ClusterChain()
     chain.update(keys0, cluster_points(X0, labels=y, keys=keys0))
@@ -69,24 +70,24 @@ def run(n: int, dim: int, repeat: int) -> dict[str, float]:
 
     out["match+lineage"], (ids, rows) = timed(match_lineage, repeat)
     out["survive_rows"] = float(sum(r["event"] == "survive" for r in rows))
-    out["scores"], _ = timed(lambda: cluster_scores(keys1, ids, y1, prev_keys, prev_ids), repeat)
-    out["health"], h = timed(lambda: health_metrics(keys1, X1, keys0, X0), repeat)
+    out["scores"], _ = timed(lambda: cluster_scores(keys1, ids, y1, prev_keys, prev_ids,
+                                                    check_input=False), repeat)
+    out["health"], h = timed(lambda: health_metrics(keys1, X1, keys0, X0, check_input=False),
+                             repeat)
     out["cka"] = h["health/cka_previous"]
-
-    def per_label() -> list:
-        neighbours._knn_cache.clear()
-        return per_label_table(keys1, X1, y1, keys0, X0)
-
-    out["per_label_cold"], _ = timed(per_label, repeat)
-    out["per_label"], _ = timed(lambda: per_label_table(keys1, X1, y1, keys0, X0), repeat)
+    out["per_label_cold"], _ = timed(
+        lambda: per_label_table(keys1, X1, y1, keys0, X0, check_input=False), repeat)
+    near = knn(X1, 10)  # what score_run hands on
+    out["per_label"], _ = timed(lambda: per_label_table(
+        keys1, X1, y1, keys0, X0, neighbours=near, check_input=False), repeat)
     pool = StabilityPool()
     Xp, Lp = X0[perm], lay0[perm]
     for _ in range(9):
-        pool.add(keys1, Xp, X1, Lp, lay1)
+        pool.add(keys1, Xp, X1, Lp, lay1, check_input=False)
 
     def stability() -> float:
         p = StabilityPool.from_state_dict(pool.state_dict())
-        p.add(keys1, Xp, X1, Lp, lay1)
+        p.add(keys1, Xp, X1, Lp, lay1, check_input=False)
         return p.value()
 
     out["stability"], out["rho"] = timed(stability, repeat)

@@ -7,8 +7,10 @@ backend (``numpy``: the default CPU path; ``torch:cpu``, ``torch:cuda``: the tor
 device, ``device=`` of :func:`lightning_embproj.metrics.scores.epoch_metrics`):
 
 - ``metrics``: ``epoch_metrics`` with both layouts and the previous epoch, the previous
-  epoch's kNN memoised (the steady state: one distance pass per run);
-- ``cold``: nothing memoised (the first scored run after a start: a second kNN pass);
+  epoch's kNN kept from its own scoring (``Projection.knn``; the steady state: one distance
+  pass per run);
+- ``cold``: the previous epoch's kNN not known (the first scored run after a start or a
+  resume: a second kNN pass);
 - ``peak MB``: tracemalloc peak of a cold ``epoch_metrics`` (numpy; tracemalloc does not see
   torch's CPU allocator) or ``torch.cuda.max_memory_allocated`` (cuda).
 
@@ -25,6 +27,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import time
 import tracemalloc
@@ -33,7 +36,6 @@ from typing import Any
 
 import numpy as np
 
-from lightning_embproj.metrics import neighbours
 from lightning_embproj.metrics import scores as score
 from lightning_embproj.results import EpochSample, Projection
 
@@ -98,7 +100,6 @@ def measure(prev: Projection, cur: Projection, backend: str, repeat: int) -> dic
     dev = device_of(backend)
 
     def cold() -> dict[str, float]:
-        neighbours._knn_cache.clear()
         return score.epoch_metrics(cur, prev, device=dev)
 
     def sync() -> None:
@@ -110,8 +111,9 @@ def measure(prev: Projection, cur: Projection, backend: str, repeat: int) -> dic
     if dev is not None:
         cold()  # warm-up: CUDA context, kernels
     t_cold, _ = timed(cold, repeat)
-    score.epoch_metrics(prev, None, device=dev)  # the previous run was scored: kNN memoised
-    t_metrics, metrics = timed(lambda: score.epoch_metrics(cur, prev, device=dev), repeat)
+    # the previous run was scored: its kNN kept
+    scored = dataclasses.replace(prev, knn=score.score_run(prev, None, device=dev).knn)
+    t_metrics, metrics = timed(lambda: score.epoch_metrics(cur, scored, device=dev), repeat)
     sync()
     if dev is not None and dev.startswith("cuda"):
         import torch

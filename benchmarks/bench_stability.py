@@ -7,7 +7,7 @@ by each method, one run at a time (online), except the global t-SNE (offline ref
 Columns:
 - stability: Spearman correlation between each point's step length in the embedding space and
   in the layout, pooled over points and consecutive epochs (Vernier et al., EuroVis 2020;
-  ``health.StabilityPool``).
+  ``stability.StabilityPool``).
 - np@1%: neighbourhood preservation at k = 1% of N (fraction of each point's k nearest
   neighbours in the embedding space also among its k nearest in the layout), mean over epochs.
 - disp: mean displacement per epoch (``score.mean_displacement``: mean step / RMS radius).
@@ -32,8 +32,8 @@ from sklearn.datasets import load_digits
 from sklearn.neighbors import NearestNeighbors
 from torch import nn
 
-from lightning_embproj.metrics.health import StabilityPool
 from lightning_embproj.metrics.scores import mean_displacement
+from lightning_embproj.metrics.stability import StabilityPool
 from lightning_embproj.reduce import dispatch as R
 from lightning_embproj.reduce.align import procrustes_align
 from lightning_embproj.reduce.tsne_online import tsne_next

@@ -25,6 +25,7 @@ import logging
 import time
 
 import numpy as np
+from scipy.spatial import procrustes
 from sklearn.datasets import load_digits
 from sklearn.manifold import TSNE
 from sklearn.neighbors import NearestNeighbors
@@ -32,9 +33,14 @@ from sklearn.neighbors import NearestNeighbors
 from lightning_embproj.metrics.scores import neighbourhood_overlap
 from lightning_embproj.reduce import dispatch as R
 from lightning_embproj.reduce import tsne as T
-from lightning_embproj.reduce.align import disparity
 
 logging.getLogger("openTSNE").setLevel(logging.ERROR)
+
+
+def disparity(a: np.ndarray, b: np.ndarray) -> float:
+    """Procrustes disparity of two matched layouts (``scipy.spatial.procrustes``): 0 = same
+    shape, 1 = unrelated."""
+    return float(procrustes(a, b)[2])
 
 
 def make_data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -28,13 +28,16 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, cast
 
+import numpy as np
+
+from lightning_embproj import checks
 from lightning_embproj.chain.owner import ChainState
 from lightning_embproj.evolve.set_chain import EvolveSettings, SetChain, evolve
-from lightning_embproj.metrics.scores import epoch_metrics, movers
+from lightning_embproj.metrics.scores import movers, score_run
 from lightning_embproj.options import ProjectorOptions
 from lightning_embproj.reduce.dispatch import Threads
 from lightning_embproj.reduce.project import ReduceSettings, reduce_layouts
@@ -64,18 +67,21 @@ class Stages:
 
 
 def score(current: Projection, previous: Projection | None, device: str | None = None,
-          warn: Warn = _no_warn) -> tuple[dict[str, float], dict[str, Any] | None]:
-    """The score stage: metrics and movers of ``current`` (each None / empty with one warning
-    when it fails; the metrics' kNN are memoised, so the movers cost no second pass)."""
+          warn: Warn = _no_warn) -> tuple[dict[str, float], np.ndarray | None, Any]:
+    """The score stage: metrics, the run's kNN and movers of ``current`` (each None / empty
+    with one warning when it fails). The kNN come from the metrics' distance pass and are
+    handed on: the movers, the per-label table and the next run's drift reuse them."""
     metrics: dict[str, float] = {}
+    knn = None
     try:
-        metrics = epoch_metrics(current, previous, device=device)
+        metrics, knn = score_run(current, previous, device=device)
     except Exception as err:  # noqa: BLE001 - the layouts are still worth writing
         warn(f"score:{type(err).__name__}", f"metrics failed at epoch {current.epoch} for "
              f"{current.name!r} ({type(err).__name__}: {err})")
+    known = replace(current, knn=knn)
     found = guarded(warn, "movers", "the movers table",
-                    lambda: movers(current, previous, device=device))
-    return metrics, found
+                    lambda: movers(known, previous, device=device))
+    return metrics, knn, found
 
 
 def process_run(
@@ -88,15 +94,17 @@ def process_run(
     None at a chain's start. ``n_jobs``: t-SNE threads, or a function giving them (read again
     during the run; it is also where a run asked to stop at shutdown stops).
     """
+    sample = checks.sample(sample)  # the one check: the stages take its arrays as they are
     layouts = reduce_layouts(sample, previous, stages.reduce, warn, n_jobs=n_jobs,
-                             epoch=identity.epoch)
+                             epoch=identity.epoch, check_input=False)
     current = Projection(sample, identity.epoch, identity.step, layouts)
-    metrics, found = score(current, previous, stages.device, warn)
+    metrics, knn, found = score(current, previous, stages.device, warn)
+    current = replace(current, knn=knn)
     evolved = evolve(current, previous, chain, stages.evolve, warn, identity.val_index)
     result = run_result(
         sample, identity, layouts, metrics={**metrics, **evolved.metrics},
         clusters=evolved.clusters, lineage=evolved.lineage, per_label=evolved.per_label,
-        movers=found,
+        movers=found, knn=knn,
     )
     return result, evolved.chain
 

@@ -169,17 +169,23 @@ class Projection:
         step: the trainer's ``global_step`` when they were collected.
         layouts: reducer name -> ``(N, n_components)`` float array, rows in the order of
             ``sample`` (read-only).
+        knn: ``(N, k)`` nearest neighbours of each point in the original space (k = 10, nearest
+            first), from the distance pass of the run's metrics; the movers, the per-label
+            table and the next run's drift reuse it. None when not computed (then they compute
+            it).
     """
 
     sample: EpochSample
     epoch: int
     step: int
     layouts: Mapping[str, np.ndarray] = field(default_factory=dict)
+    knn: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sample", frozen_sample(self.sample))
         object.__setattr__(self, "layouts", MappingProxyType(
             {k: read_only(v) for k, v in self.layouts.items()}))
+        object.__setattr__(self, "knn", read_only(self.knn))
 
     @property
     def name(self) -> str:

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lightning_embproj import checks
 from lightning_embproj.collect.hashing import keys_of
 from lightning_embproj.results import EpochSample, RunIdentity, RunResult
 from lightning_embproj.sinks.columns import run_result
@@ -96,9 +97,10 @@ def projection_to_state(p: RunResult) -> dict[str, Any]:
 
 def projection_from_state(state: dict[str, Any], rekey: bool = False) -> RunResult:
     """The run saved by :func:`projection_to_state`; ``rekey``: recompute its keys (see
-    :func:`rehash`)."""
+    :func:`rehash`). Its sample enters the pipeline here (checked, as a new run's is in
+    :func:`~lightning_embproj.pipeline.process_run`); its kNN is computed again when needed."""
     sample = sample_from_state(state["sample"])
     return run_result(
-        rehash(sample) if rekey else sample, RunIdentity.from_state(state),
+        checks.sample(rehash(sample) if rekey else sample), RunIdentity.from_state(state),
         {k: v.numpy() for k, v in state["layouts"].items()}, metrics=dict(state["metrics"]),
     )

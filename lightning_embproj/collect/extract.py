@@ -65,16 +65,24 @@ def lookup(key: Key, outputs: Any, batch: Any, option: str) -> Any:
     )
 
 
-def _is_tensor(value: Any) -> bool:
+def is_tensor(value: Any) -> bool:
+    """Whether ``value`` is a torch tensor (duck-typed: torch is not imported here).
+
+    Example:
+        >>> is_tensor(np.zeros(2)), is_array(np.zeros(2))
+        (False, True)
+    """
     return hasattr(value, "detach") and hasattr(value, "is_floating_point")
 
 
-def _is_array(value: Any) -> bool:
-    return isinstance(value, np.ndarray) or _is_tensor(value)
+def is_array(value: Any) -> bool:
+    """Whether ``value`` is a numpy array or a torch tensor."""
+    return isinstance(value, np.ndarray) or is_tensor(value)
 
 
-def _is_half(value: Any) -> bool:
-    return _is_tensor(value) and str(value.dtype) in ("torch.bfloat16", "torch.float16")
+def is_half(value: Any) -> bool:
+    """Whether ``value`` is a bfloat16 / float16 tensor (numpy has no bfloat16)."""
+    return is_tensor(value) and str(value.dtype) in ("torch.bfloat16", "torch.float16")
 
 
 def host_numpy(value: Any) -> np.ndarray:
@@ -85,17 +93,17 @@ def host_numpy(value: Any) -> np.ndarray:
         >>> host_numpy(torch.tensor([1.5], dtype=torch.bfloat16)).dtype.name
         'float32'
     """
-    if not _is_tensor(value):
+    if not is_tensor(value):
         return np.asarray(value)
     value = value.detach()
-    if _is_half(value):
+    if is_half(value):
         value = value.float()
     return value.cpu().numpy()
 
 
 def as_embeddings(value: Any, name: str) -> Any:
     """Check a ``(B, ...)`` floating tensor or array and detach it (:func:`pool` reshapes it)."""
-    if not _is_array(value):
+    if not is_array(value):
         raise TypeError(
             f"embeddings {name!r}: expected a torch.Tensor or numpy array of shape (B, D), "
             f"got {type(value).__name__}"
@@ -106,13 +114,13 @@ def as_embeddings(value: Any, name: str) -> Any:
             f"{tuple(value.shape)}; reshape a 1-D vector with .unsqueeze(1) if it is one value "
             f"per sample"
         )
-    is_float = value.is_floating_point() if _is_tensor(value) else value.dtype.kind == "f"
+    is_float = value.is_floating_point() if is_tensor(value) else value.dtype.kind == "f"
     if not is_float:
         raise TypeError(
             f"embeddings {name!r}: expected floating point values, got dtype {value.dtype} "
             f"(token ids or class indices are not embeddings; cast with .float() if you mean it)"
         )
-    return value.detach() if _is_tensor(value) else value
+    return value.detach() if is_tensor(value) else value
 
 
 def layer_output(output: Any, layer: str, key: Key | None = None) -> Any:
@@ -127,9 +135,9 @@ def layer_output(output: Any, layer: str, key: Key | None = None) -> Any:
     """
     if key is not None:
         return _select(output, layer, key)
-    if isinstance(output, (tuple, list)) and output and _is_array(output[0]):
+    if isinstance(output, (tuple, list)) and output and is_array(output[0]):
         return output[0]
-    if _is_array(output):
+    if is_array(output):
         return output
     if isinstance(output, Mapping):
         first = next(iter(output), "last_hidden_state")
@@ -156,7 +164,7 @@ def _select(output: Any, layer: str, key: Key) -> Any:
         found = output.get(key)
     elif isinstance(key, str) and dataclasses.is_dataclass(output):
         found = getattr(output, key, None)
-    if not _is_array(found):
+    if not is_array(found):
         what = (_describe(output) if not dataclasses.is_dataclass(output) or
                 isinstance(output, Mapping) else
                 f"fields {[f.name for f in dataclasses.fields(output)]}")
@@ -169,7 +177,7 @@ def _select(output: Any, layer: str, key: Key) -> Any:
 
 def batch_len(value: Any) -> int:
     """Number of rows of a metadata value (tensor, array or sequence)."""
-    if _is_array(value):
+    if is_array(value):
         return int(value.shape[0]) if value.ndim else 0
     if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
         return len(value)
@@ -200,7 +208,7 @@ def as_ids(value: Any, key: Key, n: int) -> np.ndarray:
         ['img_7', 'img_10000']
     """
     dtype_name = str(getattr(value, "dtype", "")).replace("torch.", "")
-    if _is_array(value):
+    if is_array(value):
         arr = host_numpy(value)
     else:
         items = list(value)
@@ -247,7 +255,7 @@ def image_layout(value: Any, declared: bool) -> ImageLayout | None:
         >>> image_layout(np.zeros((2, 8, 8, 3)), declared=True)
         'HWC'
     """
-    if not _is_array(value):
+    if not is_array(value):
         return None
     shape = tuple(value.shape)
     if len(shape) == 4 and shape[1] in IMAGE_CHANNELS:
@@ -267,7 +275,7 @@ def check_metadata(value: Any, key: Key, column: str, option: str, declared: boo
     features are never shown as pictures.
     """
     layout = image_layout(value, declared)
-    if layout is not None or not _is_array(value):
+    if layout is not None or not is_array(value):
         if declared and layout is None:
             raise TypeError(
                 f"image_keys: {column!r} ({option}={key!r}) must be a tensor or array of images "
@@ -298,11 +306,11 @@ def take(value: Any, idx: np.ndarray, max_text_length: int) -> np.ndarray:
     Half tensors arrive as float32; texts (lists, numpy strings) as an object array of ``str``
     cut to ``max_text_length`` characters.
     """
-    if _is_tensor(value):
+    if is_tensor(value):
         import torch
 
         value = value.detach()
-        if value.device.type == "cpu" and not _is_half(value):
+        if value.device.type == "cpu" and not is_half(value):
             # A host tensor is viewed as numpy without a copy; numpy's row gather skips
             # torch's per-call dispatch (measured 0.55 ms -> a few us per batch).
             return value.numpy()[idx]

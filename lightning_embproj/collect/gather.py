@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from lightning_embproj.collect.ranks import strategy_world
 from lightning_embproj.results import EpochSample
 
 _ERROR_PREFIX = "Cannot merge the embedding samples of the ranks"
@@ -114,10 +115,9 @@ def gather_samples(
         [1]
     """
     _check_max_samples(max_samples)  # same arguments on every rank: all raise, none waits
-    world_size = int(getattr(strategy, "world_size", 1) or 1) if strategy is not None else 1
+    rank, world_size = strategy_world(strategy)
     if world_size == 1:
         return merge_samples([sample], max_samples)
-    rank = int(getattr(strategy, "global_rank", 0) or 0)
     _check_process_group(world_size)
 
     gathered = _gather_bytes_to_rank0(_pack(sample), rank, world_size)

@@ -56,9 +56,6 @@ def splitmix64(x: np.ndarray) -> np.ndarray:
         return z
 
 
-_splitmix64 = splitmix64  # the old private name, still imported elsewhere
-
-
 def _position_salts(words: int) -> np.ndarray:
     salts = _POSITIONS.get(words)
     if salts is None:

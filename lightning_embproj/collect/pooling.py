@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from lightning_embproj.collect.extract import Key, _is_array, _is_half, _is_tensor
+from lightning_embproj.collect.extract import Key, is_array, is_half, is_tensor
 
 
 def pool(value: Any, name: str, pooling: str, mask: Any = None) -> Any:
@@ -55,8 +55,8 @@ def pool(value: Any, name: str, pooling: str, mask: Any = None) -> Any:
         )
     import torch
 
-    x = value if _is_tensor(value) else torch.from_numpy(np.ascontiguousarray(value))
-    if _is_half(x):
+    x = value if is_tensor(value) else torch.from_numpy(np.ascontiguousarray(value))
+    if is_half(x):
         x = x.float()
     if value.ndim >= 4:
         dims = tuple(range(2, x.ndim))
@@ -101,7 +101,7 @@ def as_mask(
     """
     import torch
 
-    if not _is_array(value):
+    if not is_array(value):
         raise TypeError(
             f"mask_key={key!r}: expected a (B, T) tensor or array of bools or 0/1 (1 = real "
             f"token), got {type(value).__name__}"
@@ -111,7 +111,7 @@ def as_mask(
             f"mask_key={key!r}: expected shape (B, T) = {tuple(shape[:2])} to match embeddings "
             f"{name!r} of shape {tuple(shape)}, got shape {tuple(value.shape)}"
         )
-    mask = value.detach() if _is_tensor(value) else torch.from_numpy(np.asarray(value))
+    mask = value.detach() if is_tensor(value) else torch.from_numpy(np.asarray(value))
     if mask.dtype == torch.bool:
         return mask.to(device)
     if mask.is_complex():

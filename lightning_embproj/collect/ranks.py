@@ -35,10 +35,19 @@ def world(trainer: Any) -> tuple[int, int]:
         (1, 2)
     """
     strategy = getattr(trainer, "strategy", None)
-    source = strategy if strategy is not None else trainer
+    return strategy_world(strategy if strategy is not None else trainer)
+
+
+def strategy_world(strategy: Any) -> tuple[int, int]:
+    """``(global rank, world size)`` of a Lightning strategy; ``None`` is one process.
+
+    Example:
+        >>> strategy_world(None)
+        (0, 1)
+    """
     # Lightning's Trainer does the same: strategies without `world_size` are one process.
-    size = int(getattr(source, "world_size", 1) or 1)
-    rank = int(getattr(source, "global_rank", 0) or 0)
+    size = int(getattr(strategy, "world_size", 1) or 1)
+    rank = int(getattr(strategy, "global_rank", 0) or 0)
     return rank, size
 
 

@@ -2,7 +2,9 @@
 
 :func:`cluster_points` clusters one run; :func:`overlap_counts` and :func:`shared_rows` give
 the overlap of two runs' clusterings on the keys both runs track. The stable ids and the
-lineage across runs come from both in one step: :mod:`lightning_embproj.evolve.lineage`.
+lineage across runs come from both in one step: :mod:`lightning_embproj.evolve.lineage`;
+:func:`cluster_scores` says how the clusters of a run agree with the previous run's and with
+the labels.
 
 Example:
     >>> rng = np.random.default_rng(0)
@@ -21,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from lightning_embproj.metrics.neighbours import as_matrix
+from lightning_embproj import checks
 
 METHODS: tuple[str, ...] = ("kmeans", "hdbscan")
 NOISE = -1
@@ -87,6 +89,8 @@ def cluster_points(
     seed: int = 0,
     min_cluster_size: int | None = None,
     keys: np.ndarray | Sequence[int] | None = None,
+    *,
+    check_input: bool = True,
 ) -> np.ndarray:
     """Cluster the rows of ``X``: ``(N,)`` int64 cluster numbers ``0..C-1``, noise ``-1``.
 
@@ -112,52 +116,65 @@ def cluster_points(
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
-    X = as_matrix(X, "X")
+    if check_input:
+        X = checks.matrix(X, "X")
+        if keys is not None:
+            keys = checks.keys(keys, "keys", rows=X.shape[0])
     n = X.shape[0]
     if keys is not None:
-        order = np.argsort(check_keys(keys, "keys"), kind="stable")
-        if order.size != n:
-            raise ValueError(f"keys has {order.size} entries, X has {n} rows: must match")
+        order = np.argsort(np.asarray(keys), kind="stable")
         lab = None if labels is None else np.asarray(labels)
         if lab is not None and lab.shape == (n,):
             lab = lab[order]
         out = np.empty(n, dtype=np.int64)
-        out[order] = cluster_points(X[order], method, n_clusters, lab, seed, min_cluster_size)
+        out[order] = cluster_points(X[order], method, n_clusters, lab, seed, min_cluster_size,
+                                    check_input=False)
         return out
     if n == 0:
         return np.zeros(0, dtype=np.int64)
     distinct = _distinct_rows(X)
     if distinct <= 1:
         return np.zeros(n, dtype=np.int64)
-    from lightning_embproj.reduce.dispatch import pca
-
     if method == "kmeans":
-        k = _kmeans_k(n, n_clusters, labels)
-        k = min(k, distinct)
-        if k <= 1:
-            return np.zeros(n, dtype=np.int64)
-        from sklearn.cluster import KMeans
-        from threadpoolctl import threadpool_limits
-
-        Z = pca(X, KMEANS_DIMS) if X.shape[1] > KMEANS_DIMS else X.astype(np.float64)
-        # One OpenMP thread (a per-thread setting: the training thread keeps its own). Next
-        # to a busy trainer, k-means' spinning OpenMP team was 20-100x slower than one thread
-        # (digits, 1,797 x 16, k=10: 1.5-3 s vs 0.02-0.06 s on 2 loaded cores).
-        with threadpool_limits(limits=1, user_api="openmp"):
-            raw = KMeans(k, n_init=KMEANS_N_INIT, random_state=seed).fit_predict(Z)
-        return canonical(raw)
-
+        k = min(_kmeans_k(n, n_clusters, labels), distinct)
+        return np.zeros(n, dtype=np.int64) if k <= 1 else _kmeans(X, k, seed)
     mcs = default_min_cluster_size(n) if min_cluster_size is None else min_cluster_size
     if not isinstance(mcs, (int, np.integer)) or mcs < 2:
         raise ValueError(f"min_cluster_size must be an int >= 2, got {min_cluster_size!r}")
     if n < mcs:  # too few points for even one cluster of the requested size
         return np.full(n, NOISE, dtype=np.int64)
+    return _hdbscan(X, int(mcs))
+
+
+def _kmeans(X: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """k-means (``k`` > 1) on the top :data:`KMEANS_DIMS` principal components."""
+    from sklearn.cluster import KMeans
+    from threadpoolctl import threadpool_limits
+
+    from lightning_embproj.reduce.dispatch import pca
+
+    wide = X.shape[1] > KMEANS_DIMS
+    Z = pca(X, KMEANS_DIMS, check_input=False) if wide else X.astype(np.float64)
+    # One OpenMP thread (a per-thread setting: the training thread keeps its own). Next
+    # to a busy trainer, k-means' spinning OpenMP team was 20-100x slower than one thread
+    # (digits, 1,797 x 16, k=10: 1.5-3 s vs 0.02-0.06 s on 2 loaded cores).
+    with threadpool_limits(limits=1, user_api="openmp"):
+        raw = KMeans(k, n_init=KMEANS_N_INIT, random_state=seed).fit_predict(Z)
+    return canonical(raw)
+
+
+def _hdbscan(X: np.ndarray, min_cluster_size: int) -> np.ndarray:
+    """HDBSCAN on the top :data:`HDBSCAN_DIMS` principal components (noise ``-1``)."""
     from sklearn.cluster import HDBSCAN
 
-    Z = pca(X, HDBSCAN_DIMS) if X.shape[1] > HDBSCAN_DIMS else X.astype(np.float64)
+    from lightning_embproj.reduce.dispatch import pca
+
+    wide = X.shape[1] > HDBSCAN_DIMS
+    Z = pca(X, HDBSCAN_DIMS, check_input=False) if wide else X.astype(np.float64)
     # min_samples 10 (not min_cluster_size): the core distances need that many neighbours,
     # and 10 costs a third less than 100 at 10,000 points with the same clusters.
-    model = HDBSCAN(min_cluster_size=int(mcs), min_samples=min(10, int(mcs)), copy=True)
+    model = HDBSCAN(min_cluster_size=min_cluster_size, min_samples=min(10, min_cluster_size),
+                    copy=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         raw = model.fit_predict(Z)
@@ -176,10 +193,7 @@ def _distinct_rows(X: np.ndarray) -> int:
 
 def _kmeans_k(n: int, n_clusters: int | None, labels: Any) -> int:
     if labels is not None:
-        lab = np.asarray(labels)
-        if lab.ndim != 1 or lab.shape[0] != n:
-            raise ValueError(f"labels must have shape ({n},) to match X, got {lab.shape}")
-        return int(np.unique(lab.astype(str)).size)
+        return int(np.unique(checks.per_row(labels, n, "labels", of="X").astype(str)).size)
     if n_clusters is not None:
         if not isinstance(n_clusters, (int, np.integer)) or isinstance(n_clusters, bool):
             raise ValueError(f"n_clusters must be a positive int or None, got {n_clusters!r}")
@@ -189,21 +203,13 @@ def _kmeans_k(n: int, n_clusters: int | None, labels: Any) -> int:
     return default_n_clusters(n)
 
 
-def check_keys(keys: np.ndarray | Sequence[int], name: str) -> np.ndarray:
-    """``keys`` as a 1-D int64 array of unique values; bad input raises naming ``name``."""
-    k = np.asarray(keys)
-    if k.ndim != 1:
-        raise ValueError(f"{name} must be a 1-D array of int64 tracking keys, got shape {k.shape}")
-    if k.size and not np.issubdtype(k.dtype, np.integer):
-        raise ValueError(f"{name} must hold integer tracking keys, got dtype {k.dtype}")
-    k = k.astype(np.int64, copy=False)
-    if np.unique(k).size != k.size:
-        raise ValueError(f"{name} must be unique tracking keys; found duplicates")
-    return k
-
-
 def check_ids(ids: np.ndarray | Sequence[int], n: int, name: str) -> np.ndarray:
-    """Cluster ids as ``(n,)`` int64 with values ``>= -1``; bad input raises naming ``name``."""
+    """Cluster ids as ``(n,)`` int64 with values ``>= -1``; bad input raises naming ``name``.
+
+    Example:
+        >>> check_ids([0, -1, 3], 3, "ids").tolist()
+        [0, -1, 3]
+    """
     a = np.asarray(ids)
     if a.shape != (n,):
         raise ValueError(f"{name} must have shape ({n},) to match the keys, got {a.shape}")
@@ -247,3 +253,59 @@ def overlap_counts(
     a = table.sum(axis=1)[keep_p]
     b = table.sum(axis=0)[keep_c]
     return prev_u[keep_p], cur_u[keep_c], table[np.ix_(keep_p, keep_c)], a, b
+
+
+def cluster_scores(
+    keys: np.ndarray | Sequence[int],
+    ids: np.ndarray | Sequence[int],
+    labels: Sequence[object] | np.ndarray | None = None,
+    prev_keys: np.ndarray | Sequence[int] | None = None,
+    prev_ids: np.ndarray | Sequence[int] | None = None,
+    *,
+    check_input: bool = True,
+) -> dict[str, float]:
+    """Cluster scores of one run, named as in ``metrics.health.HEALTH_DOCS``.
+
+    ``clusters/count``, ``clusters/noise_fraction``, ``clusters/ari_previous``,
+    ``clusters/nmi_labels``. Noise (``-1``) is no cluster: it is left out of the count and of
+    both scores, and measured by ``noise_fraction`` alone. ``ari_previous``:
+    ``sklearn.metrics.adjusted_rand_score`` of the previous and current ids on the keys
+    clustered in both runs (NaN without a previous run or with fewer than 2 such keys).
+    ``nmi_labels``: ``normalized_mutual_info_score`` of labels and ids on the clustered rows
+    (NaN without labels or without clustered rows). ``check_input=False``: the keys and ids
+    come from a checked run and its cluster chain.
+
+    Example:
+        >>> keys, labels = [1, 2, 3, 4], ["a", "a", "b", "b"]
+        >>> s = cluster_scores(keys, [0, 0, 1, 1], labels, keys, [5, 5, 6, 6])
+        >>> s["clusters/count"], s["clusters/ari_previous"], s["clusters/nmi_labels"]
+        (2.0, 1.0, 1.0)
+    """
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    if check_input:
+        keys = checks.keys(keys, "keys")
+        ids = check_ids(ids, keys.size, "ids")
+    keys, ids = np.asarray(keys), np.asarray(ids)
+    out = {
+        "clusters/count": float(np.unique(ids[ids != NOISE]).size),
+        "clusters/noise_fraction": float((ids == NOISE).mean()) if ids.size else math.nan,
+    }
+    ari = math.nan
+    if prev_keys is not None and prev_ids is not None:
+        if check_input:
+            prev_keys = checks.keys(prev_keys, "prev_keys")
+            prev_ids = check_ids(prev_ids, prev_keys.size, "prev_ids")
+        pk, pids = np.asarray(prev_keys), np.asarray(prev_ids)
+        ip, ic = shared_rows(pk, keys)
+        both = (pids[ip] != NOISE) & (ids[ic] != NOISE)
+        if both.sum() >= 2:
+            ari = float(adjusted_rand_score(pids[ip][both], ids[ic][both]))
+    out["clusters/ari_previous"] = ari
+    nmi = math.nan
+    clustered = ids != NOISE
+    if labels is not None and clustered.any():
+        codes = checks.label_codes(labels, ids.size)[clustered]
+        nmi = float(normalized_mutual_info_score(codes, ids[clustered]))
+    out["clusters/nmi_labels"] = nmi
+    return out

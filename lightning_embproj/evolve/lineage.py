@@ -60,10 +60,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from lightning_embproj import checks
 from lightning_embproj.evolve.clusters import (
     NOISE,
     check_ids,
-    check_keys,
     overlap_counts,
     shared_rows,
 )
@@ -139,6 +139,8 @@ def transition(
     next_id: int,
     survive_threshold: float = 0.7,
     split_threshold: float = 0.3,
+    *,
+    check_input: bool = True,
 ) -> Transition:
     """This run's stable cluster ids and its MONIC lineage rows, from one overlap matrix.
 
@@ -149,6 +151,7 @@ def transition(
     ``rows`` (dicts with the keys of :data:`LINEAGE_COLUMNS`, ``cluster`` holding the new
     ids) and the next free id. Fresh ids are handed out in the order of the raw numbers. See
     the module docstring for the events and for which cluster takes which id.
+    ``check_input=False``: the keys are checked already (a checked run's, a restored chain's).
 
     Example:
         >>> # P0 (keys 1-4) goes whole into raw 0 (it survives), P1 (5-8) splits 2 / 2
@@ -160,9 +163,11 @@ def transition(
         [(0, 'survive', '0'), (0, 'split', '1'), (1, 'split', '1')]
     """
     survive_threshold, split_threshold = check_thresholds(survive_threshold, split_threshold)
-    prev_keys = check_keys(prev_keys, "prev_keys")
+    if check_input:
+        prev_keys = checks.keys(prev_keys, "prev_keys")
+        keys = checks.keys(keys, "keys")
+    prev_keys, keys = np.asarray(prev_keys, dtype=np.int64), np.asarray(keys, dtype=np.int64)
     prev_ids = check_ids(prev_ids, prev_keys.size, "prev_ids")
-    keys = check_keys(keys, "keys")
     raw = check_ids(raw_ids, keys.size, "raw_ids")
     if isinstance(next_id, bool) or not isinstance(next_id, (int, np.integer)) or next_id < 0:
         raise ValueError(f"next_id must be a non-negative int, got {next_id!r}")
@@ -275,11 +280,17 @@ class ClusterChain:
         raw_ids: np.ndarray | Sequence[int],
         survive_threshold: float = 0.7,
         split_threshold: float = 0.3,
+        *,
+        check_input: bool = True,
     ) -> Transition:
-        """This run's ids and lineage (:func:`transition`); this run becomes the previous."""
+        """This run's ids and lineage (:func:`transition`); this run becomes the previous.
+
+        ``check_input=False``: ``keys`` are a checked run's."""
+        if check_input:
+            keys = checks.keys(keys, "keys")
         step = transition(self.keys, self.ids, keys, raw_ids, self.next_id,
-                          survive_threshold, split_threshold)
-        self.keys = check_keys(keys, "keys").tolist()
+                          survive_threshold, split_threshold, check_input=False)
+        self.keys = np.asarray(keys, dtype=np.int64).tolist()
         self.ids = step.ids.tolist()
         self.next_id = step.next_id
         return step
@@ -311,6 +322,7 @@ class ClusterChain:
             raise ValueError(
                 f"cluster chain state has {len(keys)} keys but {len(ids)} ids: lengths must match"
             )
+        checks.keys(keys, "cluster chain state keys")  # the keys enter the pipeline here
         if ids and next_id <= max(ids):
             raise ValueError(
                 f"cluster chain state has next_id {next_id}, not above its largest id "

@@ -8,7 +8,11 @@ After reduce / align / score, each projected validation run of a set gets:
   previous run (:func:`lightning_embproj.evolve.lineage.transition`): an id passes on only through
   those events, an emerging cluster gets an id never used before in the chain;
 - metrics: ``clusters/*``, ``rankme``, ``uniformity``, ``cka_previous``, ``R/stability``
-  (:mod:`lightning_embproj.metrics.health`), and a per-label table when labels are set.
+  (:mod:`lightning_embproj.metrics.health`, :mod:`~lightning_embproj.metrics.stability`), and a
+  per-label table when labels are set (:mod:`lightning_embproj.metrics.labels`).
+
+The projection's sample was checked where the run entered the pipeline (``pipeline.process_run``):
+the parts here take its arrays as they are (``check_input=False``).
 
 :func:`evolve` returns these values (:class:`Evolved`) and the next chain state
 (:class:`SetChain`); the chain state is replaced, never mutated, so a checkpoint taken while a
@@ -36,14 +40,11 @@ from typing import Any
 
 import numpy as np
 
-from lightning_embproj.evolve.clusters import cluster_points, shared_rows
+from lightning_embproj.evolve.clusters import cluster_points, cluster_scores, shared_rows
 from lightning_embproj.evolve.lineage import ClusterChain
-from lightning_embproj.metrics.health import (
-    StabilityPool,
-    cluster_scores,
-    health_metrics,
-    per_label_table,
-)
+from lightning_embproj.metrics.health import health_metrics
+from lightning_embproj.metrics.labels import per_label_table
+from lightning_embproj.metrics.stability import StabilityPool
 from lightning_embproj.results import EpochSample, Projection
 
 CLUSTER_METHODS = ("kmeans", "hdbscan")
@@ -131,7 +132,7 @@ def evolve(
 
     metrics = guarded("embedding health", lambda: health_metrics(
         sample.keys, X, prev.keys if prev is not None else None,
-        prev.embeddings if prev is not None else None,
+        prev.embeddings if prev is not None else None, check_input=False,
     ))
     for name, value in (metrics or {}).items():
         out.metrics[name.removeprefix("health/")] = value
@@ -144,6 +145,7 @@ def evolve(
         out.per_label = guarded("the per-label table", lambda: per_label_table(
             sample.keys, X, labels, prev.keys if prev is not None else None,
             prev.embeddings if prev is not None else None,
+            neighbours=projection.knn, check_input=False,
         ))
     if previous is not None:
         for reducer, layout in projection.layouts.items():
@@ -160,17 +162,18 @@ def _clusters(sample: EpochSample, out: Evolved, settings: EvolveSettings) -> bo
     raw = cluster_points(
         np.asarray(sample.embeddings, dtype=np.float32), method=str(settings.clusters),
         n_clusters=settings.n_clusters, labels=sample.labels, seed=settings.seed,
-        keys=sample.keys,
+        keys=sample.keys, check_input=False,
     )
     chain = out.chain.clusters
     prev_keys, prev_ids = chain.prev_keys, chain.prev_ids
     first = prev_keys.size == 0
-    step = chain.update(sample.keys, raw, settings.survive_threshold, settings.split_threshold)
+    step = chain.update(sample.keys, raw, settings.survive_threshold, settings.split_threshold,
+                        check_input=False)
     out.clusters = step.ids
     out.lineage = step.rows
     out.metrics.update(cluster_scores(
         sample.keys, step.ids, sample.labels,
-        None if first else prev_keys, None if first else prev_ids,
+        None if first else prev_keys, None if first else prev_ids, check_input=False,
     ))
     return True
 
@@ -190,5 +193,6 @@ def _stability(
             np.asarray(previous.sample.embeddings, dtype=np.float64)[ip],
             np.asarray(projection.sample.embeddings, dtype=np.float64)[ic],
             np.asarray(prev_layout, dtype=np.float64)[ip], np.asarray(layout)[ic],
+            check_input=False,
         )
     return pool.value()

@@ -2,8 +2,9 @@
 
 :func:`scan` walks the distance matrix in row blocks (memory ``O(chunk * N)``, never
 ``N x N``) and returns what the metrics need from it: each row's k nearest neighbours, the
-trustworthiness penalty of each layout, the silhouette sums. kNN indices are memoised by the
-content of the array, so the previous epoch's neighbours cost a hash, not a pass.
+trustworthiness penalty of each layout, each row's silhouette. A run's neighbours are computed
+once, by the pass of ``score_run``, and handed on to what reuses them (drift against the next
+run, the movers, the per-label table).
 
 Example:
     >>> X = np.random.default_rng(0).normal(size=(30, 4)).astype(np.float32)
@@ -13,15 +14,14 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import math
-import threading
 import warnings
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NamedTuple, Union, cast
 
 import numpy as np
+
+from lightning_embproj.checks import chunk_rows
 
 if TYPE_CHECKING:
     import torch
@@ -30,50 +30,53 @@ Device = Union[str, "torch.device"]
 
 SILHOUETTE_MAX_POINTS = 10_000
 TRUST_MAX_POINTS = 5_000
-_CHUNK_BYTES = 16 * 2**20  # one (rows x N) block; peak memory is a few of these
 # On an accelerator bigger blocks: fewer launches, and its memory is not the training's host RAM.
 _DEVICE_CHUNK_BYTES = 256 * 2**20
 _DENSE_CLASSES = 64  # up to this many classes the silhouette sums are one dense matmul
-_CACHE_SIZE = 8
-_knn_cache: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
-_cache_lock = threading.Lock()
-
-
-def as_matrix(X: np.ndarray, name: str) -> np.ndarray:
-    """A C-contiguous float32/float64 ``(N, D)`` array; bad input raises naming ``name``."""
-    a = np.asarray(X)
-    if a.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D (N, D) array, got shape {a.shape}")
-    a = np.ascontiguousarray(a, dtype=np.float64 if a.dtype == np.float64 else np.float32)
-    if not np.isfinite(a).all():
-        raise ValueError(f"{name} contains NaN or infinite values; scores need finite vectors")
-    return a
 
 
 def knn_k(n: int, k: int) -> int:
+    """``k`` neighbours as ``n`` rows allow (``n - 1`` at most); ``k < 1`` raises."""
     if k < 1:
         raise ValueError(f"k must be a positive integer, got {k}")
     return min(k, n - 1)
 
 
 def trustworthiness_k(n: int, k: int) -> int:
+    """``k`` for trustworthiness: below ``n / 2`` as well, as scikit-learn requires."""
     return min(knn_k(n, k), math.ceil(n / 2) - 1)
 
 
 class Scan(NamedTuple):
+    """What one :func:`scan` found."""
+
     knn: np.ndarray | None  # (N, k) original-space neighbours, nearest first
     trust: list[float]  # one per layout
-    silhouette: float
+    silhouette: float  # mean over the subset rows (NaN: undefined or not asked for)
+    silhouette_values: np.ndarray | None  # (N,) per row, NaN outside the subset
 
 
-def _fixed_subset(n: int, max_points: int | None) -> np.ndarray | None:
-    """A boolean mask of ``max_points`` of ``n`` rows (seed 0: the same for the same ``n``), or
-    None when every row is kept."""
+def fixed_subset(n: int, max_points: int | None) -> np.ndarray | None:
+    """A fixed sorted subset of ``max_points`` of ``n`` rows (seed 0: the same for the same
+    ``n``), or None when every row is kept.
+
+    Example:
+        >>> fixed_subset(10, 3).tolist(), fixed_subset(10, None)
+        ([5, 6, 9], None)
+    """
     if max_points is None or n <= max_points:
         return None
-    rows = np.zeros(n, dtype=bool)
-    rows[np.random.default_rng(0).choice(n, max_points, replace=False)] = True
-    return rows
+    return np.sort(np.random.default_rng(0).choice(n, max_points, replace=False))
+
+
+def _subset_mask(n: int, max_points: int | None) -> np.ndarray | None:
+    """:func:`fixed_subset` as a boolean mask of the ``n`` rows."""
+    rows = fixed_subset(n, max_points)
+    if rows is None:
+        return None
+    mask = np.zeros(n, dtype=bool)
+    mask[rows] = True
+    return mask
 
 
 class _Silhouette:
@@ -83,7 +86,7 @@ class _Silhouette:
         import scipy.sparse
 
         n = codes.size
-        subset = _fixed_subset(n, max_points)  # fixed subsample: same every epoch
+        subset = _subset_mask(n, max_points)  # fixed subsample: same every epoch
         self.rows = np.ones(n, dtype=bool) if subset is None else subset
         sub = np.unique(codes[self.rows], return_inverse=True)[1].reshape(-1)
         self.n_cls = int(sub.max()) + 1 if sub.size else 0
@@ -119,6 +122,14 @@ class _Silhouette:
 
     def result(self) -> float:
         return float(np.concatenate(self.values).mean()) if self.defined else math.nan
+
+    def per_row(self) -> np.ndarray | None:
+        """Each row's value (rows outside the subset NaN), None when undefined."""
+        if not self.defined:
+            return None
+        out = np.full(self.rows.size, math.nan)
+        out[self.rows] = np.concatenate(self.values)  # chunks come in row order
+        return out
 
 
 def _chunk_knn(C: np.ndarray, k: int, S: np.ndarray | None) -> np.ndarray:
@@ -180,7 +191,7 @@ def scan(
     sil = _Silhouette(labels, max_points, X.dtype) if labels is not None else None
     work = _Pass(
         k, kt, np.concatenate(lay_nbrs, axis=1) if lay_nbrs else None,
-        _fixed_subset(n, trust_max_points) if lay_nbrs else None,
+        _subset_mask(n, trust_max_points) if lay_nbrs else None,
         sil if sil is not None and sil.defined else None, len(lay_nbrs),
     )
     knn: np.ndarray | None
@@ -196,9 +207,9 @@ def scan(
     m = n if work.trust_rows is None else int(work.trust_rows.sum())
     scale = 2.0 / (m * kt * (2.0 * n - 3.0 * kt - 1.0)) if kt >= 1 else math.nan
     trust = [float(1.0 - p * scale) for p in penalty] if kt >= 1 else [math.nan] * len(layouts)
-    if knn is not None:
-        _cache_put(_digest(X, k), knn)
-    return Scan(knn, trust, work.sil.result() if work.sil is not None else math.nan)
+    sil_result = work.sil
+    return Scan(knn, trust, sil_result.result() if sil_result is not None else math.nan,
+                sil_result.per_row() if sil_result is not None else None)
 
 
 def _pass_numpy(X: np.ndarray, work: _Pass) -> tuple[np.ndarray | None, np.ndarray]:
@@ -207,7 +218,7 @@ def _pass_numpy(X: np.ndarray, work: _Pass) -> tuple[np.ndarray | None, np.ndarr
     penalty = np.zeros(work.n_layouts)
     sq = np.einsum("ij,ij->i", X, X)
     XT = -2 * X.T
-    step = max(16, _CHUNK_BYTES // (X.itemsize * max(n, 1)))
+    step = chunk_rows(X.itemsize * n, at_least=16)
     for s in range(0, n, step):
         e = min(n, s + step)
         diag = (np.arange(e - s), np.arange(s, e))
@@ -292,8 +303,8 @@ def _pass_torch_on(
             W[torch.from_numpy(at).to(dev), torch.from_numpy(sil.code[at]).to(dev)] = 1
         else:  # rows outside the subset go to a spare class, dropped after the sums
             code = torch.from_numpy(np.where(sil.code < 0, sil.n_cls, sil.code)).to(dev)
-    chunk = _CHUNK_BYTES if dev.type == "cpu" else _DEVICE_CHUNK_BYTES
-    step = max(16, chunk // (Xt.element_size() * max(n, 1)))
+    step = chunk_rows(Xt.element_size() * n, at_least=16,
+                      budget=None if dev.type == "cpu" else _DEVICE_CHUNK_BYTES)
     for s in range(0, n, step):
         e = min(n, s + step)
         rows = torch.arange(e - s, device=dev)
@@ -329,22 +340,23 @@ def _pass_torch_on(
     return knn, penalty.cpu().numpy()
 
 
-def _digest(X: np.ndarray, k: int) -> tuple[str, int]:
-    h = hashlib.blake2b(X.tobytes(), digest_size=16)
-    h.update(f"{X.shape}{X.dtype}".encode())
-    return h.hexdigest(), k
-
-
-def _cache_put(key: tuple[str, int], knn: np.ndarray) -> None:
-    knn.flags.writeable = False  # shared by every caller that hits the memo
-    with _cache_lock:
-        _knn_cache[key] = knn
-        while len(_knn_cache) > _CACHE_SIZE:
-            _knn_cache.popitem(last=False)
-
-
 def knn(X: np.ndarray, k: int, device: Device | None = None) -> np.ndarray:
-    """``(N, k)`` nearest neighbours of each row (itself excluded), memoised by content."""
-    with _cache_lock:
-        hit = _knn_cache.get(_digest(X, k))
-    return hit if hit is not None else cast(np.ndarray, scan(X, k, device=device).knn)
+    """``(N, k)`` nearest neighbours of each row of ``X`` (itself excluded), nearest first.
+
+    Example:
+        >>> knn(np.array([[0.0], [1.0], [5.0]]), 1).ravel().tolist()
+        [1, 0, 1]
+    """
+    return cast(np.ndarray, scan(X, k, device=device).knn)
+
+
+def vote(neighbours: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Majority label code among each row's neighbours; ties go to the nearest tied neighbour.
+
+    Example:
+        >>> vote(np.array([[1, 2, 3]]), np.array([0, 1, 0, 0])).tolist()
+        [0]
+    """
+    nb = codes[neighbours]
+    counts = (nb[:, :, None] == nb[:, None, :]).sum(axis=2)
+    return nb[np.arange(nb.shape[0]), counts.argmax(axis=1)]

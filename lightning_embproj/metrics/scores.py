@@ -4,9 +4,10 @@ Pure numpy functions (scikit-learn only for the kNN of the 2-D/3-D layouts). Eve
 needs the original space's distances is computed in one chunked pass over the rows
 (:func:`lightning_embproj.metrics.neighbours.scan`): memory is ``O(chunk * N)``, never ``N x N``,
 and the pass is shared by the metrics of an epoch; with ``device="cuda"`` the pass runs in
-torch on the GPU. kNN indices are memoised by the content
-of the array, so the previous epoch's neighbours (and :func:`movers` after
-:func:`epoch_metrics`) cost a hash, not a pass.
+torch on the GPU. That pass also gives the run's kNN (:attr:`RunScores.knn`, kept as
+``Projection.knn``): drift against the next run and :func:`movers` reuse it instead of a second
+pass. A run's :class:`~lightning_embproj.results.Projection` holds a sample checked where it
+entered the pipeline (``checks.sample``); the functions taking plain arrays check them.
 
 Metrics are NaN only when undefined: silhouette with fewer than 2 labels (or fewer than 3
 points, or as many labels as points), any kNN metric with fewer than 2 points,
@@ -26,18 +27,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
+from lightning_embproj import checks
 from lightning_embproj.evolve.clusters import shared_rows
 from lightning_embproj.metrics.neighbours import (
     SILHOUETTE_MAX_POINTS,
     Device,
-    as_matrix,
     knn,
     knn_k,
     scan,
+    vote,
 )
+from lightning_embproj.reduce.align import rms_radius
 from lightning_embproj.results import Projection
 
 METRIC_DOCS: dict[str, str] = {
@@ -55,17 +59,6 @@ METRIC_DOCS: dict[str, str] = {
     "the previous epoch, divided by the RMS radius of the previous layout (0 = unchanged).",
 }
 
-def _codes(labels: Sequence[object] | np.ndarray, n: int) -> np.ndarray:
-    """Labels (ints, strings, mixed) -> int codes ``0..C-1``."""
-    lab = np.asarray(labels)
-    if lab.ndim != 1 or lab.shape[0] != n:
-        raise ValueError(f"labels must have shape ({n},) to match the embeddings, got {lab.shape}")
-    try:
-        return np.unique(lab, return_inverse=True)[1].reshape(-1)
-    except TypeError:  # mixed types (e.g. ints and None) do not sort: compare their text
-        return np.unique(lab.astype(str), return_inverse=True)[1].reshape(-1)
-
-
 def silhouette(
     X: np.ndarray, labels: Sequence[object] | np.ndarray,
     max_points: int | None = SILHOUETTE_MAX_POINTS,
@@ -79,15 +72,8 @@ def silhouette(
         >>> silhouette(np.array([[0.0], [0.1], [5.0], [5.1]]), ["a", "a", "b", "b"]) > 0.9
         True
     """
-    X = as_matrix(X, "X")
-    return scan(X, labels=_codes(labels, X.shape[0]), max_points=max_points).silhouette
-
-
-def _vote(knn: np.ndarray, codes: np.ndarray) -> np.ndarray:
-    """Majority label among each row's neighbours; ties go to the nearest tied neighbour."""
-    nb = codes[knn]
-    counts = (nb[:, :, None] == nb[:, None, :]).sum(axis=2)
-    return nb[np.arange(nb.shape[0]), counts.argmax(axis=1)]
+    X = checks.matrix(X, "X")
+    return scan(X, labels=checks.label_codes(labels, X.shape[0]), max_points=max_points).silhouette
 
 
 def knn_accuracy(X: np.ndarray, labels: Sequence[object] | np.ndarray, k: int = 10) -> float:
@@ -97,11 +83,11 @@ def knn_accuracy(X: np.ndarray, labels: Sequence[object] | np.ndarray, k: int = 
         >>> knn_accuracy(np.array([[0.0], [0.1], [5.0], [5.1]]), [0, 0, 1, 1], k=1)
         1.0
     """
-    X = as_matrix(X, "X")
-    codes = _codes(labels, X.shape[0])
+    X = checks.matrix(X, "X")
+    codes = checks.label_codes(labels, X.shape[0])
     if X.shape[0] < 2:
         return math.nan
-    return float((_vote(knn(X, knn_k(X.shape[0], k)), codes) == codes).mean())
+    return float((vote(knn(X, knn_k(X.shape[0], k)), codes) == codes).mean())
 
 
 def trustworthiness(
@@ -119,7 +105,7 @@ def trustworthiness(
         >>> trustworthiness(X, X[:, :2], k=5) > trustworthiness(X, X[::-1, :2], k=5)
         True
     """
-    X, layout = as_matrix(X, "X"), as_matrix(layout, "layout")
+    X, layout = checks.matrix(X, "X"), checks.matrix(layout, "layout")
     if layout.shape[0] != X.shape[0]:
         raise ValueError(f"layout has {layout.shape[0]} rows, X has {X.shape[0]}: rows must match")
     knn_k(X.shape[0], k)
@@ -140,7 +126,7 @@ def neighbourhood_overlap(X_prev: np.ndarray, X: np.ndarray, k: int = 10) -> np.
         >>> float(neighbourhood_overlap(X, X, k=5).min())
         1.0
     """
-    X_prev, X = as_matrix(X_prev, "X_prev"), as_matrix(X, "X")
+    X_prev, X = checks.matrix(X_prev, "X_prev"), checks.matrix(X, "X")
     if X_prev.shape[0] != X.shape[0]:
         raise ValueError(f"X_prev has {X_prev.shape[0]} rows, X has {X.shape[0]}: rows must match")
     n = X.shape[0]
@@ -162,55 +148,115 @@ def mean_displacement(prev_layout: np.ndarray, layout: np.ndarray, normalize: bo
         >>> mean_displacement(P, P + [0.0, 0.5])
         0.5
     """
-    P, L = as_matrix(prev_layout, "prev_layout"), as_matrix(layout, "layout")
+    P, L = checks.matrix(prev_layout, "prev_layout"), checks.matrix(layout, "layout")
     if P.shape != L.shape:
         raise ValueError(f"prev_layout {P.shape} and layout {L.shape} must have the same shape")
+    return _displacement(P, L, normalize)
+
+
+def _displacement(P: np.ndarray, L: np.ndarray, normalize: bool = True) -> float:
+    """:func:`mean_displacement` of two matched layouts of one shape."""
     if P.shape[0] == 0:
         return math.nan
     raw = float(np.linalg.norm(L.astype(np.float64) - P, axis=1).mean())
     if not normalize or raw == 0.0:
         return raw
-
-    def rms(A: np.ndarray) -> float:
-        return float(np.sqrt(((A - A.mean(axis=0)) ** 2).sum(axis=1).mean()))
-
-    scale = rms(P.astype(np.float64)) or rms(np.concatenate([P, L]).astype(np.float64))
-    return raw / scale
+    return raw / (rms_radius(P) or rms_radius(np.concatenate([P, L])))
 
 
-def _shared_rows(current: Projection, previous: Projection) -> tuple[np.ndarray, np.ndarray]:
-    """Row indices of the keys present in both epochs, in the current epoch's row order."""
-    # current order, so the current kNN comes from the memo
-    ip, ic = shared_rows(np.asarray(previous.sample.keys), np.asarray(current.sample.keys))
-    return ic, ip
+class RunScores(NamedTuple):
+    """What :func:`score_run` gives: the metrics, and the run's kNN for whatever reuses it."""
+
+    metrics: dict[str, float]
+    knn: np.ndarray | None  # (N, k) original-space neighbours, nearest first (None: N < 2)
+
+
+def _neighbours(
+    X: np.ndarray, rows: np.ndarray, k: int, known: np.ndarray | None, device: Device | None
+) -> np.ndarray:
+    """The ``k`` nearest neighbours within ``X[rows]``: ``known`` (the kNN of all of ``X``)
+    when ``rows`` is every row in order and ``known`` has ``k`` columns, else one pass."""
+    every = rows.size == X.shape[0] and bool((rows == np.arange(rows.size)).all())
+    if every and known is not None and known.shape == (X.shape[0], k):
+        return known
+    return knn(X if every else X[rows], k, device)
 
 
 def _drift_overlap(
-    current: Projection, previous: Projection, k: int, device: Device | None = None
+    current: Projection, previous: Projection, k: int, device: Device | None = None,
+    known: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(current rows, previous rows, per-row overlap) on the tracked points of both epochs."""
-    ic, ip = _shared_rows(current, previous)
+    """(current rows, previous rows, per-row overlap) on the tracked points of both runs;
+    ``known``: the current run's kNN when it is not ``current.knn`` yet."""
+    ip, ic = shared_rows(np.asarray(previous.sample.keys), np.asarray(current.sample.keys))
     if ic.size < 2:
         return ic, ip, np.full(ic.size, np.nan)
-    Xc = as_matrix(current.sample.embeddings, "current.sample.embeddings")
-    Xp = as_matrix(previous.sample.embeddings, "previous.sample.embeddings")
     kk = knn_k(ic.size, k)
-    subc = Xc if ic.size == Xc.shape[0] else Xc[ic]
-    subp = Xp if np.array_equal(ip, np.arange(Xp.shape[0])) else Xp[ip]
-    return ic, ip, _overlap(knn(subp, kk, device), knn(subc, kk, device))
+    now = _neighbours(checks.floats(current.sample.embeddings), ic, kk,
+                      current.knn if known is None else known, device)
+    before = _neighbours(checks.floats(previous.sample.embeddings), ip, kk, previous.knn, device)
+    return ic, ip, _overlap(before, now)
+
+
+def score_run(
+    current: Projection, previous: Projection | None = None, k: int = 10,
+    device: Device | None = None,
+) -> RunScores:
+    """All scalar metrics of one run, named as in :data:`METRIC_DOCS`, and its kNN.
+
+    ``silhouette`` and ``knn_accuracy`` with labels; ``R/trustworthiness`` per layout; with
+    ``previous``: ``drift/knn_overlap`` and ``R/displacement`` per reducer present in both,
+    on the rows whose ``sample.keys`` appear in both runs (any order, partial overlap).
+    ``device``: where the distance pass runs (None: numpy on the CPU; ``"cuda"``: torch on
+    the GPU; see :func:`lightning_embproj.metrics.neighbours.scan`). The one distance pass
+    gives this run's kNN too (:attr:`RunScores.knn`); the previous run's comes from
+    ``previous.knn`` when it was kept, else from a second pass.
+
+    Example:
+        >>> from lightning_embproj.results import EpochSample
+        >>> X = np.random.default_rng(0).normal(size=(40, 6)).astype(np.float32)
+        >>> s = EpochSample("z", np.arange(40), list(range(40)), X, labels=np.arange(40) % 2)
+        >>> scores = score_run(Projection(s, epoch=0, step=0, layouts={"pca": X[:, :2]}))
+        >>> sorted(scores.metrics), scores.knn.shape
+        (['knn_accuracy', 'pca/trustworthiness', 'silhouette'], (40, 10))
+    """
+    X = checks.floats(current.sample.embeddings)
+    n = X.shape[0]
+    labels = current.sample.labels
+    codes = None if labels is None else checks.label_codes(labels, n)
+    names = list(current.layouts)
+    layouts = [np.asarray(current.layouts[r]) for r in names]
+    for r, L in zip(names, layouts, strict=True):
+        if L.shape[0] != n:
+            raise ValueError(f"layouts[{r!r}] has {L.shape[0]} rows, the sample has {n}")
+    kk = knn_k(n, k) if n >= 2 else 0
+    first = scan(X, kk, layouts, k, codes, device=device)
+    out: dict[str, float] = {}
+    if codes is not None:
+        out["silhouette"] = first.silhouette
+        out["knn_accuracy"] = (
+            float((vote(first.knn, codes) == codes).mean()) if first.knn is not None else math.nan
+        )
+    for r, t in zip(names, first.trust, strict=True):
+        out[f"{r}/trustworthiness"] = t
+    if previous is not None:
+        ic, ip, ov = _drift_overlap(current, previous, k, device, known=first.knn)
+        out["drift/knn_overlap"] = float(ov.mean()) if ic.size >= 2 else math.nan
+        for r in names:
+            if r in previous.layouts:
+                prev_l = np.asarray(previous.layouts[r])
+                out[f"{r}/displacement"] = (
+                    _displacement(prev_l[ip], np.asarray(current.layouts[r])[ic])
+                    if ic.size else math.nan
+                )
+    return RunScores(out, first.knn)
 
 
 def epoch_metrics(
     current: Projection, previous: Projection | None = None, k: int = 10,
     device: Device | None = None,
 ) -> dict[str, float]:
-    """All scalar metrics of one epoch, named as in :data:`METRIC_DOCS`.
-
-    ``silhouette`` and ``knn_accuracy`` with labels; ``R/trustworthiness`` per layout; with
-    ``previous``: ``drift/knn_overlap`` and ``R/displacement`` per reducer present in both,
-    on the rows whose ``sample.keys`` appear in both epochs (any order, partial overlap).
-    ``device``: where the distance pass runs (None: numpy on the CPU; ``"cuda"``: torch on
-    the GPU; see :func:`lightning_embproj.metrics.neighbours.scan`).
+    """The metrics of :func:`score_run`, without the kNN.
 
     Example:
         >>> from lightning_embproj.results import EpochSample
@@ -220,35 +266,7 @@ def epoch_metrics(
         >>> sorted(epoch_metrics(p, p))[:3]
         ['drift/knn_overlap', 'knn_accuracy', 'pca/displacement']
     """
-    X = as_matrix(current.sample.embeddings, "current.sample.embeddings")
-    n = X.shape[0]
-    labels = current.sample.labels
-    codes = None if labels is None else _codes(labels, n)
-    names = list(current.layouts)
-    layouts = [as_matrix(current.layouts[r], f"layouts[{r!r}]") for r in names]
-    for r, L in zip(names, layouts, strict=True):
-        if L.shape[0] != n:
-            raise ValueError(f"layouts[{r!r}] has {L.shape[0]} rows, the sample has {n}")
-    kk = knn_k(n, k) if n >= 2 else 0
-    first = scan(X, kk, layouts, k, codes, device=device)  # kNN memoised for drift and movers
-    out: dict[str, float] = {}
-    if codes is not None:
-        out["silhouette"] = first.silhouette
-        out["knn_accuracy"] = (
-            float((_vote(first.knn, codes) == codes).mean()) if first.knn is not None else math.nan
-        )
-    for r, t in zip(names, first.trust, strict=True):
-        out[f"{r}/trustworthiness"] = t
-    if previous is not None:
-        ic, ip, ov = _drift_overlap(current, previous, k, device)
-        out["drift/knn_overlap"] = float(ov.mean()) if ic.size >= 2 else math.nan
-        for r in names:
-            if r in previous.layouts:
-                prev_l = as_matrix(previous.layouts[r], f"previous.layouts[{r!r}]")
-                out[f"{r}/displacement"] = (
-                    mean_displacement(prev_l[ip], current.layouts[r][ic]) if ic.size else math.nan
-                )
-    return out
+    return score_run(current, previous, k, device).metrics
 
 
 def movers(
@@ -264,7 +282,8 @@ def movers(
     another label; NaN without labels). ``"changed"`` rows come first: the ``top`` shared
     rows with the lowest overlap below 1, lowest first. Then the ``top`` rows whose foreign
     fraction exceeds 0.5, highest first. A row can appear once under each kind; ties go to
-    the lower index.
+    the lower index. The kNN of both runs come from ``current.knn`` / ``previous.knn`` when
+    they were kept (:func:`score_run` computes them), else from a distance pass.
 
     Example:
         >>> from lightning_embproj.results import EpochSample
@@ -273,7 +292,7 @@ def movers(
         >>> movers(Projection(s, 0, 0), Projection(s, 0, 0))["index"].size
         0
     """
-    X = as_matrix(current.sample.embeddings, "current.sample.embeddings")
+    X = checks.floats(current.sample.embeddings)
     n = X.shape[0]
     overlap = np.full(n, np.nan)
     if previous is not None:
@@ -281,8 +300,9 @@ def movers(
         overlap[ic] = ov
     foreign = np.full(n, np.nan)
     if current.sample.labels is not None and n >= 2:
-        codes = _codes(current.sample.labels, n)
-        foreign = (codes[knn(X, knn_k(n, k), device)] != codes[:, None]).mean(axis=1)
+        codes = checks.label_codes(current.sample.labels, n)
+        near = _neighbours(X, np.arange(n), knn_k(n, k), current.knn, device)
+        foreign = (codes[near] != codes[:, None]).mean(axis=1)
     changed = np.flatnonzero(overlap < 1.0)  # NaN compares False: untracked rows drop out
     changed = changed[np.argsort(overlap[changed], kind="stable")][:top]
     odd = np.flatnonzero(foreign > 0.5)

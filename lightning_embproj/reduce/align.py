@@ -1,5 +1,6 @@
 """Align stage: make epoch t's layout comparable to epoch t-1's (orthogonal Procrustes,
-``scipy.linalg.orthogonal_procrustes`` plus a translation, no scaling).
+``scipy.linalg.orthogonal_procrustes`` plus a translation, no scaling), and the RMS radius that
+says how big a layout is.
 
 Example:
     >>> import numpy as np
@@ -15,25 +16,32 @@ from __future__ import annotations
 import numpy as np
 from scipy.linalg import orthogonal_procrustes
 
+from lightning_embproj import checks
 
-def _as_layout(name: str, layout: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    layout = np.asarray(layout, dtype=np.float64)
-    keys = np.asarray(keys)
-    if layout.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D (N, n_components) array, got {layout.shape}")
-    if keys.shape != (layout.shape[0],):
-        raise ValueError(f"{name} has {layout.shape[0]} rows but its keys have shape {keys.shape}")
-    return layout, keys
+
+def rms_radius(A: np.ndarray) -> float:
+    """RMS distance of the rows of ``A`` to their mean (0 for no rows), in float64.
+
+    Example:
+        >>> rms_radius(np.array([[0.0, 0.0], [2.0, 0.0]]))
+        1.0
+    """
+    A = np.asarray(A, dtype=np.float64)
+    return float(np.sqrt(((A - A.mean(axis=0)) ** 2).sum(axis=1).mean())) if len(A) else 0.0
 
 
 def procrustes_align(
-    layout: np.ndarray, keys: np.ndarray, ref_layout: np.ndarray, ref_keys: np.ndarray
+    layout: np.ndarray, keys: np.ndarray, ref_layout: np.ndarray, ref_keys: np.ndarray, *,
+    check_input: bool = True,
 ) -> np.ndarray:
     """Rotate/reflect and translate ``layout`` onto ``ref_layout`` (no scaling).
 
     The transform is fitted on the rows whose keys appear in both (any order) and applied to
     every row of ``layout``. With fewer than ``n_components + 1`` shared rows, or when the
     fitted transform is the identity, ``layout`` comes back unchanged (bit-exact).
+    ``keys`` are any unique values, one per row (tracking keys, or ids read back from files).
+    ``check_input=False``: the layouts are finite float64 and the keys one per row already (a
+    reducer's output and a checked run's keys).
 
     Example:
         >>> ref = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
@@ -44,8 +52,12 @@ def procrustes_align(
                [1., 0.],
                [0., 2.]])
     """
-    layout, keys = _as_layout("layout", layout, keys)
-    ref_layout, ref_keys = _as_layout("ref_layout", ref_layout, ref_keys)
+    if check_input:
+        layout = checks.matrix(layout, "layout", dtype=np.float64)
+        keys = checks.per_row(keys, layout.shape[0], "keys", of="layout")
+        ref_layout = checks.matrix(ref_layout, "ref_layout", dtype=np.float64)
+        ref_keys = checks.per_row(ref_keys, ref_layout.shape[0], "ref_keys", of="ref_layout")
+    layout, ref_layout = np.asarray(layout, np.float64), np.asarray(ref_layout, np.float64)
     k = layout.shape[1]
     if ref_layout.shape[1] != k:
         raise ValueError(
@@ -65,27 +77,3 @@ def procrustes_align(
         # Identity up to rounding: return the input itself so identical epochs stay identical.
         return layout.copy()
     return np.asarray((layout - mu_a) @ rot + mu_b, dtype=np.float64)
-
-
-def disparity(a: np.ndarray, b: np.ndarray) -> float:
-    """Procrustes disparity of two matched layouts: 0 = same shape, 1 = unrelated.
-
-    Both are centred and scaled to unit norm, ``b`` is optimally rotated/reflected onto ``a``,
-    and the residual sum of squares is returned (as ``scipy.spatial.procrustes``).
-
-    Example:
-        >>> a = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
-        >>> round(disparity(a, 3 * a @ np.array([[0.0, 1.0], [1.0, 0.0]]) + 7), 12)
-        0.0
-    """
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    if a.shape != b.shape or a.ndim != 2:
-        raise ValueError(f"a and b must be matched (N, k) arrays, got {a.shape} and {b.shape}")
-    a = a - a.mean(axis=0)
-    b = b - b.mean(axis=0)
-    na, nb = np.linalg.norm(a), np.linalg.norm(b)
-    if na == 0.0 or nb == 0.0:
-        return 0.0 if na == nb else 1.0
-    s = np.linalg.svd((a / na).T @ (b / nb), compute_uv=False)
-    return float(max(0.0, 1.0 - s.sum() ** 2))

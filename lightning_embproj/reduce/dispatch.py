@@ -21,16 +21,17 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
+from lightning_embproj import checks
 from lightning_embproj.collect.hashing import splitmix64
 from lightning_embproj.reduce.pca import (
     PCA_SOLVERS,
     TSNE_PCA_DIMS,
     PCASolver,
     Prepared,
-    check_components,
     pca,
     prepare,
 )
@@ -59,6 +60,8 @@ REDUCERS: tuple[str, ...] = ("pca", "tsne", "umap")
 # noisy change, vs 0.048 / 0.053 here, with equal trustworthiness 0.980; cold: 0.235).
 _UMAP_WARM_EPOCHS = 100
 _UMAP_WARM_LEARNING_RATE = 0.1
+# The keywords reduce() passes on (tsne's own, but n_jobs, which reduce uses itself).
+_TSNE_OPTIONS = ("init", "random_state", "perplexity", "change")
 
 
 def reduce(
@@ -66,18 +69,16 @@ def reduce(
     X: np.ndarray | Prepared,
     n_components: int,
     *,
-    init: np.ndarray | None = None,
-    random_state: int = 0,
-    perplexity: float = 30.0,
     n_jobs: Threads = 1,
-    change: float | None = None,
+    **options: Any,
 ) -> np.ndarray:
     """Project ``X`` with the reducer named ``method`` (one of :data:`REDUCERS`).
 
-    ``X`` is an array or a :class:`Prepared` (to share the PCA between reducers). ``init``
-    (a previous layout, see :func:`warm_init`) is ignored by PCA; ``perplexity`` and
-    ``change`` are used by t-SNE only (see :func:`tsne`). ``n_jobs``: threads for openTSNE and
-    for numpy/scipy's BLAS during the call (1 while training, so the trainer keeps its cores;
+    ``X`` is an array or a :class:`Prepared` (to share the PCA between reducers).
+    ``options`` are the keywords of :func:`tsne` (``init``, a previous layout, see
+    :func:`warm_init`; ``random_state``; ``perplexity``; ``change``); UMAP takes ``init`` and
+    ``random_state`` of them, PCA none. ``n_jobs``: threads for openTSNE and for
+    numpy/scipy's BLAS during the call (1 while training, so the trainer keeps its cores;
     -1: openTSNE takes all cores and BLAS is left as configured).
 
     Example:
@@ -87,15 +88,17 @@ def reduce(
     """
     if method not in REDUCERS:
         raise ValueError(f"reducer must be one of {list(REDUCERS)}, got {method!r}")
+    unknown = sorted(set(options) - set(_TSNE_OPTIONS))
+    if unknown:
+        raise TypeError(f"reduce() got unexpected keyword arguments {unknown}; the reducers "
+                        f"take {list(_TSNE_OPTIONS)}")
     with _blas_threads(threads_now(n_jobs)):
         if method == "pca":
             return pca(X, n_components)
         if method == "tsne":
-            return tsne(
-                X, n_components, init=init, perplexity=perplexity, random_state=random_state,
-                n_jobs=n_jobs, change=change,
-            )
-        return umap(X, n_components, init=init, random_state=random_state)
+            return tsne(X, n_components, n_jobs=n_jobs, **options)
+        return umap(X, n_components, init=options.get("init"),
+                    random_state=options.get("random_state", 0))
 
 
 @contextlib.contextmanager
@@ -106,11 +109,8 @@ def _blas_threads(n_jobs: int) -> Iterator[None]:
     if n_jobs == -1:
         yield
         return
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # scikit-learn brings it; without it, leave the threads alone
-        yield
-        return
+    from threadpoolctl import threadpool_limits
+
     with threadpool_limits(limits=int(n_jobs), user_api="blas"):
         yield
 
@@ -133,7 +133,7 @@ def umap(
         >>> umap(X, 2).shape  # doctest: +SKIP
         (300, 2)
     """
-    check_components(n_components)
+    checks.components(n_components)
     prepared = prepare(X)
     n = prepared.X.shape[0]
     if init is not None:

@@ -3,7 +3,7 @@
 Pure functions over numpy arrays. :func:`pca` gives ``(N, k)`` scores; :class:`Prepared` wraps one
 run's embeddings so that the PCA reducer and t-SNE's PCA-to-50 step share one decomposition.
 Exact (eigh of the Gram or covariance matrix) when one side is small, randomized SVD otherwise,
-in float64 blocks of at most 16 MB.
+in float64 blocks of at most ``checks.CHUNK_BYTES`` (16 MB).
 
 Example:
     >>> import numpy as np
@@ -20,6 +20,8 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 import numpy as np
+
+from lightning_embproj import checks
 
 PCASolver = Literal["auto", "gram", "covariance", "randomized"]
 PCA_SOLVERS: tuple[str, ...] = ("auto", "gram", "covariance", "randomized")
@@ -39,32 +41,14 @@ _FULL_EIGH_MAX = 512
 # Randomized SVD: oversampling and power iterations (as scikit-learn's randomized_svd).
 _RSVD_OVERSAMPLE = 20
 _RSVD_ITERS = 6
-# Row/column blocks cast to float64 are at most this large: memory stays O(block), not O(N*D).
-_BLOCK_BYTES = 16 * 2**20
-
-
-def check_components(n_components: int) -> None:
-    """Raise unless ``n_components`` is a positive int (every reducer's output dims)."""
-    if not isinstance(n_components, (int, np.integer)) or n_components < 1:
-        raise ValueError(f"n_components must be a positive int, got {n_components!r}")
 
 
 def _blocks(n: int, width: int) -> Iterator[slice]:
-    """Consecutive slices of ``range(n)`` whose float64 blocks of ``width`` columns are small."""
-    step = max(1, _BLOCK_BYTES // (8 * max(width, 1)))
+    """Consecutive slices of ``range(n)`` whose float64 blocks of ``width`` columns are small:
+    memory stays ``O(block)``, not ``O(N * D)``."""
+    step = checks.chunk_rows(8 * max(width, 1))
     for start in range(0, n, step):
         yield slice(start, min(start + step, n))
-
-
-def _as_matrix(X: np.ndarray) -> np.ndarray:
-    """``X`` as a 2-D finite float32/float64 array, without a copy when it already is one."""
-    X = np.asarray(X)
-    if X.ndim != 2:
-        raise ValueError(f"X must be a 2-D (N, D) array, got shape {X.shape}")
-    X = np.ascontiguousarray(X, dtype=np.float32 if X.dtype == np.float32 else np.float64)
-    if not all(np.isfinite(X[rows]).all() for rows in _blocks(X.shape[0], X.shape[1])):
-        raise ValueError("X contains NaN or infinite values")
-    return X
 
 
 def _top_eigh(M: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -191,6 +175,8 @@ class Prepared:
     ``warm_init``). The PCA reducer's columns and t-SNE's PCA-to-50 input
     then come from one decomposition. Nothing is computed or checked until a reducer asks, so
     building one never raises on bad embeddings; the reducer does, as with a plain array.
+    ``check_input=False``: ``X`` is a checked float32 / float64 matrix already
+    (:func:`lightning_embproj.checks.matrix`).
 
     Example:
         >>> X = np.random.default_rng(0).normal(size=(80, 64))
@@ -199,9 +185,10 @@ class Prepared:
         ((80, 2), (80, 50))
     """
 
-    def __init__(self, X: Any, reducers: Sequence[str] = (), solver: PCASolver = "auto") -> None:
+    def __init__(self, X: Any, reducers: Sequence[str] = (), solver: PCASolver = "auto",
+                 *, check_input: bool = True) -> None:
         self._raw = X
-        self._X: np.ndarray | None = None
+        self._X: np.ndarray | None = None if check_input else np.ascontiguousarray(X)
         # t-SNE will ask for 50 columns: compute them on the first request, whoever asks.
         self._min_dims = TSNE_PCA_DIMS if "tsne" in reducers else 0
         self._solver = solver
@@ -212,7 +199,7 @@ class Prepared:
     def X(self) -> np.ndarray:
         """The checked float32/float64 ``(N, D)`` array (no copy of float32/float64 input)."""
         if self._X is None:
-            self._X = _as_matrix(self._raw)
+            self._X = checks.matrix(self._raw, "X")
         return self._X
 
     @property
@@ -234,7 +221,7 @@ class Prepared:
 
     def pca(self, n_components: int) -> np.ndarray:
         """Centred PCA scores ``(N, n_components)``, see :func:`pca`."""
-        check_components(n_components)
+        checks.components(n_components)
         X = self.X
         n, d = X.shape
         out = np.zeros((n, n_components))
@@ -251,7 +238,9 @@ class Prepared:
         return out
 
 
-def prepare(X: Any, reducers: Sequence[str] = (), solver: PCASolver = "auto") -> Prepared:
+def prepare(
+    X: Any, reducers: Sequence[str] = (), solver: PCASolver = "auto", *, check_input: bool = True
+) -> Prepared:
     """Wrap ``X`` for the reducers named in ``reducers`` (see :class:`Prepared`).
 
     Example:
@@ -260,10 +249,15 @@ def prepare(X: Any, reducers: Sequence[str] = (), solver: PCASolver = "auto") ->
         >>> prepare(p) is p, p.pca(2).shape
         (True, (60, 2))
     """
-    return X if isinstance(X, Prepared) else Prepared(X, reducers, solver)
+    if isinstance(X, Prepared):
+        return X
+    return Prepared(X, reducers, solver, check_input=check_input)
 
 
-def pca(X: np.ndarray | Prepared, n_components: int, *, solver: PCASolver = "auto") -> np.ndarray:
+def pca(
+    X: np.ndarray | Prepared, n_components: int, *, solver: PCASolver = "auto",
+    check_input: bool = True,
+) -> np.ndarray:
     """Centred PCA scores with a fixed sign: each axis' largest-|loading| is positive.
 
     ``solver="auto"``: exact (float64 eigh of the N x N Gram when N < D, of the D x D
@@ -272,6 +266,7 @@ def pca(X: np.ndarray | Prepared, n_components: int, *, solver: PCASolver = "aut
     iterations, fixed seed) when both sides are larger. Memory: the input plus
     O(N * n_components) and a few 16 MB blocks. Zero-variance directions (all rows identical,
     N=1, D < n_components) give zero columns. With a :class:`Prepared`, its solver is used.
+    ``check_input=False``: ``X`` is a checked float32 / float64 matrix already.
 
     Example:
         >>> pca(np.ones((3, 5)), 2)
@@ -279,5 +274,5 @@ def pca(X: np.ndarray | Prepared, n_components: int, *, solver: PCASolver = "aut
                [0., 0.],
                [0., 0.]])
     """
-    check_components(n_components)
-    return prepare(X, solver=solver).pca(n_components)
+    checks.components(n_components)
+    return prepare(X, solver=solver, check_input=check_input).pca(n_components)

@@ -1,7 +1,9 @@
 """The reduce stage of one run of one embedding set: reduce, then align with the previous run.
 
 Pure apart from the ``warn`` callback: the same inputs give the same layouts. Scoring them is
-the next stage (:func:`lightning_embproj.pipeline.process_run` runs the stages in order).
+the next stage (:func:`lightning_embproj.pipeline.process_run` runs the stages in order). The
+run's sample is checked once where it enters the pipeline (:func:`lightning_embproj.checks.sample`,
+in ``process_run``, or here with ``check_input=True``); the reducers take its arrays as they are.
 
 Example:
     >>> import numpy as np
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lightning_embproj import checks
 from lightning_embproj.reduce.align import procrustes_align
 from lightning_embproj.reduce.dispatch import Threads, prepare, reduce, warm_init
 from lightning_embproj.reduce.tsne_online import tsne_next
@@ -51,6 +54,7 @@ def reduce_layouts(
     n_jobs: Threads = 1,
     *,
     epoch: int = 0,
+    check_input: bool = True,
 ) -> dict[str, np.ndarray]:
     """Reduce ``sample`` with every reducer and align each layout with ``previous``; returns
     reducer name -> ``(N, n_components)`` float64 layout.
@@ -59,12 +63,15 @@ def reduce_layouts(
     still computed. t-SNE and UMAP start from the previous run's layout when there is one. One
     PCA serves the PCA reducer and t-SNE's PCA-to-50. ``n_jobs``: t-SNE threads, or a function
     giving them (read again during a run: 1 while training, every core after it).
+    ``check_input``: check ``sample`` here (False: the caller has, as ``process_run`` does).
     """
+    if check_input:
+        sample = checks.sample(sample)
     # A continued t-SNE (tsne_next) runs its own PCA over both runs: then the shared one need
     # not reserve t-SNE's 50 components, only what the other reducers ask for.
     continued = previous is not None and "tsne" in previous.layouts
     shared = [r for r in settings.reducers if not (continued and r == "tsne")]
-    X = prepare(np.asarray(sample.embeddings, dtype=np.float32), shared)
+    X = prepare(np.asarray(sample.embeddings, dtype=np.float32), shared, check_input=False)
     layouts: dict[str, np.ndarray] = {}
     for name in settings.reducers:
         prev_layout = previous.layouts.get(name) if previous is not None else None
@@ -75,7 +82,7 @@ def reduce_layouts(
                     X.X, sample.keys,
                     (previous.sample.keys, previous.sample.embeddings, prev_layout),
                     settings.n_components, perplexity=settings.perplexity,
-                    random_state=settings.seed, n_jobs=n_jobs,
+                    random_state=settings.seed, n_jobs=n_jobs, check_input=False,
                 )
                 layouts[name] = np.asarray(layout, dtype=np.float64)
                 continue
@@ -87,7 +94,8 @@ def reduce_layouts(
                 perplexity=settings.perplexity, n_jobs=n_jobs,
             )
             if prev_layout is not None and previous is not None:
-                layout = procrustes_align(layout, sample.keys, prev_layout, previous.sample.keys)
+                layout = procrustes_align(layout, sample.keys, prev_layout, previous.sample.keys,
+                                          check_input=False)
             layouts[name] = np.asarray(layout, dtype=np.float64)
         except ImportError as err:
             warn(f"reduce:{name}:import", f"reducer {name!r} is unavailable and skipped: {err}")

@@ -16,13 +16,15 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
-from lightning_embproj.reduce.pca import TSNE_PCA_DIMS, Prepared, check_components, prepare
+from lightning_embproj import checks
+from lightning_embproj.reduce.pca import TSNE_PCA_DIMS, Prepared, prepare
 
 #: Threads for a call: a count, or a function giving the count allowed *now*. t-SNE reads a
 #: function again between chunks of its optimisation, so a run that started on one thread while
@@ -95,26 +97,37 @@ def check_init(init: np.ndarray, n: int, n_components: int) -> np.ndarray:
     init = np.asarray(init, dtype=np.float64)
     if init.shape != (n, n_components):
         raise ValueError(f"init must have shape {(n, n_components)}, got {init.shape}")
-    if not np.isfinite(init).all():
-        raise ValueError("init contains NaN or infinite values")
-    return init
+    return checks.matrix(init, "init", dtype=np.float64)
 
 
-def _effective_perplexity(perplexity: float, n: int) -> float:
-    # openTSNE needs 3 * perplexity nearest neighbours, i.e. fewer than N - 1.
+def effective_perplexity(perplexity: float, n: int) -> float:
+    """``perplexity`` as ``n`` rows allow: openTSNE needs 3 * perplexity nearest neighbours,
+    i.e. fewer than ``n - 1``.
+
+    Example:
+        >>> effective_perplexity(30.0, 1000), effective_perplexity(30.0, 20)
+        (30.0, 6.0)
+    """
     return float(min(perplexity, max(1.0, (n - 2) / 3.0)))
 
 
 class _DropInitStdWarning(logging.Filter):
-    # openTSNE warns whenever the init is not ~1e-4 in scale; a warm start is meant to be at the
-    # scale of a finished layout, so the warning is noise here.
     def filter(self, record: logging.LogRecord) -> bool:
         return "Standard deviation of embedding" not in record.getMessage()
 
 
-_OT_LOG = logging.getLogger("openTSNE.tsne")
-if not any(isinstance(f, _DropInitStdWarning) for f in _OT_LOG.filters):
-    _OT_LOG.addFilter(_DropInitStdWarning())
+@contextlib.contextmanager
+def _quiet_warm_init() -> Iterator[None]:
+    """openTSNE's warning about the scale of an initial layout is dropped inside the block."""
+    # openTSNE warns whenever the init is not ~1e-4 in scale; a warm start is meant to be at the
+    # scale of a finished layout, so the warning is noise there (and only there).
+    log = logging.getLogger("openTSNE.tsne")
+    quiet = _DropInitStdWarning()
+    log.addFilter(quiet)
+    try:
+        yield
+    finally:
+        log.removeFilter(quiet)
 
 
 def tsne_gradient_method(n: int, n_components: int, warm: bool = False) -> str:
@@ -182,7 +195,7 @@ def tsne(
         >>> tsne(X, 2).shape
         (200, 2)
     """
-    check_components(n_components)
+    checks.components(n_components)
     prepared = prepare(X, ["tsne"])
     n, d = prepared.X.shape
     if init is not None:
@@ -194,24 +207,43 @@ def tsne(
     if n < MIN_ROWS or prepared.total <= 0.0:
         return prepared.pca(n_components)
     Xr = prepared.pca(TSNE_PCA_DIMS) if d > TSNE_PCA_DIMS else prepared.X.astype(np.float64)
-
-    import openTSNE
-
     params: dict[str, Any] = dict(
         n_components=n_components,
-        perplexity=_effective_perplexity(perplexity, n),
+        perplexity=effective_perplexity(perplexity, n),
         negative_gradient_method=tsne_gradient_method(n, n_components, warm=init is not None),
         n_jobs=threads,
         random_state=random_state,
         neighbors=tsne_neighbors(n),
         verbose=False,
     )
+    model, phases = _model(prepared, n_components, init, n_iter, params)
+    with _quiet_warm_init() if init is not None else contextlib.nullcontext():
+        embedding = model.prepare_initial(Xr)
+    # openTSNE's own fit, in chunks: the thread count may change between them.
+    for iters, exaggeration, momentum in phases:
+        for done in range(0, iters, _TSNE_CHUNK_ITERS):
+            embedding.optimize(
+                min(_TSNE_CHUNK_ITERS, iters - done), exaggeration=exaggeration,
+                momentum=momentum, n_jobs=threads_now(n_jobs), inplace=True,
+                propagate_exception=True,
+            )
+    return np.asarray(embedding, dtype=np.float64)
+
+
+def _model(
+    prepared: Prepared, n_components: int, init: np.ndarray | None, n_iter: int,
+    params: dict[str, Any],
+) -> tuple[Any, list[tuple[int, float, float]]]:
+    """The ``openTSNE.TSNE`` of a cold run (from the PCA) or a warm one (from ``init``), and
+    its phases: (iterations, exaggeration, momentum)."""
+    import openTSNE
+
     if init is None:
         # Our sign-fixed PCA at openTSNE's recommended init scale (std 1e-4 along axis 0).
         start = prepared.pca(n_components)  # the leading columns of Xr: no second PCA
         std = float(start[:, 0].std())
         start = start / std * 1e-4 if std > 0 else start
-        if n <= _TSNE_SHORT_COLD_MAX_ROWS:
+        if len(start) <= _TSNE_SHORT_COLD_MAX_ROWS:
             params.update(early_exaggeration_iter=_TSNE_SHORT_EXAGGERATION_ITERS,
                           n_iter=_TSNE_SHORT_COLD_ITERS)
         else:
@@ -225,13 +257,4 @@ def tsne(
         )
         phases = []
     phases.append((model.n_iter, model.exaggeration, model.final_momentum))
-    embedding = model.prepare_initial(Xr)
-    # openTSNE's own fit, in chunks: the thread count may change between them.
-    for iters, exaggeration, momentum in phases:
-        for done in range(0, iters, _TSNE_CHUNK_ITERS):
-            embedding.optimize(
-                min(_TSNE_CHUNK_ITERS, iters - done), exaggeration=exaggeration,
-                momentum=momentum, n_jobs=threads_now(n_jobs), inplace=True,
-                propagate_exception=True,
-            )
-    return np.asarray(embedding, dtype=np.float64)
+    return model, phases

@@ -233,7 +233,7 @@ def compare(log_dir: str | os.PathLike[str], output: str | os.PathLike[str],
         lineage = read_lineage_or_none(path, arg)
         atomic_write_text(view, render_view(points, metrics, title=title, max_runs=max_runs,
                                             lineage=lineage,
-                                            images=read_images(_folder(path, arg))))
+                                            images=read_images(set_folder(path, arg))))
         written.append(view)
         if lineage is not None:
             summary = folder / LINEAGE_SUMMARY_FILE
@@ -266,7 +266,14 @@ def _plan(set_name: str, path: Path, arg: str | None, epochs: Sequence[int] | No
     return (set_name, path, arg, points, chosen, None if problem else r, problem)
 
 
-def _folder(path: Path, name: str | None) -> Path:
+def set_folder(path: Path, name: str | None) -> Path:
+    """The folder of a set as :func:`find_sets` names it: ``path`` itself when ``name`` is None
+    (``path`` is one set's folder), else the set ``name`` under the log dir ``path``.
+
+    Example:
+        >>> set_folder(Path("logs"), "z").parts[-3:]
+        ('logs', 'embproj', 'z')
+    """
     return path if name is None else set_dir(path, name)
 
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from lightning_embproj.readers import list_validations, read_projections
 from lightning_embproj.reduce.align import procrustes_align
-from lightning_embproj.report.compare import _folder, find_sets
+from lightning_embproj.report.compare import find_sets, set_folder
 from lightning_embproj.sinks.local import atomic_write_text
 from lightning_embproj.sinks.view import reducers_in
 from lightning_embproj.sinks.view.encode import (
@@ -250,7 +250,7 @@ def _write_set(plan: dict[str, Any], paths: dict[str, Path], output: Path, k: in
             "title": f"{which}: {paths[which]} \u2014 epoch {run[1]} \u00b7 step {run[2]}"
                      + (" (aligned onto A)" if which == "B" else ""),
             "reducers": {r: enc["reducers"][r] for r in plan["both"]}})
-    thumbs = {**read_images(_folder(*plan["src_b"])), **read_images(_folder(*plan["src_a"]))}
+    thumbs = {**read_images(set_folder(*plan["src_b"])), **read_images(set_folder(*plan["src_a"]))}
     shared, a, b = len(set(plan["ka"]) & set(plan["kb"])), plan["a"], plan["b"]
     payload = {
         "title": f"{plan['name']}: A {paths['A'].name} vs B {paths['B'].name}",

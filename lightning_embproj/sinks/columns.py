@@ -102,7 +102,7 @@ def run_result(
     *, metrics: Mapping[str, float] | None = None, clusters: np.ndarray | None = None,
     lineage: Sequence[Mapping[str, Any]] | None = None,
     per_label: Sequence[Mapping[str, Any]] | None = None,
-    movers: Mapping[str, np.ndarray] | None = None,
+    movers: Mapping[str, np.ndarray] | None = None, knn: np.ndarray | None = None,
 ) -> RunResult:
     """The frozen :class:`~lightning_embproj.results.RunResult` of one run, its contract
     columns computed here, once, for every sink.
@@ -122,7 +122,7 @@ def run_result(
     sample = frozen_sample(sample)
     layouts = dict(layouts or {})
     return RunResult(
-        sample, identity.epoch, identity.step, layouts, val_index=identity.val_index,
+        sample, identity.epoch, identity.step, layouts, knn, val_index=identity.val_index,
         chain=identity.chain, stage=identity.stage, metrics=dict(metrics or {}),
         clusters=clusters, lineage=lineage, per_label=per_label, movers=movers,
         columns=table_columns(sample, identity, clusters, layouts),

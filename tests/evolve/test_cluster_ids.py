@@ -26,9 +26,9 @@ from hypothesis import strategies as st
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from lightning_embproj import EmbeddingProjector, read_lineage, read_metrics, read_projections
+from lightning_embproj.evolve.clusters import cluster_scores
 from lightning_embproj.evolve.lineage import ClusterChain, transition
 from lightning_embproj.evolve.set_chain import Evolved, EvolveSettings, SetChain, evolve
-from lightning_embproj.metrics.health import cluster_scores
 from lightning_embproj.results import EpochSample, Projection
 
 TOL = 1e-12

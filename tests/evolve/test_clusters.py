@@ -11,7 +11,12 @@ import torch
 from sklearn.datasets import load_digits
 from sklearn.metrics import adjusted_rand_score
 
-from lightning_embproj.evolve.clusters import canonical, cluster_points, default_n_clusters
+from lightning_embproj.evolve.clusters import (
+    canonical,
+    cluster_points,
+    cluster_scores,
+    default_n_clusters,
+)
 from lightning_embproj.evolve.lineage import (
     EVENTS,
     LINEAGE_COLUMNS,
@@ -19,7 +24,7 @@ from lightning_embproj.evolve.lineage import (
     event_counts,
     transition,
 )
-from lightning_embproj.metrics.health import cluster_scores, health_metrics
+from lightning_embproj.metrics.health import health_metrics
 
 
 def blobs(sizes, centres, spread=0.3, dim=16, seed=0):

@@ -13,19 +13,17 @@ from scipy.stats import spearmanr
 from sklearn.datasets import load_digits
 from sklearn.metrics import silhouette_score
 
+from lightning_embproj.evolve.clusters import cluster_scores
 from lightning_embproj.metrics.health import (
     HEALTH_DOCS,
-    PER_LABEL_COLUMNS,
-    StabilityPool,
-    cluster_scores,
     health_metrics,
     linear_cka,
-    per_label_table,
     rankme,
-    temporal_stability,
     uniformity,
 )
+from lightning_embproj.metrics.labels import PER_LABEL_COLUMNS, per_label_table
 from lightning_embproj.metrics.scores import knn_accuracy
+from lightning_embproj.metrics.stability import StabilityPool, temporal_stability
 
 
 def digits():
@@ -250,5 +248,5 @@ def test_pool_over_runs_is_exact_under_capacity_and_bounded_above_it():
     assert resumed.value() == straight.value() == small.value()
     with pytest.raises(ValueError, match="capacity must be an int >= 3, got 0"):
         StabilityPool(capacity=0)
-    with pytest.raises(ValueError, match="keys has 3 entries, the runs 300 rows"):
+    with pytest.raises(ValueError, match="keys has 3 entries, X has 300 rows"):
         pool.add(keys[:3], X0, X1, L0, L1)

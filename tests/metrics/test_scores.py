@@ -12,6 +12,7 @@ from sklearn.decomposition import PCA
 from sklearn.manifold import trustworthiness as sk_trustworthiness
 from sklearn.metrics import silhouette_score
 
+from lightning_embproj import checks
 from lightning_embproj.metrics import neighbours
 from lightning_embproj.metrics.scores import (
     METRIC_DOCS,
@@ -117,7 +118,7 @@ def test_trustworthiness_in_small_chunks_equals_sklearn(monkeypatch):
     X = rng.normal(size=(400, 12))
     layout = PCA(2).fit_transform(X)
     expected = sk_trustworthiness(X, layout, n_neighbors=10)
-    monkeypatch.setattr(neighbours, "_CHUNK_BYTES", 37 * 400 * 8)  # 37-row chunks, ragged tail
+    monkeypatch.setattr(checks, "CHUNK_BYTES", 37 * 400 * 8)  # 37-row chunks, ragged tail
     assert trustworthiness(X, layout, 10) == pytest.approx(expected, abs=1e-12)
     assert trustworthiness(X.astype(np.float32), layout, 10) == pytest.approx(expected, abs=1e-6)
 
@@ -126,7 +127,7 @@ def test_trustworthiness_in_small_chunks_equals_sklearn(monkeypatch):
 def test_scan_memory_is_bounded_by_the_chunk_not_n_squared(monkeypatch):
     X = np.random.default_rng(0).normal(size=(3000, 16)).astype(np.float32)
     p = proj(X, labels=np.arange(3000) % 7, layouts={"a": X[:, :2], "b": X[:, 2:4]})
-    monkeypatch.setattr(neighbours, "_CHUNK_BYTES", 2**20)
+    monkeypatch.setattr(checks, "CHUNK_BYTES", 2**20)
     tracemalloc.start()
     epoch_metrics(p, p)
     peak = tracemalloc.get_traced_memory()[1]
@@ -240,7 +241,7 @@ def test_bad_input_raises_naming_the_problem():
         knn_accuracy(X, y, k=0)
 
 
-def test_memoised_neighbours_follow_the_content():
+def test_neighbourhood_overlap_follows_the_content():
     X = np.random.default_rng(0).normal(size=(50, 4))
     before = neighbourhood_overlap(X, X)
     Y = X.copy()
@@ -259,11 +260,9 @@ def test_torch_pass_gives_the_numpy_results(monkeypatch, dtype, n_cls):
     prev = proj(X + rng.normal(size=X.shape) * 0.5, labels=labels,
                 layouts={"pca": PCA(2).fit_transform(X), "noise": rng.normal(size=(len(X), 2))})
     cur = proj(X, labels=labels, layouts=prev.layouts)
-    monkeypatch.setattr(neighbours, "_CHUNK_BYTES", 37 * len(X) * 8)  # several ragged chunks
-    neighbours._knn_cache.clear()
+    monkeypatch.setattr(checks, "CHUNK_BYTES", 37 * len(X) * 8)  # several ragged chunks
     by_numpy = epoch_metrics(cur, prev)
     knn_numpy = neighbours.scan(as_float(X), 10).knn
-    neighbours._knn_cache.clear()
     by_torch = epoch_metrics(cur, prev, device="cpu")
     knn_torch = neighbours.scan(as_float(X), 10, device="cpu").knn
     assert sorted(by_torch) == sorted(by_numpy)
@@ -276,7 +275,7 @@ def test_torch_pass_gives_the_numpy_results(monkeypatch, dtype, n_cls):
 
 
 def as_float(X):
-    return neighbours.as_matrix(X, "X")
+    return checks.matrix(X, "X")
 
 
 def test_torch_trustworthiness_equals_sklearn_with_and_without_a_subset():
@@ -328,5 +327,4 @@ def test_a_full_accelerator_falls_back_to_the_host_pass(monkeypatch):
         raise MemoryError("CUDA out of memory")
 
     monkeypatch.setattr(neighbours, "_pass_torch", full)
-    neighbours._knn_cache.clear()
     assert epoch_metrics(p, p, device="cuda") == expected

@@ -2,6 +2,7 @@ import sys
 
 import numpy as np
 import pytest
+from layouts import disparity
 from sklearn.datasets import load_digits
 from sklearn.decomposition import PCA
 from sklearn.neighbors import NearestNeighbors
@@ -9,7 +10,6 @@ from sklearn.neighbors import NearestNeighbors
 from lightning_embproj.reduce import dispatch as R
 from lightning_embproj.reduce import pca as P
 from lightning_embproj.reduce import tsne as T
-from lightning_embproj.reduce.align import disparity
 
 
 def knn_accuracy(Y: np.ndarray, y: np.ndarray, k: int = 10) -> float:

@@ -12,11 +12,11 @@ from typing import Any
 import numpy as np
 import pytest
 from digits import DigitsModel, loaders, trainer
+from layouts import disparity
 from lightning.pytorch import Callback, seed_everything
 
 import lightning_embproj.reduce.dispatch as reduce_module
 from lightning_embproj import EmbeddingProjector, read_metrics, read_projections
-from lightning_embproj.reduce.align import disparity
 from lightning_embproj.runtime.warn import ProjectorWarning
 
 pytest.importorskip("umap", reason="the `umap` extra (umap-learn) is not installed")
