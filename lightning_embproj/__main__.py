@@ -4,7 +4,10 @@ Example:
     $ embproj compare lightning_logs/version_0 --output report --epochs 0 5 9 --reducer tsne
     report/embeddings/view.html
     report/embeddings/compare_tsne.png
+    $ embproj compare wandb_logs --output report --latest   # the newest run below a folder
     $ embproj compare runs/seed0 runs/seed1 --output report --epoch 7
+    embeddings: 250 shared ids (250 tracked in A, 250 in B); mean neighbourhood overlap ...
+      most changed (pca): 17 (label 3) 0.10, ...
     report/embeddings/compare.html
     report/embeddings/neighbours_pca.csv
     report/embeddings/neighbours_tsne.csv
@@ -31,8 +34,12 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
                     "<output>/<NAME>/neighbours_<reducer>.csv (the points whose layout "
                     "neighbourhoods differ most first).")
     cmp.add_argument("runs", type=Path, nargs="+", metavar="RUN",
-                     help="a log dir (e.g. lightning_logs/version_0) or one set's folder; "
-                          "give two to compare two runs")
+                     help="a log dir (e.g. lightning_logs/version_0), one set's folder, or a "
+                          "folder above one run (a W&B save_dir); give two to compare two runs")
+    cmp.add_argument("--latest", action="store_true",
+                     help="a RUN folder holding several runs below it stands for the newest "
+                          "(latest file written); without it, several runs are listed and "
+                          "refused")
     cmp.add_argument("--output", "-o", type=Path, required=True, help="folder for the results")
     cmp.add_argument("--name", help="only this embedding set (default: all)")
     cmp.add_argument("--epochs", type=int, nargs="+", metavar="EPOCH",
@@ -80,10 +87,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if len(args.runs) == 1:
             paths = compare(args.runs[0], args.output, name=args.name, epochs=args.epochs,
-                            reducer=args.reducer, max_runs=args.max_runs, on_skip=skipped)
+                            reducer=args.reducer, max_runs=args.max_runs, on_skip=skipped,
+                            latest=args.latest)
         else:
+            # The summary on stderr: stdout lists only the paths written, for scripts.
             paths = compare_runs(args.runs[0], args.runs[1], args.output, name=args.name,
-                                 epoch=args.epoch, reducer=args.reducer, top=args.top)
+                                 epoch=args.epoch, reducer=args.reducer, top=args.top,
+                                 latest=args.latest,
+                                 summary=lambda text: print(text, file=sys.stderr))
     except (ValueError, FileNotFoundError, ImportError) as err:
         cmp.error(str(err).removeprefix("compare: "))
     for path in paths:

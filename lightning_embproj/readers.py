@@ -1,7 +1,10 @@
 """Read the local files back: every projected run, the metrics, the lineage, the ledger.
 
-Each reader takes a log dir (holding ``embproj/``), its ``embproj`` folder, or one set's folder;
-``name`` picks the set when there are several.
+Each reader takes a log dir (holding ``embproj/``), its ``embproj`` folder, one set's folder,
+or any folder above a run (a W&B ``save_dir``: the files are in
+``<save_dir>/<project>/<run id>/embproj/``): the one run found below it is read; with several,
+``latest=True`` reads the newest, else the error lists them (:func:`find_run`). ``name`` picks
+the set when there are several.
 
 Example:
     >>> df = read_projections("lightning_logs/version_0")       # doctest: +SKIP
@@ -10,8 +13,10 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -27,7 +32,8 @@ from lightning_embproj.sinks.local import (
 )
 
 
-def read_lineage(path: str | os.PathLike[str], name: str | None = None) -> Any:
+def read_lineage(path: str | os.PathLike[str], name: str | None = None, *,
+                 latest: bool = False) -> Any:
     """The cluster lineage of one set, one row per cluster event per validation run:
     ``val_index``, ``epoch``, ``step``, ``cluster``, ``event`` (survive, split, merge, emerge,
     vanish), ``from_clusters`` (previous ids joined by ``","``), ``size``, ``overlap``. Empty
@@ -38,7 +44,7 @@ def read_lineage(path: str | os.PathLike[str], name: str | None = None) -> Any:
     """
     import pandas as pd
 
-    file = _resolve(path, name) / LINEAGE_FILE
+    file = _resolve(path, name, latest) / LINEAGE_FILE
     if not file.exists():
         return pd.DataFrame({c: [] for c in LINEAGE_COLUMNS})
     return pd.read_csv(file, dtype={"event": str, "from_clusters": str}, keep_default_na=False,
@@ -54,9 +60,85 @@ def _is_set_folder(p: Path) -> bool:
     return bool(run_files(p)) or (p / METRICS_FILE).exists() or (p / "ledger.jsonl").exists()
 
 
-def _resolve(path: str | os.PathLike[str], name: str | None) -> Path:
-    """Accept a log dir (holding ``embproj/``), an ``embproj`` dir, or one set's folder."""
+MAX_SEARCH_DEPTH = 6
+"""How deep below a folder :func:`find_runs` looks for runs (``<save_dir>/<project>/<run id>``
+is 2 deep)."""
+
+
+def _holds_files(p: Path) -> bool:
+    """``p`` is a run (holds ``embproj/<set>/`` with files), an ``embproj`` folder or a set."""
+    if _is_set_folder(p):
+        return True
+    base = _sets_root(p)
+    return base.is_dir() and any(d.is_dir() and _is_set_folder(d) for d in base.iterdir())
+
+
+def find_runs(path: str | os.PathLike[str]) -> list[Path]:
+    """The runs below ``path``: folders holding ``embproj/<NAME>/`` with files, in path order
+    (hidden folders are skipped; at most :data:`MAX_SEARCH_DEPTH` levels down; nothing below a
+    run's ``embproj`` folder is searched).
+
+    Example:
+        >>> find_runs("wandb_logs")                            # doctest: +SKIP
+        [PosixPath('wandb_logs/demo/3kx9q2ab'), PosixPath('wandb_logs/demo/w1m0c7zd')]
+    """
+    root = Path(path)
+    found: list[Path] = []
+    for folder, dirs, _ in os.walk(root):
+        here = Path(folder)
+        depth = len(here.relative_to(root).parts)
+        if SUBDIR in dirs and _holds_files(here):
+            found.append(here)
+            dirs.clear()
+            continue
+        deeper = depth < MAX_SEARCH_DEPTH
+        dirs[:] = sorted(d for d in dirs if deeper and not d.startswith("."))
+    return found
+
+
+def last_written(run: Path) -> float:
+    """The newest modification time of a file in a run's ``embproj`` folder (its sets)."""
+    newest = 0.0
+    for folder, _, files in os.walk(_sets_root(run)):
+        for f in files:
+            with contextlib.suppress(OSError):  # a temporary file renamed meanwhile
+                newest = max(newest, os.stat(os.path.join(folder, f)).st_mtime)
+    return newest
+
+
+def find_run(path: str | os.PathLike[str], latest: bool = False) -> Path:
+    """The run to read for ``path``: ``path`` itself when it holds the files (a run, its
+    ``embproj`` folder, a set's folder); else the one run below it (:func:`find_runs`); with
+    several, the newest (latest file written) when ``latest``, else a ``ValueError`` listing
+    them with their run ids (folder names) and times. ``path`` as given when none is found
+    (the caller says what is missing).
+
+    Example:
+        >>> find_run("wandb_logs")                             # doctest: +SKIP
+        PosixPath('wandb_logs/demo/3kx9q2ab')
+    """
     p = Path(path)
+    if not p.is_dir() or _holds_files(p):
+        return p
+    runs = find_runs(p)
+    if len(runs) <= 1:
+        return runs[0] if runs else p
+    times = {r: last_written(r) for r in runs}
+    if latest:
+        return max(runs, key=lambda r: (times[r], str(r)))
+    listing = "; ".join(
+        f"{r} (run {r.name}, last written "
+        f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(times[r]))})"
+        for r in sorted(runs, key=lambda r: (times[r], str(r))))
+    raise ValueError(
+        f"{len(runs)} runs under {str(p)!r}: {listing}. Pass one run's folder, or latest=True "
+        f"(--latest on the command line) for the newest")
+
+
+def _resolve(path: str | os.PathLike[str], name: str | None, latest: bool = False) -> Path:
+    """Accept a log dir (holding ``embproj/``), an ``embproj`` dir, one set's folder, or a
+    folder above one run (several: ``latest`` or an error, see :func:`find_run`)."""
+    p = find_run(path, latest)
     if _is_set_folder(p):
         return p
     base = _sets_root(p)
@@ -77,16 +159,17 @@ def _resolve(path: str | os.PathLike[str], name: str | None) -> Path:
     return base / name
 
 
-def list_sets(path: str | os.PathLike[str]) -> list[str]:
-    """Names of the embedding sets written under a log dir (or its ``embproj`` folder)."""
-    base = _sets_root(Path(path))
+def list_sets(path: str | os.PathLike[str], *, latest: bool = False) -> list[str]:
+    """Names of the embedding sets written under a log dir (or its ``embproj`` folder, or a
+    folder above one run: see :func:`find_run`)."""
+    base = _sets_root(find_run(path, latest))
     if not base.is_dir():
         return []
     return sorted(d.name for d in base.iterdir() if d.is_dir() and run_files(d))
 
 
 def list_validations(
-    path: str | os.PathLike[str], name: str | None = None
+    path: str | os.PathLike[str], name: str | None = None, *, latest: bool = False
 ) -> list[tuple[int, int, int]]:
     """The validation runs written for one set as ``(val_index, epoch, step)``, in run order.
 
@@ -94,17 +177,18 @@ def list_validations(
         >>> list_validations("lightning_logs/version_0")             # doctest: +SKIP
         [(0, 0, 25), (1, 0, 50), (2, 1, 75)]
     """
-    return list(run_files(_resolve(path, name)))
+    return list(run_files(_resolve(path, name, latest)))
 
 
-def list_epochs(path: str | os.PathLike[str], name: str | None = None) -> list[int]:
+def list_epochs(path: str | os.PathLike[str], name: str | None = None, *,
+                latest: bool = False) -> list[int]:
     """The epochs with at least one projected validation run, sorted (no file is read).
 
     Example:
         >>> list_epochs("lightning_logs/version_0")                 # doctest: +SKIP
         [0, 1, 2]
     """
-    return sorted({epoch for _, epoch, _ in list_validations(path, name)})
+    return sorted({epoch for _, epoch, _ in list_validations(path, name, latest=latest)})
 
 
 def read_projections(
@@ -112,6 +196,8 @@ def read_projections(
     name: str | None = None,
     epochs: Iterable[int] | None = None,
     validations: Iterable[int] | None = None,
+    *,
+    latest: bool = False,
 ) -> Any:
     """Read the projected validation runs of one embedding set into one ``pandas.DataFrame``.
 
@@ -120,6 +206,8 @@ def read_projections(
         name: the embedding set; may be left out when there is only one.
         epochs: read only the runs of these epochs (see :func:`list_epochs`). Default: all.
         validations: read only these ``val_index`` values (see :func:`list_validations`).
+        latest: ``path`` is a folder above several runs (a W&B ``save_dir``): read the newest
+            (see :func:`find_run`); without it, several runs are an error that lists them.
 
     Returns:
         A DataFrame with the contract's columns and one row per point per run, sorted by
@@ -127,7 +215,7 @@ def read_projections(
     """
     import pandas as pd
 
-    folder = _resolve(path, name)
+    folder = _resolve(path, name, latest)
     files = run_files(folder)
     if epochs is not None:
         wanted_epochs = {int(e) for e in epochs}
@@ -164,7 +252,8 @@ def _unescape(value: Any) -> Any:
     return value[1:] if isinstance(value, str) and value.startswith("'") else value
 
 
-def read_ledger(path: str | os.PathLike[str], name: str | None = None) -> Any:
+def read_ledger(path: str | os.PathLike[str], name: str | None = None, *,
+                latest: bool = False) -> Any:
     """Every validation run of one set, one row each, with what became of it: ``val_index``,
     ``epoch``, ``step``, ``chain``, ``stage``, ``status`` (``projected``, ``not_selected``,
     ``dropped``, ``empty``, ``failed``, ``interrupted``, ``queued``), ``reason``, ``wandb``
@@ -177,18 +266,19 @@ def read_ledger(path: str | os.PathLike[str], name: str | None = None) -> Any:
 
     from lightning_embproj.chain.ledger import COLUMNS, read_ledger_file
 
-    rows = read_ledger_file(_resolve(path, name))
+    rows = read_ledger_file(_resolve(path, name, latest))
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
     return frame.sort_values("val_index", kind="stable").reset_index(drop=True)
 
 
-def read_metrics(path: str | os.PathLike[str], name: str | None = None) -> Any:
+def read_metrics(path: str | os.PathLike[str], name: str | None = None, *,
+                 latest: bool = False) -> Any:
     """Read the metrics of one embedding set into a DataFrame, one row per validation run,
     with ``val_index``, ``epoch``, ``step``, ``chain``, ``stage`` and one column per metric
     (files written before chains were recorded read as chain 0 of a ``fit``)."""
     import pandas as pd
 
-    folder = _resolve(path, name)
+    folder = _resolve(path, name, latest)
     rows = [
         {"val_index": e["val_index"], "epoch": e["epoch"], "step": e["step"],
          "chain": e.get("chain", 0), "stage": e.get("stage", "fit"), **e["metrics"]}

@@ -26,7 +26,13 @@ from typing import Any
 
 import numpy as np
 
-from lightning_embproj.readers import list_sets, list_validations, read_metrics, read_projections
+from lightning_embproj.readers import (
+    find_run,
+    list_sets,
+    list_validations,
+    read_metrics,
+    read_projections,
+)
 from lightning_embproj.sinks import palette
 from lightning_embproj.sinks.local import atomic_write_text, set_dir
 from lightning_embproj.sinks.plot import equal_scale
@@ -191,7 +197,7 @@ def _warn(message: str) -> None:
 def compare(log_dir: str | os.PathLike[str], output: str | os.PathLike[str],
             name: str | None = None, epochs: Sequence[int] | None = None,
             reducer: str | None = None, *, max_runs: int = 50,
-            on_skip: Callable[[str], None] = _warn) -> list[Path]:
+            on_skip: Callable[[str], None] = _warn, latest: bool = False) -> list[Path]:
     """Write ``view.html`` and ``compare_<reducer>.png`` per embedding set, and with clusters
     ``lineage_summary.csv`` (:func:`lineage_summary`); returns the paths.
 
@@ -199,7 +205,8 @@ def compare(log_dir: str | os.PathLike[str], output: str | os.PathLike[str],
     why); only when no set has them is it an error.
 
     Args:
-        log_dir: the finished run's log dir (holding ``embproj/<NAME>/``), or one set's folder.
+        log_dir: the finished run's log dir (holding ``embproj/<NAME>/``), one set's folder,
+            or any folder above one run (a W&B ``save_dir``: the run is found below it).
         output: folder for the results, one sub-folder per set.
         name: only this embedding set (default: every set found).
         epochs: epochs of the PNG (default: first, middle, last).
@@ -207,10 +214,14 @@ def compare(log_dir: str | os.PathLike[str], output: str | os.PathLike[str],
             present in each set).
         max_runs: most validation runs on the view's slider.
         on_skip: called with a message for each set whose PNG is skipped.
+        latest: ``log_dir`` holds several runs below it: take the newest (latest file
+            written); without it that is an error listing them
+            (:func:`lightning_embproj.readers.find_run`).
     """
     root = Path(log_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"compare: log dir {str(root)!r} does not exist")
+    root = find_run(root, latest)
     found = find_sets(root)
     if not found:
         raise ValueError(f"compare: no embedding sets under {str(root)!r} "

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from lightning_embproj.readers import list_validations, read_projections
+from lightning_embproj.readers import find_run, list_validations, read_projections
 from lightning_embproj.reduce.align import procrustes_align
 from lightning_embproj.report.compare import find_sets, set_folder
 from lightning_embproj.sinks.local import atomic_write_text
@@ -34,6 +35,7 @@ from lightning_embproj.sinks.view.images import read_images
 from lightning_embproj.sinks.view.page import render_page
 
 MIN_SHARED = 10  # ids two runs must share to align them and compare neighbourhoods
+SUMMARY_TOP = 5  # most changed points per reducer in the printed summary
 COMPARE_FILE = "compare.html"
 
 
@@ -229,20 +231,45 @@ def _point_table(plan: dict[str, Any], extra: dict[str, np.ndarray]) -> dict[str
     return points
 
 
+def summary_text(name: str, shared: int, n_a: int, n_b: int, tables: Mapping[str, Any],
+                 kk: int, top: int = SUMMARY_TOP) -> str:
+    """A few lines on one set's comparison: shared ids, the mean neighbourhood overlap per
+    reducer, and per reducer the ``top`` most changed points (id, label, overlap).
+
+    Example:
+        >>> import pandas as pd
+        >>> t = pd.DataFrame({"sample_id": ["7", "2"], "label": [3, 1], "overlap": [0.1, 0.9]})
+        >>> print(summary_text("emb", 2, 2, 3, {"pca": t}, 10))
+        emb: 2 shared ids (2 tracked in A, 3 in B); mean neighbourhood overlap (k=10): pca 0.50
+          most changed (pca): 7 (label 3) 0.10, 2 (label 1) 0.90
+    """
+    means = ", ".join(f"{r} {t['overlap'].mean():.2f}" for r, t in tables.items())
+    lines = [f"{name}: {shared} shared ids ({n_a} tracked in A, {n_b} in B); mean "
+             f"neighbourhood overlap (k={kk}): {means}"]
+    for r, t in tables.items():
+        head = t.head(top)
+        labels = head["label"].tolist() if "label" in head.columns else [None] * len(head)
+        points = [f"{i}{'' if lab is None else f' (label {text(lab, 40)})'} {o:.2f}"
+                  for i, lab, o in zip(head["sample_id"], labels, head["overlap"], strict=True)]
+        lines.append(f"  most changed ({r}): {', '.join(points)}")
+    return "\n".join(lines)
+
+
 def _write_set(plan: dict[str, Any], paths: dict[str, Path], output: Path, k: int,
-               top: int) -> list[Path]:
+               top: int, summary: Callable[[str], None] | None = None) -> list[Path]:
     folder = output / plan["name"]
     written: list[Path] = []
     extra: dict[str, np.ndarray] = {}
-    tables, summary = {}, []
+    tables, means, changed = {}, [], {}
     for r in plan["both"]:
         table, full, kk = _neighbours(plan, r, k)
+        changed[r] = table
         csv_path = folder / f"neighbours_{r}.csv"
         atomic_write_text(csv_path, table.drop(columns="_index").to_csv(index=False))
         written.append(csv_path)
         extra[f"neighbourhood overlap ({r})"] = full
         tables[r] = _page_table(table, r, kk, top)
-        summary.append(f"{r} {np.nanmean(full):.2f}")
+        means.append(f"{r} {np.nanmean(full):.2f}")
     panels = []
     for which, df, run in (("A", plan["a"], plan["ra"]), ("B", plan["b"], plan["rb"])):
         enc = encode_points(df.assign(val_index=0), keys=plan["universe"])
@@ -257,7 +284,7 @@ def _write_set(plan: dict[str, Any], paths: dict[str, Path], output: Path, k: in
         "note": (f"{shared} shared ids ({len(a)} tracked in A, {len(b)} in B). B's layouts "
                  "are rotated onto A's on the shared ids. Mean neighbourhood overlap (k="
                  f"{k} nearest in each layout; the original embeddings are not stored "
-                 f"locally): {', '.join(summary)}. Select points in either panel: they are "
+                 f"locally): {', '.join(means)}. Select points in either panel: they are "
                  "highlighted in both."),
         "colour": f"neighbourhood overlap ({plan['both'][0]})",
         "points": _point_table(plan, extra), "panels": panels, "metrics": None,
@@ -265,13 +292,16 @@ def _write_set(plan: dict[str, Any], paths: dict[str, Path], output: Path, k: in
     }
     page = folder / COMPARE_FILE
     atomic_write_text(page, render_page(payload))
+    if summary is not None:
+        summary(summary_text(plan["name"], shared, len(a), len(b), changed, kk))
     return [page, *written]
 
 
 def compare_runs(run_a: str | os.PathLike[str], run_b: str | os.PathLike[str],
                  output: str | os.PathLike[str], *, name: str | None = None,
                  epoch: int | None = None, reducer: str | None = None, k: int = 10,
-                 top: int = 30) -> list[Path]:
+                 top: int = 30, latest: bool = False,
+                 summary: Callable[[str], None] | None = None) -> list[Path]:
     """Compare one validation run of two training runs, per embedding set both have.
 
     For each set: B's layouts are rotated/reflected onto A's on their shared ids (orthogonal
@@ -286,7 +316,8 @@ def compare_runs(run_a: str | os.PathLike[str], run_b: str | os.PathLike[str],
     changed first, ids in natural order among equals: 2 before 10).
 
     Args:
-        run_a, run_b: two log dirs (holding ``embproj/<NAME>/``) or two set folders.
+        run_a, run_b: two log dirs (holding ``embproj/<NAME>/``), two set folders, or folders
+            above one run each (a W&B ``save_dir``).
         output: folder for the results.
         name: only this set (default: every set both runs have).
         epoch: compare the last validation run of this epoch in both (default: each run's
@@ -294,8 +325,13 @@ def compare_runs(run_a: str | os.PathLike[str], run_b: str | os.PathLike[str],
         reducer: only this layout (default: every reducer both have).
         k: neighbours per point.
         top: rows of the table in the page.
+        latest: a folder holding several runs below it stands for its newest one (else that
+            is an error listing them, see :func:`lightning_embproj.readers.find_run`).
+        summary: called with a few lines per set (:func:`summary_text`): shared ids, mean
+            neighbourhood overlap, the most changed points.
     """
-    paths = {"A": Path(run_a), "B": Path(run_b)}
+    paths = {"A": find_run(Path(run_a), latest), "B": find_run(Path(run_b), latest)}
     # every set checked before anything is written
     plans = [_plan(n, a, b, epoch, reducer) for n, a, b in _pairs(paths, name)]
-    return [p for plan in plans for p in _write_set(plan, paths, Path(output), k, top)]
+    return [p for plan in plans
+            for p in _write_set(plan, paths, Path(output), k, top, summary)]
