@@ -27,7 +27,7 @@ from lightning_embproj.pipeline import Runs, Stages
 from lightning_embproj.reduce.project import ReduceSettings
 from lightning_embproj.results import RunIdentity, RunResult
 from lightning_embproj.runtime.compat import CallbackBase, run_root
-from lightning_embproj.runtime.progress import finish_with_progress, show_progress
+from lightning_embproj.runtime.progress import finish_with_progress, print_where, show_progress
 from lightning_embproj.runtime.warn import WarnOnce, guarded
 
 Key = str | int
@@ -88,6 +88,10 @@ class EmbeddingProjector(CallbackBase):
             need different set names: on one key (say with other reducers) give each a
             ``name``. A clash is refused at ``setup``; two identical projectors already when
             the Trainer is built, by Lightning (one ``state_key``).
+        vectors: with a ``WandbLogger``, add each point's vector to the per-run W&B table
+            (column ``embedding``), so W&B's own 2D projection panel works: ``True`` keeps
+            up to 150 dims (above: the run's first 150 principal components), an int sets
+            that most (1..150). Not in the local files. Default ``False``.
 
     Example:
         >>> projector = EmbeddingProjector(label_key="labels")
@@ -122,6 +126,7 @@ class EmbeddingProjector(CallbackBase):
         seed: int = 0,
         n_jobs: int = 1,
         name: str | None = None,
+        vectors: bool | int = False,
     ) -> None:
         self.options = ProjectorOptions(
             embedding_key=embedding_key, layers=layers,
@@ -134,6 +139,7 @@ class EmbeddingProjector(CallbackBase):
             perplexity=perplexity, storage_dtype=storage_dtype,
             background=background, max_queued_epochs=max_queued_epochs, output_dir=output_dir,
             max_text_length=max_text_length, seed=seed, n_jobs=n_jobs, name=name,
+            vectors=vectors,
         )
         self.settings = ReduceSettings(
             list(self.options.reducers), n_components, float(perplexity), seed
@@ -194,6 +200,7 @@ class EmbeddingProjector(CallbackBase):
             self.warn.reset()
             self._settled = False
             self.worker.start_training()
+            runs.written = {}
             device = getattr(pl_module, "device", None)
             runs.stages = Stages(self.settings, self.evolve_settings,
                                  str(device) if getattr(device, "type", "") == "cuda" else None)
@@ -206,7 +213,7 @@ class EmbeddingProjector(CallbackBase):
             runs.sinks = sink_factory.build(
                 trainer, runs.root, self.warn, self.options.max_text_length,
                 settings=self.settings, wandb_history=self.chain.wandb_history,
-                view_history=self.chain.view_history(runs.root),
+                view_history=self.chain.view_history(runs.root), vectors=self.options.vectors,
             )
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
@@ -239,6 +246,11 @@ class EmbeddingProjector(CallbackBase):
         # Training is over: the queued runs may use every core; show what the wait is for.
         finish_with_progress(self.worker, enabled=self.runs.is_zero and show_progress(trainer))
         self._close()
+        stage = str(getattr(stage, "value", stage))
+        if self.runs.is_zero and stage in ("fit", "validate"):
+            # Once, after every queued run is written: where to look (nothing written: silent).
+            print_where(self.runs.root, self.runs.written, stage)
+            self.runs.written = {}
 
     def _close(self) -> None:
         self.runs.sinks.finish(self.warn)

@@ -18,7 +18,7 @@ from typing import Any
 
 from lightning_embproj.evolve.lineage import check_thresholds
 from lightning_embproj.reduce.dispatch import REDUCERS as KNOWN_REDUCERS  # the one list of names
-from lightning_embproj.sinks.columns import generated_column
+from lightning_embproj.sinks.columns import MAX_VECTOR_DIMS, VECTOR_COLUMN, generated_column
 
 POOLINGS = ("auto", "flatten", "mean", "first", "last", "max")
 Key = str | int
@@ -114,6 +114,7 @@ class ProjectorOptions:
     seed: int = 0
     n_jobs: int = 1
     name: str | None = None
+    vectors: Any = False
 
     layer_keys: dict[str, Key | None] = field(default_factory=dict, init=False, repr=False)
 
@@ -184,6 +185,26 @@ class ProjectorOptions:
             )
         self.max_text_length = _positive_int(self.max_text_length, "max_text_length")
         self.n_jobs = _positive_int(self.n_jobs, "n_jobs")
+        self.vectors = self._vector_dims(self.vectors)
+
+    def _vector_dims(self, value: Any) -> int:
+        """``vectors`` as the most dims of the W&B vector column (0: no column)."""
+        if value is None or value is False:
+            return 0
+        dims = MAX_VECTOR_DIMS if value is True else value
+        if isinstance(dims, bool) or not isinstance(dims, int) or not 1 <= dims <= MAX_VECTOR_DIMS:
+            raise ValueError(
+                f"vectors must be False, True (vectors of up to {MAX_VECTOR_DIMS} dims, PCA "
+                f"above) or an int in 1..{MAX_VECTOR_DIMS} (the most dims; W&B moves a longer "
+                f"vector cell out of the table), got {value!r}"
+            )
+        if VECTOR_COLUMN in self.metadata_keys:
+            raise ValueError(
+                f"vectors: the W&B table's vector column is named {VECTOR_COLUMN!r}, and "
+                f"metadata_keys has a column of that name; rename it with the dict form, "
+                f"{{'my_{VECTOR_COLUMN}': {self.metadata_keys[VECTOR_COLUMN]!r}}}"
+            )
+        return dims
 
     def _metadata_columns(self, value: Any) -> dict[str, Key]:
         """Column name -> key. An int key (tuple batch index) is named ``batch_<i>``."""

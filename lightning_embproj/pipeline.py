@@ -47,7 +47,7 @@ from lightning_embproj.runtime.warn import WarnOnce, guarded
 from lightning_embproj.runtime.worker import QUEUE_POLICY, JobCancelled, Worker
 from lightning_embproj.sinks import Sinks
 from lightning_embproj.sinks.columns import run_result
-from lightning_embproj.sinks.local import set_dir
+from lightning_embproj.sinks.local import run_file_name, set_dir
 
 Warn = Callable[[str, str], None]
 
@@ -124,6 +124,7 @@ class Runs:
         self.root = options.output_dir or "."
         self.is_zero = True
         self.deadline_s = 30.0  # the shutdown deadline, for the reasons given
+        self.written: dict[str, int] = {}  # set -> runs whose local files this call wrote
         self._ledger_lock = threading.Lock()
 
     def submit(self, sample: EpochSample, identity: RunIdentity, log_wandb: bool = True,
@@ -165,6 +166,8 @@ class Runs:
             self.write_ledgers([name])
             raise
         wandb = self.sinks.write(result, self.warn, log_wandb)
+        if (set_dir(self.root, name) / run_file_name(result)).is_file():
+            self.written[name] = self.written.get(name, 0) + 1
         self.chain.written(result, chain, wandb)
         self.write_ledgers([name])
 

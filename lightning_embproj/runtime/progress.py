@@ -5,7 +5,8 @@ takes seconds to minutes). :func:`finish_with_progress` marks training as over (
 may then use every core), shows a tqdm bar on stderr, advanced per finished job and naming
 the job being run, and stops the worker. The bar is shown when there is something to wait
 for and ``enabled`` is true; :func:`show_progress` is the callback's rule for ``enabled``:
-rank zero, and the trainer shows progress bars or stderr is a terminal.
+rank zero, and the trainer shows progress bars or stderr is a terminal. Then
+:func:`where_lines` says, once, where the view and files of the runs just written are.
 
 Example:
     >>> from lightning_embproj.runtime.worker import Worker
@@ -17,9 +18,11 @@ Example:
 
 from __future__ import annotations
 
+import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import IO, Any
 
 from lightning_embproj.runtime.worker import Progress, Worker
@@ -113,3 +116,35 @@ def _wait_with_bar(
             seen = worker.wait_progress(seen, left)
     finally:
         bar.close()
+
+
+def where_lines(root: str, written: Mapping[str, int], stage: str = "fit") -> list[str]:
+    """One line per set that ``fit`` / ``validate`` wrote runs of (none when nothing was
+    written): where its view and files are, and how many runs this call wrote, e.g.
+    ``lightning-embproj: view file:///logs/embproj/embeddings/view.html · files
+    /logs/embproj/embeddings/ (3 runs)`` (the view part only when ``view.html`` exists).
+
+    Example:
+        >>> where_lines("/logs", {})
+        []
+    """
+    from lightning_embproj.sinks.local import set_dir
+
+    lines = []
+    for name, count in written.items():
+        if count < 1:
+            continue
+        folder = set_dir(Path(root).resolve(), name)
+        view = folder / "view.html"
+        where = f"view {view.as_uri()} \u00b7 files " if view.is_file() else "files "
+        runs = f"{count} run{'s' if count != 1 else ''}"
+        lines.append(f"{PREFIX}: {where}{folder}{os.sep} ({runs}"
+                     f"{'' if stage == 'fit' else f', {stage}'})")
+    return lines
+
+
+def print_where(root: str, written: Mapping[str, int], stage: str = "fit",
+                file: IO[str] | None = None) -> None:
+    """Print :func:`where_lines` to ``file`` (default stderr, where the bar is)."""
+    for line in where_lines(root, written, stage):
+        print(line, file=sys.stderr if file is None else file, flush=True)

@@ -64,7 +64,7 @@ def _written(write: Writer, result: RunResult) -> bool:
 def build(
     trainer: Any, root: str, warn: WarnOnce, max_text_length: int = 1000,
     settings: Any = None, wandb_history: Callable[[str], Any] | None = None,
-    view_history: Any = None,
+    view_history: Any = None, vectors: int = 0,
 ) -> Sinks:
     """The sinks for this trainer, local files first.
 
@@ -73,7 +73,8 @@ def build(
     reducer fails in one run. ``wandb_history(run_id)`` gives the W&B sink the history it
     carries on (see :class:`~lightning_embproj.sinks.wandb_history.WandbHistory`);
     ``view_history`` the view's (a :class:`~lightning_embproj.sinks.view.history.ViewHistory`
-    of ``root``; a new one when None).
+    of ``root``; a new one when None). ``vectors``: the most dims of the W&B table's vector
+    column (0: none).
     """
     from lightning_embproj.sinks.local import write_projection
 
@@ -84,7 +85,7 @@ def build(
     makers: list[tuple[str, Callable[[], Any]]] = [
         ("html view", lambda: view),
         ("W&B", lambda: _wandb(trainer, warn, view.page if view is not None else None,
-                               settings, wandb_history)),
+                               settings, wandb_history, vectors)),
         ("TensorBoard", lambda: _tensorboard(trainer, max_text_length)),
     ]
     for name, make in makers:
@@ -116,7 +117,7 @@ def _view(root: str, history: Any) -> Any:
 
 def _wandb(
     trainer: Any, warn: WarnOnce, view: Callable[[str], str | None] | None, settings: Any = None,
-    wandb_history: Callable[[str], Any] | None = None,
+    wandb_history: Callable[[str], Any] | None = None, vectors: int = 0,
 ) -> Any:
     from lightning_embproj.runtime.compat import find_logger
 
@@ -131,6 +132,7 @@ def _wandb(
         run, warn, view=view,
         reducers=list(getattr(settings, "reducers", ())),
         n_components=int(getattr(settings, "n_components", 2)), history=history,
+        vectors=vectors,
     )
 
 

@@ -30,6 +30,10 @@ MOVER_COLUMNS = ("kind", "overlap", "foreign_fraction")
 """The movers table's own columns, before the run table's columns."""
 INTERNAL_PREFIX = "__"
 """Columns the collector keeps next to the metadata (ids, labels, the vectors) start with it."""
+VECTOR_COLUMN = "embedding"
+"""The W&B table's raw vector column, with the ``vectors`` option (W&B only, never the CSV)."""
+MAX_VECTOR_DIMS = 150
+"""W&B moves a longer vector cell to an ``.npz`` file and shows ``None`` in the table JSON."""
 
 
 def layout_columns(reducer: str, n_components: int) -> list[str]:
@@ -128,6 +132,32 @@ def run_result(
         columns=table_columns(sample, identity, clusters, layouts),
         image_columns=tuple(sample.image_columns()),
     )
+
+
+def vector_cells(embeddings: np.ndarray, max_dims: int = MAX_VECTOR_DIMS) -> list[list[float]]:
+    """Each point's vector as a list of floats for a table cell: as it is with at most
+    ``max_dims`` dims; else its first ``max_dims`` principal components (PCA of this run's
+    points, centred, each component's sign fixed so its largest loading is positive; fewer
+    points than ``max_dims`` pad with zeros), so W&B's own 2D projection panel can use it.
+
+    Example:
+        >>> x = np.random.default_rng(0).normal(size=(40, 6)).astype(np.float32)
+        >>> len(vector_cells(x)[0]), len(vector_cells(x, 4)[0])
+        (6, 4)
+    """
+    x = np.asarray(embeddings, dtype=np.float64)
+    if x.shape[1] > max_dims:
+        centred = x - x.mean(axis=0)
+        _, s, vt = np.linalg.svd(centred, full_matrices=False)
+        vt = vt[:max_dims]
+        vt *= np.where(vt[np.arange(len(vt)), np.abs(vt).argmax(axis=1)] < 0, -1.0, 1.0)[:, None]
+        reduced = centred @ vt.T
+        x = np.zeros((len(x), max_dims))
+        x[:, : reduced.shape[1]] = reduced
+    # 6 significant digits of the largest value: short JSON, finer than float16 storage
+    top = float(np.abs(x).max()) if x.size else 0.0
+    decimals = max(0, 6 - int(np.ceil(np.log10(top)))) if top > 0 else 6
+    return np.round(x, decimals).tolist()
 
 
 def mover_columns(result: RunResult, columns: Mapping[str, Sequence[Any]] | None = None,

@@ -29,7 +29,12 @@ import numpy as np
 from lightning_embproj.results import RunResult
 from lightning_embproj.runtime.warn import WarnOnce
 from lightning_embproj.sinks import palette
-from lightning_embproj.sinks.columns import layout_columns, mover_columns
+from lightning_embproj.sinks.columns import (
+    VECTOR_COLUMN,
+    layout_columns,
+    mover_columns,
+    vector_cells,
+)
 from lightning_embproj.sinks.local import LINEAGE_COLUMNS
 from lightning_embproj.sinks.plot import Limits, render, widen
 from lightning_embproj.sinks.wandb_history import (
@@ -144,13 +149,16 @@ class WandbSink:
         plots: log the ``R_plot`` pictures.
         history: the evolution and lineage rows logged to this W&B run so far (kept by the
             chain owner across ``fit`` / ``validate`` calls; a new one when None).
+        vectors: the most dims of the per-run table's ``embedding`` column (each point's
+            vector, PCA above that; :func:`~lightning_embproj.sinks.columns.vector_cells`);
+            0: no such column. Only the per-run table has it (not movers, not evolution).
     """
 
     def __init__(
         self, run: Any, warn: WarnOnce | None = None, max_rows: int = EVOLUTION_MAX_ROWS,
         view: Callable[[str], str | None] | None = None, reducers: Sequence[str] = (),
         n_components: int = 2,
-        plots: bool = True, history: WandbHistory | None = None,
+        plots: bool = True, history: WandbHistory | None = None, vectors: int = 0,
     ) -> None:
         self.run = run
         self.warn = warn or WarnOnce()
@@ -160,6 +168,7 @@ class WandbSink:
         self.reducers = list(reducers)
         self.n_components = n_components
         self.plots = plots
+        self.vectors = vectors
         self.history = history or WandbHistory(str(getattr(run, "id", "")), self.max_rows)
         if not self.history.sets:
             self.history.max_rows = self.max_rows
@@ -247,6 +256,8 @@ class WandbSink:
             )
 
     def _table(self, p: RunResult, columns: dict[str, list[Any]], out: dict[str, Any]) -> None:
+        if self.vectors:
+            columns = {**columns, VECTOR_COLUMN: vector_cells(p.sample.embeddings, self.vectors)}
         if len(p.sample) > self.row_limit:
             self.warn(
                 f"wandb:rows:{p.name}",

@@ -330,6 +330,13 @@ def test_layer_returning_a_dict_raises_naming_the_layer(tmp_path):
         ({"max_text_length": 0}, "max_text_length must be a positive integer, got 0"),
         ({"embedding_key": "../outside"}, r"embedding_key='../outside' names a folder"),
         ({"layers": ["."]}, r"layers='\.' names a folder"),
+        ({"vectors": 151}, r"vectors must be False, True \(vectors of up to 150 dims, PCA "
+                           r"above\) or an int in 1\.\.150 .*, got 151"),
+        ({"vectors": 0}, r"vectors must be .*, got 0"),
+        ({"vectors": "yes"}, r"vectors must be .*, got 'yes'"),
+        ({"vectors": True, "metadata_keys": ["embedding"]},
+         r"vectors: the W&B table's vector column is named 'embedding', and metadata_keys "
+         r"has a column of that name; rename it .*\{'my_embedding': 'embedding'\}"),
     ],
 )
 def test_constructor_refuses_nonsense(kwargs, match):
