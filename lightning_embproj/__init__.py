@@ -8,12 +8,14 @@ Example:
 from typing import TYPE_CHECKING, Any
 
 from lightning_embproj.readers import (
+    find_run,
     list_validations,
     read_ledger,
     read_lineage,
     read_metrics,
     read_projections,
 )
+from lightning_embproj.report.notebook import show
 from lightning_embproj.results import EpochSample, Projection, RunIdentity, RunResult
 
 if TYPE_CHECKING:
@@ -21,7 +23,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EmbeddingProjector", "EpochSample", "Projection", "RunIdentity", "RunResult",
-    "list_validations", "read_ledger", "read_lineage", "read_metrics", "read_projections",
+    "find_run", "list_validations", "read_ledger", "read_lineage", "read_metrics",
+    "read_projections", "show",
 ]
 __version__ = "0.2.0.dev0"
 
