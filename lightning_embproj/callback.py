@@ -8,6 +8,7 @@ to every sink and records it with the chain owner.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any, Literal
@@ -20,8 +21,9 @@ from lightning_embproj.collect.capture import LayerCapture
 from lightning_embproj.collect.collector import Collector, Placement, ScheduleCache
 from lightning_embproj.collect.extract import lookup
 from lightning_embproj.collect.gather import gather_samples
-from lightning_embproj.collect.ranks import check_position_ids, placement
+from lightning_embproj.collect.ranks import check_position_ids, placement, strategy_world
 from lightning_embproj.evolve.set_chain import EvolveSettings
+from lightning_embproj.metrics.monitor import monitor_metrics
 from lightning_embproj.options import ProjectorOptions, check_unique_sets
 from lightning_embproj.pipeline import Runs, Stages
 from lightning_embproj.reduce.project import ReduceSettings
@@ -29,6 +31,7 @@ from lightning_embproj.results import RunIdentity, RunResult
 from lightning_embproj.runtime.compat import CallbackBase, run_root
 from lightning_embproj.runtime.progress import finish_with_progress, show_progress
 from lightning_embproj.runtime.warn import WarnOnce, guarded
+from lightning_embproj.sinks.wandb_sink import metric_key
 
 Key = str | int
 EXCEPTION_DRAIN_S = 30.0
@@ -37,6 +40,8 @@ CANCEL_WAIT_S = 10.0
 """Then, seconds for the running job to reach its next stopping point (t-SNE: 50 iterations)."""
 # Literal types: LightningCLI (jsonargparse) lists the choices in --help and rejects others.
 Reducer = Literal["pca", "tsne", "umap"]
+Monitored = Literal["knn_accuracy", "silhouette", "rankme", "uniformity"]
+MONITOR_STATE = "monitor_last"
 
 
 class EmbeddingProjector(CallbackBase):
@@ -88,6 +93,12 @@ class EmbeddingProjector(CallbackBase):
             need different set names: on one key (say with other reducers) give each a
             ``name``. A clash is refused at ``setup``; two identical projectors already when
             the Trainer is built, by Lightning (one ``state_key``).
+        monitor: metrics (``"knn_accuracy"``, ``"silhouette"``, ``"rankme"``,
+            ``"uniformity"``) also computed on the training thread at the end of each
+            projected validation run and logged with ``pl_module.log`` as
+            ``embproj/NAME/<metric>`` (in ``trainer.callback_metrics``, not sent to the
+            loggers), for ``ModelCheckpoint`` / ``EarlyStopping``. A run that is not
+            projected logs the last value again. Label metrics need ``label_key``.
 
     Example:
         >>> projector = EmbeddingProjector(label_key="labels")
@@ -122,6 +133,7 @@ class EmbeddingProjector(CallbackBase):
         seed: int = 0,
         n_jobs: int = 1,
         name: str | None = None,
+        monitor: Sequence[Monitored] | Monitored | None = None,
     ) -> None:
         self.options = ProjectorOptions(
             embedding_key=embedding_key, layers=layers,
@@ -134,6 +146,7 @@ class EmbeddingProjector(CallbackBase):
             perplexity=perplexity, storage_dtype=storage_dtype,
             background=background, max_queued_epochs=max_queued_epochs, output_dir=output_dir,
             max_text_length=max_text_length, seed=seed, n_jobs=n_jobs, name=name,
+            monitor=monitor,
         )
         self.settings = ReduceSettings(
             list(self.options.reducers), n_components, float(perplexity), seed
@@ -155,6 +168,8 @@ class EmbeddingProjector(CallbackBase):
         self._schedules = ScheduleCache()  # simulated by a fit's first run, replayed by the rest
         self._placements: dict[int, Placement] = {}  # per loader, for one validation run
         self._capture: LayerCapture | None = None
+        # (set, metric) -> the value logged last: logged again by runs that are not projected
+        self._monitored: dict[str, float] = {}
 
     @property
     def root(self) -> str:
@@ -192,6 +207,7 @@ class EmbeddingProjector(CallbackBase):
             # earlier call. A resumed fit restores its checkpoint's chain (load_state_dict).
             self.chain.start_chain(stage)
             self.warn.reset()
+            self._monitored = {}
             self._settled = False
             self.worker.start_training()
             device = getattr(pl_module, "device", None)
@@ -307,12 +323,16 @@ class EmbeddingProjector(CallbackBase):
         collector, self._collector = self._collector, None
         if collector is not None:
             collector.check()  # in the sanity check too: a bad mask fails before training
-        if collector is None or trainer.sanity_checking or self._run is None:
+        if trainer.sanity_checking or self._run is None:
+            return
+        if collector is None:  # not projected: the monitored values stay what they were
+            self._log_monitored(pl_module, {})
             return
         identity = self._run.identity
         if self.runs.is_zero:
             _warn_left_out(self.warn, collector, identity)
         samples = collector.samples()
+        monitored: dict[str, dict[str, float]] = {}
         for name in self.options.set_names:
             sample = gather_samples(
                 samples.get(name), self.options.max_samples, strategy=trainer.strategy
@@ -320,6 +340,10 @@ class EmbeddingProjector(CallbackBase):
             if not self.runs.is_zero:
                 continue
             if sample is not None and len(sample) > 0:
+                if self.options.monitor:
+                    values = self._compute_monitored(sample, pl_module, identity)
+                    if values is not None:
+                        monitored[name] = values
                 self.runs.submit(sample, identity)
             else:
                 left_out = collector.nonfinite + collector.overflow
@@ -328,6 +352,46 @@ class EmbeddingProjector(CallbackBase):
                                  "no tracked rows")
         if self.runs.is_zero:
             self.runs.append_ledgers(identity.val_index)
+        if self.options.monitor:
+            if strategy_world(trainer.strategy)[1] > 1:  # rank zero computed: one value for all
+                monitored = trainer.strategy.broadcast(monitored, src=0)
+            self._log_monitored(pl_module, monitored)
+
+    def _compute_monitored(
+        self, sample: Any, pl_module: Any, identity: RunIdentity
+    ) -> dict[str, float] | None:
+        """The ``monitor`` metrics of a gathered sample, in torch on the module's device;
+        None (and one warning) when they fail."""
+        import numpy as np
+        import torch
+
+        def compute() -> dict[str, float]:
+            device = getattr(pl_module, "device", None) or torch.device("cpu")
+            X = torch.tensor(np.asarray(sample.embeddings), device=device)
+            return monitor_metrics(X, self.options.monitor, sample.labels)
+
+        return guarded(self.warn, "monitor", f"computing the monitor metrics "
+                       f"{self.options.monitor} of {sample.name!r} at validation run "
+                       f"{identity.val_index} (their last values are logged instead)", compute)
+
+    def _log_monitored(self, pl_module: Any, values: Mapping[str, Mapping[str, float]]) -> None:
+        """Log each set's ``monitor`` metrics as ``embproj/NAME/<metric>``: this run's value,
+        else (not projected, no rows, or failed) the last one logged, else NaN."""
+        if not self.options.monitor:
+            return
+        for name in self.options.set_names:
+            for metric in self.options.monitor:
+                key = metric_key(name, metric)
+                value = values.get(name, {}).get(metric)
+                if value is None:
+                    value = self._monitored.get(key)
+                if value is None:
+                    value = math.nan
+                self._monitored[key] = float(value)
+                # Every rank logs the same value (rank zero's, broadcast): nothing to reduce.
+                # Not to the loggers: the W&B / TensorBoard sinks log these keys already.
+                pl_module.log(key, float(value), on_step=False, on_epoch=True, prog_bar=False,
+                              logger=False, sync_dist=False, batch_size=1)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait for the background work queued so far (True when all of it is done)."""
@@ -335,7 +399,10 @@ class EmbeddingProjector(CallbackBase):
 
     # -- checkpointing ------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return self.chain.state_dict()
+        state = self.chain.state_dict()
+        if self._monitored:  # a resumed fit logs them again until its first projected run
+            state[MONITOR_STATE] = dict(self._monitored)
+        return state
 
     def on_load_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
         # Called before load_state_dict: outside fit, the runs of this call are labelled with
@@ -344,6 +411,9 @@ class EmbeddingProjector(CallbackBase):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.chain.restore(state_dict, fn=self._fn, label=self._label, warn=self.warn)
+        if self._fn == "fit":
+            self._monitored = {str(k): float(v) for k, v in
+                               state_dict.get(MONITOR_STATE, {}).items()}
 
 
 def _warn_left_out(warn: WarnOnce, collector: Collector, identity: RunIdentity) -> None:

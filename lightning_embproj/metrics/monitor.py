@@ -74,7 +74,7 @@ def monitor_metrics(
     n = X.shape[0]
     if "rankme" in want:
         out["rankme"] = rankme(X)
-    gram = {m for m in ("knn_accuracy", "silhouette", "uniformity") if m in want}
+    gram: set[str] = {m for m in ("knn_accuracy", "silhouette", "uniformity") if m in want}
     if gram:
         out.update(_gram_pass(X, gram, codes, k))
     for m in metrics:  # in the order asked
