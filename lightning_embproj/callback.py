@@ -20,7 +20,7 @@ from lightning_embproj.collect.capture import LayerCapture
 from lightning_embproj.collect.collector import Collector, Placement, ScheduleCache
 from lightning_embproj.collect.extract import lookup
 from lightning_embproj.collect.gather import gather_samples
-from lightning_embproj.collect.ranks import check_position_ids, placement
+from lightning_embproj.collect.ranks import check_position_ids, placement, strategy_world
 from lightning_embproj.evolve.set_chain import EvolveSettings
 from lightning_embproj.options import ProjectorOptions, check_unique_sets
 from lightning_embproj.pipeline import Runs, Stages
@@ -28,6 +28,7 @@ from lightning_embproj.reduce.project import ReduceSettings
 from lightning_embproj.results import RunIdentity, RunResult
 from lightning_embproj.runtime.compat import CallbackBase, run_root
 from lightning_embproj.runtime.progress import finish_with_progress, print_where, show_progress
+from lightning_embproj.runtime.steer import compute_monitored, log_monitored
 from lightning_embproj.runtime.warn import WarnOnce, guarded
 
 Key = str | int
@@ -37,6 +38,7 @@ CANCEL_WAIT_S = 10.0
 """Then, seconds for the running job to reach its next stopping point (t-SNE: 50 iterations)."""
 # Literal types: LightningCLI (jsonargparse) lists the choices in --help and rejects others.
 Reducer = Literal["pca", "tsne", "umap"]
+Monitored = Literal["knn_accuracy", "silhouette", "rankme", "uniformity"]
 
 
 class EmbeddingProjector(CallbackBase):
@@ -92,6 +94,12 @@ class EmbeddingProjector(CallbackBase):
             (column ``embedding``), so W&B's own 2D projection panel works: ``True`` keeps
             up to 150 dims (above: the run's first 150 principal components), an int sets
             that most (1..150). Not in the local files. Default ``False``.
+        monitor: metrics (``"knn_accuracy"``, ``"silhouette"``, ``"rankme"``,
+            ``"uniformity"``) also computed on the training thread at the end of each
+            projected validation run and logged with ``pl_module.log`` as
+            ``embproj/NAME/<metric>`` (in ``trainer.callback_metrics``, not sent to the
+            loggers), for ``ModelCheckpoint`` / ``EarlyStopping``. A run that is not
+            projected logs the last value again. Label metrics need ``label_key``.
 
     Example:
         >>> projector = EmbeddingProjector(label_key="labels")
@@ -127,6 +135,7 @@ class EmbeddingProjector(CallbackBase):
         n_jobs: int = 1,
         name: str | None = None,
         vectors: bool | int = False,
+        monitor: Sequence[Monitored] | Monitored | None = None,
     ) -> None:
         self.options = ProjectorOptions(
             embedding_key=embedding_key, layers=layers,
@@ -140,6 +149,7 @@ class EmbeddingProjector(CallbackBase):
             background=background, max_queued_epochs=max_queued_epochs, output_dir=output_dir,
             max_text_length=max_text_length, seed=seed, n_jobs=n_jobs, name=name,
             vectors=vectors,
+            monitor=monitor,
         )
         self.settings = ReduceSettings(
             list(self.options.reducers), n_components, float(perplexity), seed
@@ -319,12 +329,16 @@ class EmbeddingProjector(CallbackBase):
         collector, self._collector = self._collector, None
         if collector is not None:
             collector.check()  # in the sanity check too: a bad mask fails before training
-        if collector is None or trainer.sanity_checking or self._run is None:
+        if trainer.sanity_checking or self._run is None:
+            return
+        if collector is None:  # not projected: the monitored values stay what they were
+            self._log_monitored(pl_module, {})
             return
         identity = self._run.identity
         if self.runs.is_zero:
             _warn_left_out(self.warn, collector, identity)
         samples = collector.samples()
+        monitored: dict[str, dict[str, float]] = {}
         for name in self.options.set_names:
             sample = gather_samples(
                 samples.get(name), self.options.max_samples, strategy=trainer.strategy
@@ -332,6 +346,10 @@ class EmbeddingProjector(CallbackBase):
             if not self.runs.is_zero:
                 continue
             if sample is not None and len(sample) > 0:
+                if self.options.monitor:
+                    values = self._compute_monitored(sample, pl_module, identity)
+                    if values is not None:
+                        monitored[name] = values
                 self.runs.submit(sample, identity)
             else:
                 left_out = collector.nonfinite + collector.overflow
@@ -340,6 +358,25 @@ class EmbeddingProjector(CallbackBase):
                                  "no tracked rows")
         if self.runs.is_zero:
             self.runs.append_ledgers(identity.val_index)
+        if self.options.monitor:
+            if strategy_world(trainer.strategy)[1] > 1:  # rank zero computed: one value for all
+                monitored = trainer.strategy.broadcast(monitored, src=0)
+            self._log_monitored(pl_module, monitored)
+
+    def _compute_monitored(
+        self, sample: Any, pl_module: Any, identity: RunIdentity
+    ) -> dict[str, float] | None:
+        """The ``monitor`` metrics of a gathered sample; None (one warning) when they fail."""
+        return guarded(self.warn, "monitor", f"computing the monitor metrics "
+                       f"{self.options.monitor} of {sample.name!r} at validation run "
+                       f"{identity.val_index} (their last values are logged instead)",
+                       lambda: compute_monitored(sample, self.options.monitor,
+                                                 getattr(pl_module, "device", None)))
+
+    def _log_monitored(self, pl_module: Any, values: Mapping[str, Mapping[str, float]]) -> None:
+        if self.options.monitor:
+            log_monitored(pl_module, self.options.set_names, self.options.monitor, values,
+                          self.chain.monitored)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait for the background work queued so far (True when all of it is done)."""

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lightning_embproj.evolve.lineage import check_thresholds
+from lightning_embproj.metrics.monitor import LABEL_METRICS, MONITOR_METRICS
 from lightning_embproj.reduce.dispatch import REDUCERS as KNOWN_REDUCERS  # the one list of names
 from lightning_embproj.sinks.columns import MAX_VECTOR_DIMS, VECTOR_COLUMN, generated_column
 
@@ -78,6 +79,40 @@ def _layer_keys(value: Any) -> dict[str, Key | None]:
     return keys
 
 
+def _monitor(value: Any, label_key: Key | None) -> list[str]:
+    """``monitor`` as a list of distinct metric names the training thread can compute.
+
+    Example:
+        >>> _monitor("rankme", None)
+        ['rankme']
+        >>> _monitor(["knn_accuracy"], None)
+        Traceback (most recent call last):
+        ...
+        ValueError: monitor: ['knn_accuracy'] need labels: set label_key (or monitor ...
+    """
+    names = _as_list(value, "monitor")
+    unknown = [m for m in names if m not in MONITOR_METRICS]
+    if unknown:
+        later = [m for m in unknown if isinstance(m, str) and (
+            m in ("drift/knn_overlap", "cka_previous", "clusters/count", "clusters/noise_fraction",
+                  "clusters/ari_previous", "clusters/nmi_labels")
+            or m.split("/")[-1] in ("trustworthiness", "displacement", "stability"))]
+        why = (f" ({later} are computed in the background only, after the run: they need a "
+               f"previous run or a layout, and are logged to W&B and metrics.jsonl, not to "
+               f"callback_metrics)" if later else "")
+        raise ValueError(
+            f"monitor must be a list drawn from {list(MONITOR_METRICS)} (names as in the "
+            f"README's Metrics table), got {names!r}{why}"
+        )
+    needs = [m for m in dict.fromkeys(names) if m in LABEL_METRICS]
+    if needs and label_key is None:
+        raise ValueError(
+            f"monitor: {needs} need labels: set label_key (or monitor only label-free metrics "
+            f"such as 'rankme' and 'uniformity'), got label_key=None"
+        )
+    return list(dict.fromkeys(names))
+
+
 def _positive_int(value: Any, option: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{option} must be a positive integer, got {value!r}")
@@ -115,6 +150,7 @@ class ProjectorOptions:
     n_jobs: int = 1
     name: str | None = None
     vectors: Any = False
+    monitor: Any = None
 
     layer_keys: dict[str, Key | None] = field(default_factory=dict, init=False, repr=False)
 
@@ -185,6 +221,7 @@ class ProjectorOptions:
             )
         self.max_text_length = _positive_int(self.max_text_length, "max_text_length")
         self.n_jobs = _positive_int(self.n_jobs, "n_jobs")
+        self.monitor = _monitor(self.monitor, self.label_key)
         self.vectors = self._vector_dims(self.vectors)
 
     def _vector_dims(self, value: Any) -> int:

@@ -113,6 +113,10 @@ PARTS: tuple[Part, ...] = (
          "kept while the output root is the same"),
     Part("run_id", ("run_id",), "checkpoint: the id of the training run these runs belong to",
          "restored", "kept", "adopted, so that run's folder is not 'another run'"),
+    Part("monitored", ("monitored",),
+         "checkpoint: the value last logged per `monitor` metric (`embproj/NAME/<metric>`)",
+         "restored: logged again by the runs before the first projected one", "cleared",
+         "ignored"),
     Part("hash version", ("hash_version",), "checkpoint: the id hash the keys were made with",
          "an older one: keys recomputed from the ids, cluster chain restarted", "-", "-"),
 )
@@ -159,6 +163,7 @@ class ChainState:
         self.label: tuple[int, int] | None = None  # (epoch, step) of a checkpoint validated
         self.history: WandbHistory | None = None
         self.view: ViewHistory | None = None
+        self.monitored: dict[str, float] = {}  # key -> the `monitor` value logged last
 
     # -- entry points -------------------------------------------------------------------
     def start_chain(self, stage: str) -> None:
@@ -173,6 +178,7 @@ class ChainState:
             for name, chain in self.clusters.items():
                 self.next_cluster_id[name] = chain.clusters.next_id
             self.pending, self.previous, self.clusters = {}, {}, {}
+            self.monitored = {}
             self.restored_pending, self.resumed_from, self.label = [], None, None
             self.stage = stage
             self.chain_uid = uuid.uuid4().hex
@@ -223,6 +229,7 @@ class ChainState:
             self.wandb_run = str(state.get("wandb_run", ""))
             self.root = str(state.get("root", ""))
             self.resumed_from = self.counter.total
+            self.monitored = {str(k): float(v) for k, v in state.get("monitored", {}).items()}
             self.label = None
             self.stage = "fit"
 
@@ -243,6 +250,7 @@ class ChainState:
                 "wandb_run": self.wandb_run,
                 "root": self.root,
                 "hash_version": HASH_VERSION,
+                "monitored": dict(self.monitored),
             }
 
     # -- runs ---------------------------------------------------------------------------
