@@ -84,6 +84,10 @@ class EmbeddingProjector(CallbackBase):
         n_clusters: k for k-means without labels.
         survive_threshold: fraction of a cluster that must stay together to ``survive``.
         split_threshold: fraction each part must get for a ``split``.
+        cluster_smoothing: clusters that stay put when the data does: k-means starts from
+            the previous run's clusters (kept unless a fresh start is clearly better), HDBSCAN
+            uses a size rule that follows the sample size and leaf selection. ``False``:
+            each run is clustered afresh.
         name: names the embedding set(s): folder ``embproj/<name>/`` and W&B keys
             ``embproj/<name>/...``; with ``layers`` each layer's set is ``<name>_<layer>``.
             Default: the ``embedding_key``, or each layer name. Two projectors in one Trainer
@@ -122,6 +126,7 @@ class EmbeddingProjector(CallbackBase):
         n_clusters: int | None = None,
         survive_threshold: float = 0.7,
         split_threshold: float = 0.3,
+        cluster_smoothing: bool = True,
         pooling: Literal["auto", "flatten", "mean", "first", "last", "max"] = "auto",
         mask_key: Key | None = None,
         image_keys: Sequence[Key] | None = None,
@@ -143,7 +148,7 @@ class EmbeddingProjector(CallbackBase):
             max_samples=max_samples, reducers=reducers, n_components=n_components,
             every_n_epochs=every_n_epochs, every_n_validations=every_n_validations,
             clusters=clusters, n_clusters=n_clusters, survive_threshold=survive_threshold,
-            split_threshold=split_threshold,
+            split_threshold=split_threshold, cluster_smoothing=cluster_smoothing,
             pooling=pooling, mask_key=mask_key, image_keys=image_keys,
             perplexity=perplexity, storage_dtype=storage_dtype,
             background=background, max_queued_epochs=max_queued_epochs, output_dir=output_dir,
@@ -156,7 +161,7 @@ class EmbeddingProjector(CallbackBase):
         )
         self.evolve_settings = EvolveSettings(
             self.options.clusters, self.options.n_clusters, float(survive_threshold),
-            float(split_threshold), seed,
+            float(split_threshold), seed, self.options.cluster_smoothing,
         )
         self.warn = WarnOnce()
         self.chain = ChainState()

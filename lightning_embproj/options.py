@@ -137,6 +137,7 @@ class ProjectorOptions:
     n_clusters: int | None = None
     survive_threshold: float = 0.7
     split_threshold: float = 0.3
+    cluster_smoothing: bool = True
     pooling: str = "auto"
     mask_key: Key | None = None
     image_keys: Any = None
@@ -203,6 +204,12 @@ class ProjectorOptions:
         self.survive_threshold, self.split_threshold = check_thresholds(
             self.survive_threshold, self.split_threshold
         )
+        if not isinstance(self.cluster_smoothing, bool):
+            raise ValueError(
+                f"cluster_smoothing must be True (k-means seeded from the previous run's "
+                f"clusters, a stable HDBSCAN) or False (each run clustered afresh), got "
+                f"{self.cluster_smoothing!r}"
+            )
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {list(POOLINGS)}, got {self.pooling!r}")
         _check_key(self.mask_key, "mask_key")

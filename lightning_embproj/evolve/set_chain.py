@@ -52,13 +52,16 @@ CLUSTER_METHODS = ("kmeans", "hdbscan")
 
 @dataclass
 class EvolveSettings:
-    """``clusters``: ``"kmeans"``, ``"hdbscan"`` or None (no clusters, no lineage)."""
+    """``clusters``: ``"kmeans"``, ``"hdbscan"`` or None (no clusters, no lineage);
+    ``smoothing``: temporal smoothing of the clustering (``cluster_points(smoothing=...)``;
+    k-means seeded from the previous run's clusters, kept in the chain)."""
 
     clusters: str | None = "kmeans"
     n_clusters: int | None = None
     survive_threshold: float = 0.7
     split_threshold: float = 0.3
     seed: int = 0
+    smoothing: bool = True
 
 
 @dataclass
@@ -159,14 +162,17 @@ def evolve(
 
 
 def _clusters(sample: EpochSample, out: Evolved, settings: EvolveSettings) -> bool:
-    raw = cluster_points(
-        np.asarray(sample.embeddings, dtype=np.float32), method=str(settings.clusters),
-        n_clusters=settings.n_clusters, labels=sample.labels, seed=settings.seed,
-        keys=sample.keys, check_input=False,
-    )
     chain = out.chain.clusters
     prev_keys, prev_ids = chain.prev_keys, chain.prev_ids
     first = prev_keys.size == 0
+    # The previous run's ids come from the cluster chain (already checkpointed state): the
+    # same ids as the previous run's ``cluster`` column, always integers.
+    raw = cluster_points(
+        np.asarray(sample.embeddings, dtype=np.float32), method=str(settings.clusters),
+        n_clusters=settings.n_clusters, labels=sample.labels, seed=settings.seed,
+        keys=sample.keys, smoothing=settings.smoothing,
+        previous=None if first else (prev_keys, prev_ids), check_input=False,
+    )
     step = chain.update(sample.keys, raw, settings.survive_threshold, settings.split_threshold,
                         check_input=False)
     out.clusters = step.ids
