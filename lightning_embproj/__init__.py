@@ -12,6 +12,8 @@ from lightning_embproj.readers import (
     read_ledger,
     read_lineage,
     read_metrics,
+    read_movers,
+    read_per_label,
     read_projections,
 )
 from lightning_embproj.results import EpochSample, Projection, RunIdentity, RunResult
@@ -21,7 +23,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EmbeddingProjector", "EpochSample", "Projection", "RunIdentity", "RunResult",
-    "list_validations", "read_ledger", "read_lineage", "read_metrics", "read_projections",
+    "list_validations", "read_ledger", "read_lineage", "read_metrics", "read_movers",
+    "read_per_label", "read_projections",
 ]
 __version__ = "0.2.0.dev0"
 
