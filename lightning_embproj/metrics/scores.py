@@ -13,8 +13,8 @@ Metrics are NaN only when undefined: silhouette with fewer than 2 labels (or few
 points, or as many labels as points), any kNN metric with fewer than 2 points,
 trustworthiness with fewer than 3 points, drift with fewer than 2 tracked points shared by
 the two epochs, ``R/motion_explained`` with fewer than 3 shared points or when nothing moved
-(or everything moved alike) in the embedding or in the layout. ``k`` shrinks to what ``N`` allows (``N - 1``; for trustworthiness below
-``N / 2``, as scikit-learn requires).
+(or everything moved alike) in the embedding or in the layout. ``k`` shrinks to what ``N``
+allows (``N - 1``; for trustworthiness below ``N / 2``, as scikit-learn requires).
 
 Example:
     >>> rng = np.random.default_rng(0)

@@ -345,11 +345,13 @@ def test_render_draws_an_image_without_pyplot_figures():
 def test_fixed_columns_fill_a_missing_reducer_with_none():
     p = _without(_projections(1, n=40)[0], "tsne")
     cols = fixed_columns(p, ["pca", "tsne"], 2)
-    assert list(cols)[-4:] == ["pca_x", "pca_y", "tsne_x", "tsne_y"]
+    assert list(cols)[-7:] == ["pca_x", "pca_y", "tsne_x", "tsne_y", "knn_kept", "pca_moved",
+                               "tsne_moved"]
     assert cols["tsne_x"] == [None] * 40 and all(isinstance(v, float) for v in cols["pca_y"])
+    assert cols["tsne_moved"] == [None] * 40
     # the configured order, whatever order the layouts came in
-    assert list(fixed_columns(p, ["tsne", "pca"], 2))[-4:] == ["tsne_x", "tsne_y", "pca_x",
-                                                                "pca_y"]
+    assert list(fixed_columns(p, ["tsne", "pca"], 2))[-7:] == [
+        "tsne_x", "tsne_y", "pca_x", "pca_y", "knn_kept", "tsne_moved", "pca_moved"]
 
 
 def test_evolution_history_keys_runs_not_epochs():
