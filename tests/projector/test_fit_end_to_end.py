@@ -240,7 +240,7 @@ def test_every_n_epochs_and_3d(tmp_path, wandb_offline):
     wandb.finish()
     tables = wandb_tables(wandb_offline, "embproj/embeddings")
     assert [t["data"][0][1] for t in tables] == [0, 2]
-    assert tables[0]["columns"][-3:] == ["pca_x", "pca_y", "pca_z"]
+    assert tables[0]["columns"][-5:] == ["pca_x", "pca_y", "pca_z", "knn_kept", "pca_moved"]
     clouds = glob.glob(os.path.join(str(wandb_offline), "**", "offline-run-*", "files", "media",
                                     "object3D", "embproj", "embeddings", "pca_3d_*.pts.json"),
                        recursive=True)
