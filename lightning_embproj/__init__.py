@@ -13,6 +13,8 @@ from lightning_embproj.readers import (
     read_ledger,
     read_lineage,
     read_metrics,
+    read_movers,
+    read_per_label,
     read_projections,
 )
 from lightning_embproj.report.notebook import show
@@ -24,7 +26,7 @@ if TYPE_CHECKING:
 __all__ = [
     "EmbeddingProjector", "EpochSample", "Projection", "RunIdentity", "RunResult",
     "find_run", "list_validations", "read_ledger", "read_lineage", "read_metrics",
-    "read_projections", "show",
+    "read_movers", "read_per_label", "read_projections", "show",
 ]
 __version__ = "0.2.0.dev0"
 

@@ -17,11 +17,14 @@ Example:
     ...                 rng.normal(size=(60, 8)).astype(np.float32), labels=np.arange(60) % 3)
     >>> stages = Stages(ReduceSettings(["pca"]), EvolveSettings(n_clusters=3))
     >>> result, chain = process_run(s, RunIdentity(0, epoch=0, step=10), None, SetChain(), stages)
-    >>> list(result.columns)
-    ['sample_id', 'epoch', 'step', 'val_index', 'label', 'cluster', 'pca_x', 'pca_y']
+    >>> list(result.columns)  # doctest: +NORMALIZE_WHITESPACE
+    ['sample_id', 'epoch', 'step', 'val_index', 'label', 'cluster', 'pca_x', 'pca_y',
+     'knn_kept', 'pca_moved']
     >>> later, _ = process_run(s, RunIdentity(1, epoch=1, step=20), result, chain, stages)
     >>> later.metrics["drift/knn_overlap"], later.lineage[0]["event"]
     (1.0, 'survive')
+    >>> set(later.columns["knn_kept"]), set(later.columns["pca_moved"])
+    ({1.0}, {0.0})
 """
 
 from __future__ import annotations
@@ -32,12 +35,10 @@ from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, cast
 
-import numpy as np
-
 from lightning_embproj import checks
 from lightning_embproj.chain.owner import ChainState
 from lightning_embproj.evolve.set_chain import EvolveSettings, SetChain, evolve
-from lightning_embproj.metrics.scores import movers, score_run
+from lightning_embproj.metrics.scores import RunScores, movers, score_run
 from lightning_embproj.options import ProjectorOptions
 from lightning_embproj.reduce.dispatch import Threads
 from lightning_embproj.reduce.project import ReduceSettings, reduce_layouts
@@ -67,21 +68,21 @@ class Stages:
 
 
 def score(current: Projection, previous: Projection | None, device: str | None = None,
-          warn: Warn = _no_warn) -> tuple[dict[str, float], np.ndarray | None, Any]:
-    """The score stage: metrics, the run's kNN and movers of ``current`` (each None / empty
-    with one warning when it fails). The kNN come from the metrics' distance pass and are
-    handed on: the movers, the per-label table and the next run's drift reuse them."""
-    metrics: dict[str, float] = {}
-    knn = None
+          warn: Warn = _no_warn) -> tuple[RunScores, Any]:
+    """The score stage: metrics, the run's kNN, each point's motion, and the movers of
+    ``current`` (each None / empty with one warning when it fails). The kNN come from the
+    metrics' distance pass and are handed on: the movers, the per-label table and the next
+    run's drift reuse them; the movers rank by the ``knn_kept`` column's values."""
+    scores = RunScores({}, None)
     try:
-        metrics, knn = score_run(current, previous, device=device)
+        scores = score_run(current, previous, device=device)
     except Exception as err:  # noqa: BLE001 - the layouts are still worth writing
         warn(f"score:{type(err).__name__}", f"metrics failed at epoch {current.epoch} for "
              f"{current.name!r} ({type(err).__name__}: {err})")
-    known = replace(current, knn=knn)
+    known = replace(current, knn=scores.knn)
     found = guarded(warn, "movers", "the movers table",
-                    lambda: movers(known, previous, device=device))
-    return metrics, knn, found
+                    lambda: movers(known, previous, device=device, kept=scores.knn_kept))
+    return scores, found
 
 
 def process_run(
@@ -98,13 +99,13 @@ def process_run(
     layouts = reduce_layouts(sample, previous, stages.reduce, warn, n_jobs=n_jobs,
                              epoch=identity.epoch, check_input=False)
     current = Projection(sample, identity.epoch, identity.step, layouts)
-    metrics, knn, found = score(current, previous, stages.device, warn)
-    current = replace(current, knn=knn)
+    scores, found = score(current, previous, stages.device, warn)
+    current = replace(current, knn=scores.knn)
     evolved = evolve(current, previous, chain, stages.evolve, warn, identity.val_index)
     result = run_result(
-        sample, identity, layouts, metrics={**metrics, **evolved.metrics},
+        sample, identity, layouts, metrics={**scores.metrics, **evolved.metrics},
         clusters=evolved.clusters, lineage=evolved.lineage, per_label=evolved.per_label,
-        movers=found, knn=knn,
+        movers=found, knn=scores.knn, knn_kept=scores.knn_kept, moved=scores.moved,
     )
     return result, evolved.chain
 

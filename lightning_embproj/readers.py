@@ -1,4 +1,5 @@
-"""Read the local files back: every projected run, the metrics, the lineage, the ledger.
+"""Read the local files back: every projected run, the metrics, the lineage, the movers, the
+per-label tables, the ledger.
 
 Each reader takes a log dir (holding ``embproj/``), its ``embproj`` folder, one set's folder,
 or any folder above a run (a W&B ``save_dir``: the files are in
@@ -21,10 +22,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from lightning_embproj.sinks.columns import MOVER_COLUMNS
 from lightning_embproj.sinks.local import (
     LINEAGE_COLUMNS,
     LINEAGE_FILE,
     METRICS_FILE,
+    MOVERS_FILE,
+    PER_LABEL_FILE,
+    RUN_KEYS,
     SUBDIR,
     read_jsonl,
     read_schema,
@@ -44,7 +49,7 @@ def read_lineage(path: str | os.PathLike[str], name: str | None = None, *,
     """
     import pandas as pd
 
-    file = _resolve(path, name, latest) / LINEAGE_FILE
+    file = find_set(path, name, latest=latest) / LINEAGE_FILE
     if not file.exists():
         return pd.DataFrame({c: [] for c in LINEAGE_COLUMNS})
     return pd.read_csv(file, dtype={"event": str, "from_clusters": str}, keep_default_na=False,
@@ -135,9 +140,16 @@ def find_run(path: str | os.PathLike[str], latest: bool = False) -> Path:
         f"(--latest on the command line) for the newest")
 
 
-def _resolve(path: str | os.PathLike[str], name: str | None, latest: bool = False) -> Path:
-    """Accept a log dir (holding ``embproj/``), an ``embproj`` dir, one set's folder, or a
-    folder above one run (several: ``latest`` or an error, see :func:`find_run`)."""
+def find_set(path: str | os.PathLike[str], name: str | None = None, *,
+             latest: bool = False) -> Path:
+    """The folder of one embedding set: ``path`` may be a log dir (holding ``embproj/``), an
+    ``embproj`` dir, one set's folder, or a folder above one run (several: ``latest`` or an
+    error, see :func:`find_run`); ``name`` picks the set when there are several.
+
+    Example:
+        >>> find_set("lightning_logs/version_0", "embeddings")          # doctest: +SKIP
+        PosixPath('lightning_logs/version_0/embproj/embeddings')
+    """
     p = find_run(path, latest)
     if _is_set_folder(p):
         return p
@@ -177,7 +189,7 @@ def list_validations(
         >>> list_validations("lightning_logs/version_0")             # doctest: +SKIP
         [(0, 0, 25), (1, 0, 50), (2, 1, 75)]
     """
-    return list(run_files(_resolve(path, name, latest)))
+    return list(run_files(find_set(path, name, latest=latest)))
 
 
 def list_epochs(path: str | os.PathLike[str], name: str | None = None, *,
@@ -215,7 +227,7 @@ def read_projections(
     """
     import pandas as pd
 
-    folder = _resolve(path, name, latest)
+    folder = find_set(path, name, latest=latest)
     files = run_files(folder)
     if epochs is not None:
         wanted_epochs = {int(e) for e in epochs}
@@ -230,22 +242,76 @@ def read_projections(
         )
         raise FileNotFoundError(f"read_projections: no val_*.csv files in {str(folder)!r}{asked}")
     kinds = read_schema(folder)
+    df = pd.concat([_read_table(f, kinds) for f in files.values()], ignore_index=True)
+    return df.sort_values("val_index", kind="stable").reset_index(drop=True)
+
+
+def _read_table(file: Path, kinds: dict[str, str]) -> Any:
+    """One CSV file of this package as a DataFrame, each column of kind ``kinds`` (text
+    columns as written, ``json`` cells parsed; empty number cells NaN)."""
+    import pandas as pd
+
     texts = [c for c, k in kinds.items() if k == "str"]
-    frames = [
-        pd.read_csv(
-            f, dtype={c: str for c in texts}, keep_default_na=False,
-            na_values={c: [""] for c, k in kinds.items() if k != "str"} if kinds else [""],
-        )
-        for f in files.values()
-    ]
-    df = pd.concat(frames, ignore_index=True)
+    df = pd.read_csv(
+        file, dtype={c: str for c in texts}, keep_default_na=False,
+        na_values={c: [""] for c, k in kinds.items() if k != "str"} if kinds else [""],
+    )
     for column in df.columns:
         kind = kinds.get(column)
         if kind == "str":
             df[column] = df[column].map(_unescape)
         elif kind == "json":
             df[column] = df[column].map(lambda v: json.loads(v) if isinstance(v, str) else v)
+    return df
+
+
+def _read_run_table(path: str | os.PathLike[str], name: str | None, file_name: str,
+                    first: tuple[str, ...], kinds: dict[str, str], latest: bool) -> Any:
+    import pandas as pd
+
+    folder = find_set(path, name, latest=latest)
+    file = folder / file_name
+    if not file.exists():
+        return pd.DataFrame({c: [] for c in (*RUN_KEYS, *first)})
+    schema = read_schema(folder)
+    wanted = {c: k for c, k in schema.items() if c not in RUN_KEYS}
+    df = _read_table(file, {**wanted, **{k: "int" for k in RUN_KEYS}, **kinds})
     return df.sort_values("val_index", kind="stable").reset_index(drop=True)
+
+
+def read_movers(path: str | os.PathLike[str], name: str | None = None, *,
+                latest: bool = False) -> Any:
+    """The movers of every run of one set, as logged to W&B (``embproj/NAME/movers``): one
+    row per mover per run, ``val_index``, ``epoch``, ``step``, ``kind`` (``"changed"``: the
+    tracked points that kept the fewest of their k=10 original-space neighbours, lowest
+    ``overlap`` first; ``"mislabelled-neighbourhood"``: points whose neighbours mostly carry
+    another label, highest ``foreign_fraction`` first), ``overlap``, ``foreign_fraction``,
+    then the run's table columns of that point (ids and texts as written). Empty (with the
+    first columns) when no movers were written.
+
+    Example:
+        >>> movers = read_movers("lightning_logs/version_0")             # doctest: +SKIP
+        >>> movers.query("kind == 'changed'").groupby("label").size()    # doctest: +SKIP
+    """
+    return _read_run_table(path, name, MOVERS_FILE, MOVER_COLUMNS,
+                           {"kind": "str", "overlap": "float", "foreign_fraction": "float"},
+                           latest)
+
+
+def read_per_label(path: str | os.PathLike[str], name: str | None = None, *,
+                   latest: bool = False) -> Any:
+    """The per-label table of every run of one set (``embproj/NAME/per_label`` in W&B): one
+    row per label per run, ``val_index``, ``epoch``, ``step``, ``label``, ``count``,
+    ``silhouette``, ``knn_accuracy``, ``centroid_shift``. Empty (with the first columns)
+    without labels.
+
+    Example:
+        >>> read_per_label("lightning_logs/version_0").pivot(
+        ...     index="val_index", columns="label", values="knn_accuracy")  # doctest: +SKIP
+    """
+    numbers = {c: "float" for c in ("silhouette", "knn_accuracy", "centroid_shift")}
+    return _read_run_table(path, name, PER_LABEL_FILE, ("label", "count"),
+                           {"count": "int", **numbers}, latest)
 
 
 def _unescape(value: Any) -> Any:
@@ -266,7 +332,7 @@ def read_ledger(path: str | os.PathLike[str], name: str | None = None, *,
 
     from lightning_embproj.chain.ledger import COLUMNS, read_ledger_file
 
-    rows = read_ledger_file(_resolve(path, name, latest))
+    rows = read_ledger_file(find_set(path, name, latest=latest))
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
     return frame.sort_values("val_index", kind="stable").reset_index(drop=True)
 
@@ -278,7 +344,7 @@ def read_metrics(path: str | os.PathLike[str], name: str | None = None, *,
     (files written before chains were recorded read as chain 0 of a ``fit``)."""
     import pandas as pd
 
-    folder = _resolve(path, name, latest)
+    folder = find_set(path, name, latest=latest)
     rows = [
         {"val_index": e["val_index"], "epoch": e["epoch"], "step": e["step"],
          "chain": e.get("chain", 0), "stage": e.get("stage", "fit"), **e["metrics"]}

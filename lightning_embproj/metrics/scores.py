@@ -12,8 +12,9 @@ entered the pipeline (``checks.sample``); the functions taking plain arrays chec
 Metrics are NaN only when undefined: silhouette with fewer than 2 labels (or fewer than 3
 points, or as many labels as points), any kNN metric with fewer than 2 points,
 trustworthiness with fewer than 3 points, drift with fewer than 2 tracked points shared by
-the two epochs. ``k`` shrinks to what ``N`` allows (``N - 1``; for trustworthiness below
-``N / 2``, as scikit-learn requires).
+the two epochs, ``R/motion_explained`` with fewer than 3 shared points or when nothing moved
+(or everything moved alike) in the embedding or in the layout. ``k`` shrinks to what ``N``
+allows (``N - 1``; for trustworthiness below ``N / 2``, as scikit-learn requires).
 
 Example:
     >>> rng = np.random.default_rng(0)
@@ -26,7 +27,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -41,6 +42,7 @@ from lightning_embproj.metrics.neighbours import (
     scan,
     vote,
 )
+from lightning_embproj.metrics.stability import spearman
 from lightning_embproj.reduce.align import rms_radius
 from lightning_embproj.results import Projection
 
@@ -57,6 +59,11 @@ METRIC_DOCS: dict[str, str] = {
     "original space that it kept since the previous epoch (1 = unchanged).",
     "<reducer>/displacement": "Mean distance tracked points moved in the aligned layout since "
     "the previous epoch, divided by the RMS radius of the previous layout (0 = unchanged).",
+    "<reducer>/motion_explained": "Spearman correlation, over the points tracked in both runs, "
+    "between each point's real motion (1 - knn_kept: the share of its k=10 original-space "
+    "neighbours it lost) and its motion in the aligned layout (R_moved); -1..1, 1 = the points "
+    "that move most in the picture are those whose neighbourhoods changed most; NaN when "
+    "either side is constant (a frozen model) or fewer than 3 points are shared.",
 }
 
 def silhouette(
@@ -158,17 +165,48 @@ def _displacement(P: np.ndarray, L: np.ndarray, normalize: bool = True) -> float
     """:func:`mean_displacement` of two matched layouts of one shape."""
     if P.shape[0] == 0:
         return math.nan
-    raw = float(np.linalg.norm(L.astype(np.float64) - P, axis=1).mean())
-    if not normalize or raw == 0.0:
+    return float(point_displacement(P, L, normalize).mean())
+
+
+def point_displacement(P: np.ndarray, L: np.ndarray, normalize: bool = True) -> np.ndarray:
+    """Per matched row, the distance it moved between two aligned layouts; with ``normalize``
+    divided as :func:`mean_displacement` divides (its mean is ``R/displacement``): the
+    ``R_moved`` column.
+
+    Example:
+        >>> P = np.array([[0.0, 0.0], [2.0, 0.0]])
+        >>> point_displacement(P, P + [[0.0, 0.5], [0.0, 0.0]]).tolist()
+        [0.5, 0.0]
+    """
+    raw = np.linalg.norm(np.asarray(L, dtype=np.float64) - P, axis=1)
+    if not normalize or not raw.any():
         return raw
     return raw / (rms_radius(P) or rms_radius(np.concatenate([P, L])))
 
 
+def motion_explained(kept: np.ndarray, moved: np.ndarray) -> float:
+    """``R/motion_explained``: Spearman correlation of real motion (``1 - kept``) and layout
+    motion (``moved``) over the rows where both are known; -1..1, NaN with fewer than 3 such
+    rows or when either side is constant (nothing moved in the embedding, or in the layout).
+
+    Example:
+        >>> motion_explained(np.array([1.0, 0.8, 0.2, np.nan]), np.array([0.0, 0.1, 0.9, 5.0]))
+        1.0
+    """
+    kept, moved = np.asarray(kept, dtype=np.float64), np.asarray(moved, dtype=np.float64)
+    known = np.isfinite(kept) & np.isfinite(moved)
+    return spearman(1.0 - kept[known], moved[known])
+
+
 class RunScores(NamedTuple):
-    """What :func:`score_run` gives: the metrics, and the run's kNN for whatever reuses it."""
+    """What :func:`score_run` gives: the metrics, the run's kNN for whatever reuses it, and
+    each point's real and apparent motion since the previous run (the ``knn_kept`` and
+    ``R_moved`` columns; NaN for a point new in this run, every point without ``previous``)."""
 
     metrics: dict[str, float]
     knn: np.ndarray | None  # (N, k) original-space neighbours, nearest first (None: N < 2)
+    knn_kept: np.ndarray | None = None  # (N,) share of its k neighbours a point kept
+    moved: Mapping[str, np.ndarray] | None = None  # reducer -> (N,) normalised displacement
 
 
 def _neighbours(
@@ -239,17 +277,20 @@ def score_run(
         )
     for r, t in zip(names, first.trust, strict=True):
         out[f"{r}/trustworthiness"] = t
+    kept = np.full(n, np.nan)
+    moved = {r: np.full(n, np.nan) for r in names}
     if previous is not None:
         ic, ip, ov = _drift_overlap(current, previous, k, device, known=first.knn)
         out["drift/knn_overlap"] = float(ov.mean()) if ic.size >= 2 else math.nan
+        kept[ic] = ov
         for r in names:
             if r in previous.layouts:
-                prev_l = np.asarray(previous.layouts[r])
-                out[f"{r}/displacement"] = (
-                    _displacement(prev_l[ip], np.asarray(current.layouts[r])[ic])
-                    if ic.size else math.nan
-                )
-    return RunScores(out, first.knn)
+                prev_l, now_l = np.asarray(previous.layouts[r]), np.asarray(current.layouts[r])
+                if ic.size:
+                    moved[r][ic] = point_displacement(prev_l[ip], now_l[ic])
+                out[f"{r}/displacement"] = float(moved[r][ic].mean()) if ic.size else math.nan
+                out[f"{r}/motion_explained"] = motion_explained(kept[ic], moved[r][ic])
+    return RunScores(out, first.knn, kept, moved)
 
 
 def epoch_metrics(
@@ -271,7 +312,7 @@ def epoch_metrics(
 
 def movers(
     current: Projection, previous: Projection | None = None, k: int = 10, top: int = 20,
-    device: Device | None = None,
+    device: Device | None = None, kept: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """The points worth a look after an epoch, as parallel arrays of length ``M <= 2 * top``.
 
@@ -283,7 +324,9 @@ def movers(
     rows with the lowest overlap below 1, lowest first. Then the ``top`` rows whose foreign
     fraction exceeds 0.5, highest first. A row can appear once under each kind; ties go to
     the lower index. The kNN of both runs come from ``current.knn`` / ``previous.knn`` when
-    they were kept (:func:`score_run` computes them), else from a distance pass.
+    they were kept (:func:`score_run` computes them), else from a distance pass; ``kept``:
+    the overlap per row when known already (:attr:`RunScores.knn_kept`, the ``knn_kept``
+    column), so the ranking is the column's.
 
     Example:
         >>> from lightning_embproj.results import EpochSample
@@ -295,7 +338,9 @@ def movers(
     X = checks.floats(current.sample.embeddings)
     n = X.shape[0]
     overlap = np.full(n, np.nan)
-    if previous is not None:
+    if previous is not None and kept is not None and len(kept) == n:
+        overlap = np.asarray(kept, dtype=np.float64)
+    elif previous is not None:
         ic, _, ov = _drift_overlap(current, previous, k, device)
         overlap[ic] = ov
     foreign = np.full(n, np.nan)

@@ -22,6 +22,7 @@ import numpy as np
 from lightning_embproj.readers import find_run, list_validations, read_projections
 from lightning_embproj.reduce.align import procrustes_align
 from lightning_embproj.report.compare import find_sets, set_folder
+from lightning_embproj.sinks.columns import motion_columns
 from lightning_embproj.sinks.local import atomic_write_text
 from lightning_embproj.sinks.view import reducers_in
 from lightning_embproj.sinks.view.encode import (
@@ -147,8 +148,14 @@ def _plan(set_name: str, src_a: tuple[Path, str | None], src_b: tuple[Path, str 
 def _metadata(info: Any) -> list[str]:
     """A's metadata columns (texts, numbers, cluster) for the table of changed points."""
     layouts = {f"{r}_{ax}" for r in reducers_in(info) for ax in "xyz"}
-    skip = {*RUN_FIELDS, "sample_id", "dataloader_idx", "label"} | layouts
+    skip = {*RUN_FIELDS, "sample_id", "dataloader_idx", "label"} | layouts | _motion(info)
     return [c for c in info.columns if c not in skip and not c.startswith("_")]
+
+
+def _motion(info: Any) -> set[str]:
+    """The motion columns (``knn_kept``, ``R_moved``): each run's motion within its own
+    chain, which says nothing about two runs compared."""
+    return set(motion_columns(list(reducers_in(info)))) & set(info.columns)
 
 
 def _neighbours(plan: dict[str, Any], r: str, k: int) -> tuple[Any, np.ndarray, int]:
@@ -216,6 +223,7 @@ def _point_table(plan: dict[str, Any], extra: dict[str, np.ndarray]) -> dict[str
 
     a, b, ka, kb, ra = plan["a"], plan["b"], plan["ka"], plan["kb"], plan["ra"]
     meta = pd.concat([a, b[~kb.isin(set(ka))]], ignore_index=True)
+    meta = meta.drop(columns=sorted(_motion(meta)))
     meta["val_index"], meta["epoch"], meta["step"] = 0, ra[1], ra[2]
     keys = point_keys(meta)
     pos = {key: i for i, key in enumerate(plan["universe"])}

@@ -51,14 +51,14 @@ def find_view(path: str | os.PathLike[str], name: str | None = None, *,
     """The ``view.html`` for ``path``: the file itself, a folder holding one (a set's folder,
     or a ``compare`` output's ``<output>/<NAME>/``), or wherever the readers find the set
     (a log dir, a folder above a run: :func:`lightning_embproj.readers.find_run`)."""
-    from lightning_embproj.readers import _resolve
+    from lightning_embproj.readers import find_set
 
     p = Path(path)
     if p.is_file():
         return p
     if (p / VIEW_FILE).is_file():
         return p / VIEW_FILE
-    view = _resolve(p, name, latest) / VIEW_FILE
+    view = find_set(p, name, latest=latest) / VIEW_FILE
     if not view.is_file():
         raise FileNotFoundError(
             f"show: no {VIEW_FILE} in {str(view.parent)!r}: the view is written with the "

@@ -26,6 +26,10 @@ IDENTITY_COLUMNS = ("sample_id", "epoch", "step", "val_index", "dataloader_idx")
 """Which run and which point a row is: the first columns of every table."""
 LABEL_COLUMN = "label"
 CLUSTER_COLUMN = "cluster"
+KNN_KEPT_COLUMN = "knn_kept"
+"""Real motion: the share of a point's k=10 original-space neighbours kept since the previous
+run (empty for a point new in this run, and in a chain's first run)."""
+MOVED_SUFFIX = "_moved"
 MOVER_COLUMNS = ("kind", "overlap", "foreign_fraction")
 """The movers table's own columns, before the run table's columns."""
 INTERNAL_PREFIX = "__"
@@ -41,6 +45,17 @@ def layout_columns(reducer: str, n_components: int) -> list[str]:
     return [f"{reducer}_{axis}" for axis in AXES[:n_components]]
 
 
+def moved_column(reducer: str) -> str:
+    """Apparent motion of a point in one reducer's aligned layout since the previous run:
+    ``R_moved`` (normalised as ``R/displacement``, whose mean over the shared points it is)."""
+    return f"{reducer}{MOVED_SUFFIX}"
+
+
+def motion_columns(reducers: Sequence[str]) -> list[str]:
+    """``knn_kept``, then ``R_moved`` per reducer: the last columns of every table."""
+    return [KNN_KEPT_COLUMN, *(moved_column(r) for r in reducers)]
+
+
 def generated_column(name: str) -> str | None:
     """Which generated column ``name`` is (a phrase for an error), or None when a metadata
     column may use it. Layout columns of every reducer count, chosen or not."""
@@ -52,6 +67,9 @@ def generated_column(name: str) -> str | None:
         return "the cluster column (clusters)"
     if name in {c for r in REDUCERS for c in layout_columns(r, len(AXES))}:
         return f"a layout column (R_x, R_y, R_z of every reducer: {', '.join(REDUCERS)})"
+    if name == KNN_KEPT_COLUMN or name in {moved_column(r) for r in REDUCERS}:
+        return (f"a motion column ({KNN_KEPT_COLUMN}, R{MOVED_SUFFIX} of every reducer: "
+                f"{', '.join(REDUCERS)})")
     if name in MOVER_COLUMNS:
         return f"a column of the movers table ({', '.join(MOVER_COLUMNS)})"
     if name.startswith(INTERNAL_PREFIX):
@@ -68,15 +86,24 @@ def _cell(value: Any) -> Any:
     return value
 
 
+def _motion_cell(value: Any) -> float | None:
+    """A motion cell: a float, or None (empty) where it is not known."""
+    v = float(value)
+    return v if np.isfinite(v) else None
+
+
 def table_columns(sample: EpochSample, identity: RunIdentity, clusters: np.ndarray | None,
-                  layouts: Mapping[str, np.ndarray]) -> dict[str, list[Any]]:
+                  layouts: Mapping[str, np.ndarray], knn_kept: np.ndarray | None = None,
+                  moved: Mapping[str, np.ndarray] | None = None) -> dict[str, list[Any]]:
     """The contract's columns, in order, as plain lists of length N.
 
     ``sample_id``, ``epoch``, ``step``, ``val_index``, ``dataloader_idx`` (with several
     validation dataloaders), each metadata key, ``label`` (when labels are set), ``cluster``
-    (when clusters are computed), then ``R_x``, ``R_y`` (``R_z``) per reducer. Image columns
-    hold uint8 ``(H, W, C)`` arrays. :func:`run_result` calls it once per run; sinks read the
-    result's ``columns``.
+    (when clusters are computed), then ``R_x``, ``R_y`` (``R_z``) per reducer, then the motion
+    columns: ``knn_kept`` and ``R_moved`` per reducer (None where unknown: a new point, a
+    chain's first run, or ``knn_kept`` / ``moved`` not given). Image columns hold uint8
+    ``(H, W, C)`` arrays. :func:`run_result` calls it once per run; sinks read the result's
+    ``columns``.
     """
     n = len(sample)
     sample_id, epoch, step, val_index, dataloader_idx = IDENTITY_COLUMNS
@@ -98,6 +125,12 @@ def table_columns(sample: EpochSample, identity: RunIdentity, clusters: np.ndarr
     for reducer, layout in layouts.items():
         for j, col in enumerate(layout_columns(reducer, layout.shape[1])):
             cols[col] = [float(v) for v in layout[:, j]]
+    empty: list[Any] = [None] * n
+    cols[KNN_KEPT_COLUMN] = empty if knn_kept is None else [_motion_cell(v) for v in knn_kept]
+    for reducer in layouts:
+        values = (moved or {}).get(reducer)
+        cols[moved_column(reducer)] = empty if values is None else [
+            _motion_cell(v) for v in values]
     return cols
 
 
@@ -107,9 +140,12 @@ def run_result(
     lineage: Sequence[Mapping[str, Any]] | None = None,
     per_label: Sequence[Mapping[str, Any]] | None = None,
     movers: Mapping[str, np.ndarray] | None = None, knn: np.ndarray | None = None,
+    knn_kept: np.ndarray | None = None, moved: Mapping[str, np.ndarray] | None = None,
 ) -> RunResult:
     """The frozen :class:`~lightning_embproj.results.RunResult` of one run, its contract
-    columns computed here, once, for every sink.
+    columns computed here, once, for every sink. ``knn_kept`` and ``moved`` (reducer ->
+    per-point displacement): the run's motion since the previous run
+    (:class:`~lightning_embproj.metrics.scores.RunScores`), the motion columns' values.
 
     Example:
         >>> from lightning_embproj.results import EpochSample, RunIdentity
@@ -129,7 +165,7 @@ def run_result(
         sample, identity.epoch, identity.step, layouts, knn, val_index=identity.val_index,
         chain=identity.chain, stage=identity.stage, metrics=dict(metrics or {}),
         clusters=clusters, lineage=lineage, per_label=per_label, movers=movers,
-        columns=table_columns(sample, identity, clusters, layouts),
+        columns=table_columns(sample, identity, clusters, layouts, knn_kept, moved),
         image_columns=tuple(sample.image_columns()),
     )
 

@@ -12,6 +12,12 @@ Layout under ``<root>/embproj/<NAME>/``:
   (projected, not selected, dropped, empty, failed, interrupted; :func:`read_ledger`).
 - ``schema.json``: the kind of each column (``str``, ``int``, ``float``, ``bool``, ``json``), so
   :func:`read_projections` returns ids and texts as written: ``"000123"`` stays a string.
+- ``movers.csv``: every run's movers (``val_index``, ``epoch``, ``step``, then the movers
+  table's columns: ``kind``, ``overlap``, ``foreign_fraction`` and the run's table columns
+  of those points); ``per_label.csv``: every run's per-label rows (``val_index``, ``epoch``,
+  ``step``, ``label``, ``count``, ...). One file each per set, a run's rows replaced when it
+  is written again (after a resume), as ``metrics.jsonl`` and ``lineage.csv``; read back by
+  :func:`read_movers` / :func:`read_per_label`.
 
 Text cells that a spreadsheet would run as a formula (starting with ``=``, ``+``, ``-``, ``@``,
 tab or CR) are written with a leading ``'`` (as OWASP advises for CSV files); so is a text that
@@ -34,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning_embproj.results import RunResult
+from lightning_embproj.sinks.columns import mover_columns
 
 SUBDIR = "embproj"
 RUN_FILE = "val_{val_index:04d}_epoch_{epoch:04d}_step_{step}.csv"
@@ -43,6 +50,11 @@ LINEAGE_FILE = "lineage.csv"
 LINEAGE_COLUMNS = (
     "val_index", "epoch", "step", "cluster", "event", "from_clusters", "size", "overlap",
 )
+MOVERS_FILE = "movers.csv"
+PER_LABEL_FILE = "per_label.csv"
+RUN_TABLES = (LINEAGE_FILE, MOVERS_FILE, PER_LABEL_FILE)
+"""The files holding rows of every run, ``val_index`` first: a forgotten run leaves them all."""
+RUN_KEYS = ("val_index", "epoch", "step")
 _RUN_RE = re.compile(r"val_(\d+)_epoch_(\d+)_step_(\d+)\.csv")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
 
@@ -90,6 +102,8 @@ def column_kind(values: list[Any]) -> str:
         ('str', 'int', 'float')
     """
     present = [v for v in values if v is not None]
+    if not present:
+        return "float"  # nothing known yet (a first run's motion): numbers, empty
     if any(isinstance(v, str) for v in present):
         return "str"
     if any(isinstance(v, (list, tuple, dict)) for v in present):
@@ -128,7 +142,60 @@ def write_projection(root: str | os.PathLike[str], projection: RunResult) -> Pat
     _write_metrics(folder, projection)
     if projection.lineage is not None:
         _write_lineage(folder, projection)
+    _write_movers(folder, projection, kinds)
+    _write_per_label(folder, projection)
     return path
+
+
+def _write_movers(folder: Path, projection: RunResult, kinds: dict[str, str]) -> None:
+    """This run's movers into ``movers.csv`` (images left out; cells as in the run's CSV)."""
+    cols = mover_columns(projection, projection.table(images=False))
+    n = len(cols.get("kind", []))
+    keys = {k: [getattr(projection, k)] * n for k in RUN_KEYS}
+    rows = [{name: _row_cell(values[i], kinds.get(name, "float"))
+             for name, values in {**keys, **cols}.items()} for i in range(n)]
+    replace_run_rows(folder / MOVERS_FILE, projection.val_index, [*keys, *cols], rows)
+
+
+def _write_per_label(folder: Path, projection: RunResult) -> None:
+    """This run's per-label rows into ``per_label.csv``."""
+    table = list(projection.per_label or [])
+    names = list(table[0]) if table else []
+    keys = {k: getattr(projection, k) for k in RUN_KEYS}
+    rows = [{**keys, **{c: _row_cell(r[c], "str" if c == "label" else "float")
+                        for c in names}} for r in table]
+    replace_run_rows(folder / PER_LABEL_FILE, projection.val_index, [*keys, *names], rows)
+
+
+def _row_cell(value: Any, kind: str) -> Any:
+    """A cell of ``movers.csv`` / ``per_label.csv``: as in a run's CSV, NaN left empty."""
+    if isinstance(value, float) and value != value:
+        return ""
+    return _csv_cell(value, kind)
+
+
+def replace_run_rows(path: Path, val_index: int, columns: list[str],
+                     rows: list[dict[str, Any]]) -> None:
+    """Rewrite the run table ``path`` (``val_index`` first) with run ``val_index``'s rows
+    replaced by ``rows`` (none: removed), sorted by run, atomically. Columns are the file's,
+    then any new ones (a later run's columns widen the file; missing cells are empty). A file
+    that does not exist is written only when there are rows."""
+    header: list[str] = []
+    kept: list[dict[str, Any]] = []
+    if path.exists():
+        with open(path, encoding="utf-8", newline="") as fh:
+            reader = csv.DictReader(fh)
+            header = list(reader.fieldnames or [])
+            kept = [r for r in reader if r.get("val_index") != str(val_index)]
+    elif not rows:
+        return
+    header += [c for c in dict.fromkeys(columns) if c not in header]
+    body = sorted([*kept, *rows], key=lambda r: int(r["val_index"]))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=header, restval="", extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(body)
+    atomic_write_text(path, buf.getvalue())
 
 
 def _write_lineage(folder: Path, projection: RunResult) -> None:
@@ -221,9 +288,9 @@ def run_files(folder: Path) -> dict[tuple[int, int, int], Path]:
 
 def forget_runs(root: str | os.PathLike[str], name: str, runs: set[int]) -> None:
     """Remove one set's files of the runs ``runs`` (``val_index``): their CSV files and their
-    lines in ``metrics.jsonl`` and ``lineage.csv``. A fit resumed from a checkpoint performs
-    the runs after it again under the same ``val_index``: the interrupted process's files of
-    those runs must not stay beside the new ones."""
+    lines in ``metrics.jsonl``, ``lineage.csv``, ``movers.csv`` and ``per_label.csv``. A fit
+    resumed from a checkpoint performs the runs after it again under the same ``val_index``:
+    the interrupted process's files of those runs must not stay beside the new ones."""
     folder = set_dir(root, name)
     if not folder.is_dir() or not runs:
         return
@@ -234,8 +301,9 @@ def forget_runs(root: str | os.PathLike[str], name: str, runs: set[int]) -> None
     kept = [e for e in entries if int(e["val_index"]) not in runs]
     if len(kept) != len(entries):
         atomic_write_text(folder / METRICS_FILE, "".join(json.dumps(e) + "\n" for e in kept))
-    path = folder / LINEAGE_FILE
-    if path.exists():
+    for path in (folder / f for f in RUN_TABLES):
+        if not path.exists():
+            continue
         with open(path, encoding="utf-8", newline="") as fh:
             rows = list(csv.reader(fh))
         body = [r for r in rows[1:] if r and int(r[0]) not in runs]

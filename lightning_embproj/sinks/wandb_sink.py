@@ -32,6 +32,7 @@ from lightning_embproj.sinks import palette
 from lightning_embproj.sinks.columns import (
     VECTOR_COLUMN,
     layout_columns,
+    motion_columns,
     mover_columns,
     vector_cells,
 )
@@ -98,8 +99,8 @@ def fixed_columns(
     """The run's contract columns with a fixed set of layout columns.
 
     The columns of every reducer in ``reducers`` (then of any other layout the run has) come
-    last, ``None`` cells where the run lacks that layout, so every run of a set has the same
-    columns.
+    last, then the motion columns (``knn_kept``, ``R_moved`` per reducer), ``None`` cells
+    where the run lacks that layout, so every run of a set has the same columns.
 
     Example:
         >>> fixed_columns(result, ["pca", "tsne"])["tsne_x"]   # doctest: +SKIP
@@ -114,7 +115,8 @@ def fixed_columns(
         dims = layout.shape[1] if layout is not None else n_components
         for col in layout_columns(reducer, dims):
             layout_cols[col] = cols.pop(col, []) or [None] * n
-    return {**cols, **layout_cols}
+    motion = {col: cols.pop(col, []) or [None] * n for col in motion_columns(names)}
+    return {**cols, **layout_cols, **motion}
 
 
 def installed_row_limit() -> int:

@@ -32,6 +32,8 @@ from lightning_embproj import (
     read_ledger,
     read_lineage,
     read_metrics,
+    read_movers,
+    read_per_label,
 )
 from lightning_embproj.runtime.warn import ProjectorWarning
 
@@ -92,6 +94,14 @@ def assert_each_projected_run_once(root: Any) -> None:
     assert metric_runs(root) == projected
     lineage = read_lineage(root)
     assert sorted(set(lineage["val_index"])) == projected
+    # movers.csv and per_label.csv: a run's rows once (a rerun after a resume replaced them)
+    per_label = read_per_label(root)
+    if len(per_label):
+        assert sorted(set(per_label["val_index"])) == projected
+        assert not per_label.duplicated(["val_index", "label"]).any()
+    movers = read_movers(root)
+    assert set(movers["val_index"]) <= set(projected)
+    assert not movers.duplicated(["val_index", "kind", "sample_id"]).any()
 
 
 # -- finding 1: runs skipped by the queue policy --------------------------------------------

@@ -19,8 +19,10 @@ from lightning_embproj.metrics.scores import (
     epoch_metrics,
     knn_accuracy,
     mean_displacement,
+    motion_explained,
     movers,
     neighbourhood_overlap,
+    score_run,
     silhouette,
     trustworthiness,
 )
@@ -99,6 +101,8 @@ def test_zero_variance_embeddings_give_finite_metrics():
     y = np.arange(40) % 2
     p = proj(X, labels=y, layouts={"pca": np.zeros((40, 2))})
     m = epoch_metrics(p, p)
+    # nothing moved on either side: a correlation of motions is undefined, and only it
+    assert np.isnan(m.pop("pca/motion_explained"))
     assert all(np.isfinite(v) for v in m.values()), m
     assert m["silhouette"] == 0.0 and m["pca/displacement"] == 0.0
 
@@ -268,7 +272,7 @@ def test_torch_pass_gives_the_numpy_results(monkeypatch, dtype, n_cls):
     assert sorted(by_torch) == sorted(by_numpy)
     tol = 1e-12 if dtype == np.float64 else 1e-5
     for name, value in by_numpy.items():
-        assert by_torch[name] == pytest.approx(value, abs=tol), name
+        assert by_torch[name] == pytest.approx(value, abs=tol, nan_ok=True), name
     assert 0.2 < by_numpy["silhouette"] < 0.9 or n_cls == 90  # the scores say something
     assert (knn_torch == knn_numpy).mean() > (0.999 if dtype == np.float64 else 0.99)
     assert movers(cur, prev, device="cpu")["index"].tolist() == movers(cur, prev)["index"].tolist()
@@ -328,3 +332,34 @@ def test_a_full_accelerator_falls_back_to_the_host_pass(monkeypatch):
 
     monkeypatch.setattr(neighbours, "_pass_torch", full)
     assert epoch_metrics(p, p, device="cuda") == expected
+
+
+# -- real vs apparent motion per point ---------------------------------------------------------
+def test_motion_per_point_matches_the_run_metrics_and_the_movers():
+    rng = np.random.default_rng(3)
+    X, y, _ = blobs(60, 3, 8, spread=4.0)
+    moved = X.copy()
+    moved[:10] += rng.normal(size=(10, X.shape[1])) * 5  # ten points get new neighbours
+    pca = PCA(2).fit(X)  # one projection for both runs: aligned by construction
+    prev = proj(X, labels=y, layouts={"pca": pca.transform(X)})
+    cur = proj(moved, labels=y, layouts={"pca": pca.transform(moved)})
+    scores = score_run(cur, prev)
+    assert scores.knn_kept.shape == (len(X),) and scores.moved["pca"].shape == (len(X),)
+    assert scores.knn_kept.mean() == pytest.approx(scores.metrics["drift/knn_overlap"])
+    assert scores.moved["pca"].mean() == pytest.approx(scores.metrics["pca/displacement"])
+    assert (1 - scores.knn_kept[:10]).mean() > 3 * (1 - scores.knn_kept[10:]).mean()
+    assert 0 < scores.metrics["pca/motion_explained"] <= 1
+    # the movers rank by the same values, given or computed
+    given = movers(cur, prev, kept=scores.knn_kept)
+    assert given["index"].tolist() == movers(cur, prev)["index"].tolist()
+    # without a previous run: nothing known
+    first = score_run(cur)
+    assert np.isnan(first.knn_kept).all() and np.isnan(first.moved["pca"]).all()
+
+
+def test_motion_explained_is_undefined_when_one_side_is_constant():
+    kept = np.array([1.0, 0.5, 0.2, 0.9])
+    assert motion_explained(kept, np.array([0.0, 1.0, 2.0, 0.1])) == pytest.approx(1.0)
+    assert np.isnan(motion_explained(np.ones(4), np.array([0.0, 1.0, 2.0, 0.1])))
+    assert np.isnan(motion_explained(kept, np.zeros(4)))
+    assert np.isnan(motion_explained(kept[:2], np.array([0.0, 1.0])))  # fewer than 3 points

@@ -351,6 +351,7 @@ def test_constructor_refuses_nonsense(kwargs, match):
         ("umap_z", "a layout column"),  # every known reducer, chosen or not, 2-D or 3-D
         ("kind", "a column of the movers table"), ("overlap", "a column of the movers table"),
         ("foreign_fraction", "a column of the movers table"),
+        ("knn_kept", "a motion column"), ("umap_moved", "a motion column"),
         ("sample_id", "an identity column"), ("val_index", "an identity column"),
         ("dataloader_idx", "an identity column"), ("cluster", "the cluster column"),
         ("label", "the label column"), ("__embeddings", "the projector's internal columns"),

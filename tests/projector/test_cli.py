@@ -55,7 +55,8 @@ def test_fit_from_the_example_yaml(tmp_path, monkeypatch):
     assert log_dir.is_relative_to(tmp_path)
     df = read_projections(log_dir)
     assert list(df.columns) == [
-        "sample_id", "epoch", "step", "val_index", "label", "cluster", "pca_x", "pca_y"
+        "sample_id", "epoch", "step", "val_index", "label", "cluster", "pca_x", "pca_y",
+        "knn_kept", "pca_moved",
     ]
     assert df.groupby("epoch").size().to_dict() == {0: 100, 1: 100}
     assert read_metrics(log_dir)["epoch"].tolist() == [0, 1]

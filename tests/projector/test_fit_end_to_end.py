@@ -44,11 +44,13 @@ def test_wandb_table_per_epoch_with_contract_columns(tmp_path, wandb_offline):
     for epoch, table in enumerate(tables):
         assert table["columns"] == [
             "sample_id", "epoch", "step", "val_index", "label", "cluster", "pca_x", "pca_y",
-            "tsne_x", "tsne_y",
+            "tsne_x", "tsne_y", "knn_kept", "pca_moved", "tsne_moved",
         ]
         assert len(table["data"]) == 150
         assert {row[1] for row in table["data"]} == {epoch}
-        assert all(isinstance(v, float) for row in table["data"] for v in row[6:])
+        assert all(isinstance(v, float) for row in table["data"] for v in row[6:10])
+        # motion since the previous run: none at the first run, a number for every point after
+        assert all((v is None) == (epoch == 0) for row in table["data"] for v in row[10:])
     steps = [table["data"][0][2] for table in tables]
     assert steps == sorted(steps) and steps[-1] == t.global_step
     # the same points every epoch
@@ -85,7 +87,8 @@ def test_local_files_read_back_into_one_table(tmp_path):
     t = _fit(tmp_path, projector, epochs=3)
     df = read_projections(t.log_dir)
     assert list(df.columns) == [
-        "sample_id", "epoch", "step", "val_index", "label", "cluster", "pca_x", "pca_y"
+        "sample_id", "epoch", "step", "val_index", "label", "cluster", "pca_x", "pca_y",
+        "knn_kept", "pca_moved",
     ]
     assert df.groupby("epoch").size().to_dict() == {0: 120, 1: 120, 2: 120}
     folder = os.path.join(t.log_dir, "embproj", "embeddings")
@@ -210,8 +213,7 @@ def test_metadata_from_batch_and_outputs(tmp_path, wandb_offline):
     tables = wandb_tables(wandb_offline, "embproj/embeddings")
     assert tables[0]["columns"] == [
         "sample_id", "epoch", "step", "val_index", "text", "image", "score", "label", "cluster",
-        "pca_x",
-        "pca_y",
+        "pca_x", "pca_y", "knn_kept", "pca_moved",
     ]
     for row in tables[0]["data"]:
         sample_id, text, label = row[0], row[4], row[7]
@@ -238,7 +240,7 @@ def test_every_n_epochs_and_3d(tmp_path, wandb_offline):
     wandb.finish()
     tables = wandb_tables(wandb_offline, "embproj/embeddings")
     assert [t["data"][0][1] for t in tables] == [0, 2]
-    assert tables[0]["columns"][-3:] == ["pca_x", "pca_y", "pca_z"]
+    assert tables[0]["columns"][-5:] == ["pca_x", "pca_y", "pca_z", "knn_kept", "pca_moved"]
     clouds = glob.glob(os.path.join(str(wandb_offline), "**", "offline-run-*", "files", "media",
                                     "object3D", "embproj", "embeddings", "pca_3d_*.pts.json"),
                        recursive=True)

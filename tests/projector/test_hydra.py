@@ -34,7 +34,8 @@ def test_the_example_script_runs_with_overrides(tmp_path, monkeypatch, capsys):
     # and the metadata column came from batch[1]
     df = read_projections(log_dir, "encoder")
     assert list(df.columns) == [
-        "sample_id", "epoch", "step", "val_index", "digit", "label", "cluster", "pca_x", "pca_y"
+        "sample_id", "epoch", "step", "val_index", "digit", "label", "cluster", "pca_x", "pca_y",
+        "knn_kept", "pca_moved",
     ]
     assert df.groupby("epoch").size().to_dict() == {0: 100, 1: 100}
     assert (df["digit"] == df["label"]).all()

@@ -24,7 +24,7 @@ from lightning_embproj.runtime.warn import ProjectorWarning
 
 COLUMNS = [
     "sample_id", "epoch", "step", "val_index", "text", "image", "score", "label", "cluster",
-    "pca_x", "pca_y",
+    "pca_x", "pca_y", "knn_kept", "pca_moved",
 ]
 
 

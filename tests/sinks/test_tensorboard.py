@@ -107,7 +107,8 @@ def test_metadata_tsv_is_rectangular_escaped_and_truncated(written):
     lines = text.splitlines()
     assert len(lines) == N + 1 == len(text.split("\n")) - 1
     header = lines[0].split("\t")
-    assert header == ["sample_id", "epoch", "step", "val_index", "text", "label", "pca_x", "pca_y"]
+    assert header == ["sample_id", "epoch", "step", "val_index", "text", "label", "pca_x", "pca_y",
+                      "knn_kept", "pca_moved"]
     rows = [line.split("\t") for line in lines[1:]]
     assert all(len(r) == len(header) for r in rows)
     col = {h: [r[j] for r in rows] for j, h in enumerate(header)}

@@ -105,9 +105,11 @@ def test_tsne_failing_in_one_run_stays_local_in_wandb(
     tables = wandb_tables(wandb_offline, "embproj/embeddings")
     assert len(tables) == 4
     columns = tables[0]["columns"]
-    assert columns[-4:] == ["pca_x", "pca_y", "tsne_x", "tsne_y"]
+    assert columns[-7:] == ["pca_x", "pca_y", "tsne_x", "tsne_y", "knn_kept", "pca_moved",
+                            "tsne_moved"]
     assert all(table["columns"] == columns for table in tables)
     tsne = [columns.index("tsne_x"), columns.index("tsne_y")]
+    moved = columns.index("tsne_moved")
     for run, table in enumerate(tables):
         cells = [row[j] for row in table["data"] for j in tsne]
         assert len(table["data"]) == 60
@@ -115,6 +117,9 @@ def test_tsne_failing_in_one_run_stays_local_in_wandb(
             assert cells == [None] * 120
         else:
             assert all(isinstance(v, float) for v in cells)
+        # t-SNE motion needs this run's and the previous run's t-SNE layouts
+        known = run not in (0, failed, failed + 1)
+        assert all((row[moved] is not None) == known for row in table["data"])
     # the later runs' scalars are all logged, with the trainer's step
     steps = [step for step, _ in scalars(wandb_offline, "embproj/embeddings/silhouette")]
     assert len(steps) == 4 and steps == sorted(steps)
@@ -234,8 +239,9 @@ def test_first_run_without_tsne_still_has_its_columns(wandb_offline, offline_run
         sink.write(p)
     _finish()
     tables = wandb_tables(wandb_offline, "embproj/emb")
-    assert [t["columns"][-4:] for t in tables] == [["pca_x", "pca_y", "tsne_x", "tsne_y"]] * 3
-    assert all(row[-1] is None and row[-2] is None for row in tables[0]["data"])
+    assert [t["columns"][-7:] for t in tables] == [
+        ["pca_x", "pca_y", "tsne_x", "tsne_y", "knn_kept", "pca_moved", "tsne_moved"]] * 3
+    assert all(row[-4] is None and row[-5] is None for row in tables[0]["data"])
     evolution = wandb_tables(wandb_offline, "embproj/emb/evolution")
     assert [len(t["data"]) for t in evolution] == [80, 160, 240]
     assert evolution[-1]["columns"] == tables[0]["columns"]
@@ -345,11 +351,13 @@ def test_render_draws_an_image_without_pyplot_figures():
 def test_fixed_columns_fill_a_missing_reducer_with_none():
     p = _without(_projections(1, n=40)[0], "tsne")
     cols = fixed_columns(p, ["pca", "tsne"], 2)
-    assert list(cols)[-4:] == ["pca_x", "pca_y", "tsne_x", "tsne_y"]
+    assert list(cols)[-7:] == ["pca_x", "pca_y", "tsne_x", "tsne_y", "knn_kept", "pca_moved",
+                               "tsne_moved"]
     assert cols["tsne_x"] == [None] * 40 and all(isinstance(v, float) for v in cols["pca_y"])
+    assert cols["tsne_moved"] == [None] * 40
     # the configured order, whatever order the layouts came in
-    assert list(fixed_columns(p, ["tsne", "pca"], 2))[-4:] == ["tsne_x", "tsne_y", "pca_x",
-                                                                "pca_y"]
+    assert list(fixed_columns(p, ["tsne", "pca"], 2))[-7:] == [
+        "tsne_x", "tsne_y", "pca_x", "pca_y", "knn_kept", "tsne_moved", "pca_moved"]
 
 
 def test_evolution_history_keys_runs_not_epochs():

@@ -26,6 +26,7 @@ import numpy as np
 
 from lightning_embproj.reduce.dispatch import REDUCERS as REDUCER_ORDER  # the one list of names
 from lightning_embproj.sinks import palette
+from lightning_embproj.sinks.columns import motion_columns
 from lightning_embproj.sinks.view.coords import (  # noqa: F401 - re-exported: the page's codes
     LEVELS,
     MISSING,
@@ -152,9 +153,10 @@ def _codes(values: Any) -> tuple[np.ndarray, list[Any]]:
 
 
 def _column(name: str, values: Any, fi: np.ndarray, slot: np.ndarray, n_runs: int,
-            n: int) -> dict[str, Any]:
+            n: int, per_run: bool = False) -> dict[str, Any]:
     """One metadata column: numbers as float32, anything else as a dictionary of texts (with
-    their colours); stored once when no point's value changes between runs, else per run."""
+    their colours); stored once when no point's value changes between runs (and not
+    ``per_run``: a value that is empty in some runs, as motion is), else per run."""
     numeric = _is_numeric(name, values)
     if numeric:
         grid = np.full((n_runs, n), np.nan, dtype=np.float32)
@@ -171,7 +173,7 @@ def _column(name: str, values: Any, fi: np.ndarray, slot: np.ndarray, n_runs: in
     # Static when every point has one value in all the runs it is in.
     hi = np.where(missing, -np.inf, present).max(axis=0)
     lo = np.where(missing, np.inf, present).min(axis=0)
-    static = bool(np.all((hi == lo) | ~np.isfinite(hi)))
+    static = not per_run and bool(np.all((hi == lo) | ~np.isfinite(hi)))
     # Codes in the smallest type that holds them: one byte a cell for up to 127 values.
     kind = "<f4" if numeric else ("<i1" if len(distinct) < 128 else "<i2"
                                   if len(distinct) < 32768 else "<i4")
@@ -287,8 +289,17 @@ def encode_points(points: Any, *, max_runs: int = 50, runs: list[int] | None = N
     layout_cols = {f"{r}_{a}" for r in reducers for a in "xyz"}
     meta = [c for c in df.columns if c not in RUN_FIELDS and c not in layout_cols]
     order = [c for c in ("label", "cluster", "dataloader_idx") if c in meta]
-    columns = [_column(c, df[c], fi, slot, len(kept), n)
-               for c in order + [c for c in meta if c not in order]]
+    motion = set(motion_columns(list(reducers)))
+    columns = []
+    for c in order + [c for c in meta if c not in order]:
+        if c in motion:  # numbers, empty in a chain's first run (a column of None there)
+            column = _column(c, pd.to_numeric(df[c], errors="coerce").astype(float), fi, slot,
+                             len(kept), n, per_run=True)
+            # offered as "moved in the embedding" / "moved in the layout", not by name
+            column.update(colour=False, motion=True)
+        else:
+            column = _column(c, df[c], fi, slot, len(kept), n)
+        columns.append(column)
     coded = {}
     for r, dims in reducers.items():
         xyz = np.full((len(kept), n, dims), np.nan, dtype=np.float64)

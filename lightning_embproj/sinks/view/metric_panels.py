@@ -34,6 +34,7 @@ UNITS = {
     "stability": "stability (Spearman, −1..1)",
     "drift/knn_overlap": "kNN neighbours kept (fraction)",
     "displacement": "displacement (× previous layout's RMS radius)",
+    "motion_explained": "layout motion explained by real motion (Spearman, −1..1)",
     "clusters/count": "clusters (count)",
     "rankme": "RankMe (effective rank)",
     "uniformity": "uniformity (log E e^(−2d²); lower = more uniform)",
@@ -49,7 +50,7 @@ PANELS = (
 
 def _kind(name: str) -> str:
     last = name.rsplit("/", 1)[-1]
-    if name.startswith("drift/") or last == "displacement":
+    if name.startswith("drift/") or last in ("displacement", "motion_explained"):
         return "drift"
     if name.startswith("clusters/") or name == "cka_previous":
         return "clusters"

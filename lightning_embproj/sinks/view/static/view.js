@@ -7,6 +7,7 @@ const esc = (s) => String(s).replace(/&/g, '&amp;').replace(/</g, '&lt;').replac
 // coordinate codes, the image pattern, every colour (the script has no palette of its own).
 const D = JSON.parse($('embproj-data').textContent);
 const MISSING = D.constants.missing, LEVELS = D.constants.levels, MOVED = '__moved__';
+const MOVED_EMBEDDING = '__moved_embedding__';
 const IMAGE = new RegExp('^(?:' + D.constants.image + ')$');
 const GREY = D.colours.missing, SEQUENTIAL = D.colours.sequential;
 const CONFIG = {displaylogo: false, responsive: true, showSendToCloud: false,
@@ -103,9 +104,23 @@ function chainLabel(f) {
   return 'chain ' + chainOf(f) + (RUNS[f].stage ? ' \u00b7 ' + RUNS[f].stage : '');
 }
 const SEVERAL = RUNS.some((run, f) => f > 0 && chainStart(f) === f);
+// Motion since the previous run, from the run's own columns: knn_kept (share of its 10
+// original-space neighbours a point kept) and R_moved (its displacement in R's aligned layout,
+// x the previous layout's RMS radius). Files without them: the displacement is computed here.
+function movedInEmbedding(f) {
+  const d = new Float32Array(N).fill(NaN), c = colByName.knn_kept;
+  if (!c || chainStart(f) === f) return d;
+  for (let i = 0; i < N; i++) d[i] = 1 - cell(c, f, i);  // NaN stays NaN
+  return d;
+}
 function moved(f) {
   const d = new Float32Array(N).fill(NaN);
   if (chainStart(f) === f) return d;
+  const c = colByName[S.reducer + '_moved'];
+  if (c && c.motion) {
+    for (let i = 0; i < N; i++) d[i] = cell(c, f, i);
+    return d;
+  }
   const dims = panels[0].reducers[S.reducer].dims;
   for (let i = 0; i < N; i++) {
     let s = 0;
@@ -123,12 +138,21 @@ function colourInfo(f) {
   const colours = new Array(N).fill(GREY);
   if (!S.colour) return {colours: colours, legend: {type: 'none'}, values: null};
   let values, lo, hi, title;
-  if (S.colour === MOVED) {
-    values = moved(f);
-    const fin = Array.from(values).filter(Number.isFinite).sort((a, b) => a - b);
-    lo = 0;
-    hi = fin.length ? fin[Math.floor(0.98 * (fin.length - 1))] || fin[fin.length - 1] : 1;
-    title = 'moved since the previous run (' + S.reducer + ' layout units)';
+  if (S.colour === MOVED || S.colour === MOVED_EMBEDDING) {
+    if (S.colour === MOVED) {
+      values = moved(f);
+      const fin = Array.from(values).filter(Number.isFinite).sort((a, b) => a - b);
+      lo = 0;
+      hi = fin.length ? fin[Math.floor(0.98 * (fin.length - 1))] || fin[fin.length - 1] : 1;
+      const c = colByName[S.reducer + '_moved'];
+      title = 'moved in the layout since the previous run (' + S.reducer + ', '
+        + (c && c.motion ? '\u00d7 previous layout\u2019s RMS radius' : 'layout units') + ')';
+    } else {
+      values = movedInEmbedding(f);
+      [lo, hi] = [0, 1];
+      title = 'moved in the embedding since the previous run (share of its 10 nearest '
+        + 'neighbours lost)';
+    }
     if (f === 0) title += ': the first run has no previous run';
     else if (chainStart(f) === f) title += ': a new chain starts here, it has no previous run';
   } else {
@@ -257,8 +281,10 @@ function describe(i, f, info, full) {
     const cut = full || t.length <= 160 ? t : t.slice(0, 159) + '\u2026';
     lines.push(el('div', {}, [c.name + ': ' + cut]));
   }
-  if (info && info.values && S.colour === MOVED && Number.isFinite(info.values[i])) {
-    lines.push(el('div', {}, ['moved: ' + fmt(info.values[i])]));
+  if (info && info.values && Number.isFinite(info.values[i])) {
+    const what = S.colour === MOVED ? 'moved in the layout: '
+      : S.colour === MOVED_EMBEDDING ? 'moved in the embedding: ' : '';
+    if (what) lines.push(el('div', {}, [what + fmt(info.values[i])]));
   }
   return lines;
 }
@@ -493,7 +519,8 @@ function controls() {
   const colour = $('colour');
   const options = [['', 'nothing (grey)']];
   for (const c of cols) if (c.colour) options.push([c.name, c.name]);
-  if (NR > 1) options.push([MOVED, 'moved since previous run']);
+  if (NR > 1 && colByName.knn_kept) options.push([MOVED_EMBEDDING, 'moved in the embedding']);
+  if (NR > 1) options.push([MOVED, 'moved in the layout']);
   for (const [v, t] of options) colour.append(el('option', {value: v, textContent: t}));
   if (!options.some((o) => o[0] === S.colour)) S.colour = options.length > 1 ? options[1][0] : '';
   colour.value = S.colour;
