@@ -327,13 +327,19 @@ def part_metrics(args: argparse.Namespace) -> list[str]:
         prev, cur, _ = epochs(n, 256, with_tsne=False)
         ref = measure(prev, cur, "numpy", 1)
         dev = measure(prev, cur, backend, 2)
-        diff = max(abs(v - ref["values"][k]) for k, v in dev["values"].items())
+        # R/motion_explained is a rank correlation of the per-point kNN kept: one neighbour
+        # that ties at float32 and swaps between backends moves it by ~1e-3 near 0; shown apart.
+        diffs = {k: abs(v - ref["values"][k]) for k, v in dev["values"].items()}
+        ranked = [k for k in diffs if k.endswith("/motion_explained")]
+        diff = max(v for k, v in diffs.items() if k not in ranked)
+        motion = max((diffs[k] for k in ranked), default=0.0)
         peak = f", peak {dev['peak']:.0f} MB" if dev["peak"] is not None else ""
         rows.append(
             f"| metrics pass at {n:,} x 256-d, numpy vs {backend} (steady; cold) | "
             f"{ref['metrics']:.2f} s vs {dev['metrics']:.3f} s "
             f"({ref['metrics'] / dev['metrics']:.1f}x); {ref['cold']:.2f} s vs "
-            f"{dev['cold']:.3f} s | max metric difference {diff:.1e}{peak} | same metrics |"
+            f"{dev['cold']:.3f} s | max metric difference {diff:.1e} (motion_explained "
+            f"{motion:.1e}){peak} | same metrics |"
         )
     return rows
 

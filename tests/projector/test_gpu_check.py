@@ -35,4 +35,5 @@ def test_gpu_check_runs_every_part_on_the_cpu(tmp_path):
     metrics = [r for r in rows if r.startswith("| metrics pass")]
     assert len(metrics) == 2
     assert all(float(r.split("max metric difference ")[1].split(" ")[0]) < 1e-3 for r in metrics)
+    assert all(float(r.split("(motion_explained ")[1].split(")")[0]) < 1e-2 for r in metrics)
     assert not [r for r in rows if "FAIL" in r]

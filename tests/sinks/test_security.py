@@ -79,9 +79,9 @@ def cell_for(index: int) -> str:
 
 
 def raw_run_rows(folder: Path) -> list[dict[str, str]]:
-    """The cells of every run's CSV in a set folder, as written (the files with layouts)."""
+    """The cells of every run's CSV (val_*.csv) in a set folder, as written."""
     rows: list[dict[str, str]] = []
-    for f in sorted(folder.glob("*.csv")):
+    for f in sorted(folder.glob("val_*.csv")):
         with open(f, newline="", encoding="utf-8") as fh:
             reader = csv.DictReader(fh)
             if "pca_x" in (reader.fieldnames or []):
