@@ -28,6 +28,7 @@ from lightning_embproj.reduce.project import ReduceSettings
 from lightning_embproj.results import RunIdentity, RunResult
 from lightning_embproj.runtime.compat import CallbackBase, run_root
 from lightning_embproj.runtime.progress import finish_with_progress, show_progress
+from lightning_embproj.runtime.trace import Trace, stage
 from lightning_embproj.runtime.warn import WarnOnce, guarded
 
 Key = str | int
@@ -88,6 +89,11 @@ class EmbeddingProjector(CallbackBase):
             need different set names: on one key (say with other reducers) give each a
             ``name``. A clash is refused at ``setup``; two identical projectors already when
             the Trainer is built, by Lightning (one ``state_key``).
+        priority: the background work's share of the CPU while training runs:
+            ``"training"`` (default) nices its thread (+10) and keeps it on ``n_jobs`` threads,
+            so training keeps the cores; ``"fair"`` leaves it at the trainer's priority on
+            ``max(n_jobs, cores // 2)`` threads, so a CPU-only fit shares the cores and less
+            work is left for the end of ``fit``. Once training is over both use every core.
 
     Example:
         >>> projector = EmbeddingProjector(label_key="labels")
@@ -122,6 +128,7 @@ class EmbeddingProjector(CallbackBase):
         seed: int = 0,
         n_jobs: int = 1,
         name: str | None = None,
+        priority: Literal["training", "fair"] = "training",
     ) -> None:
         self.options = ProjectorOptions(
             embedding_key=embedding_key, layers=layers,
@@ -134,6 +141,7 @@ class EmbeddingProjector(CallbackBase):
             perplexity=perplexity, storage_dtype=storage_dtype,
             background=background, max_queued_epochs=max_queued_epochs, output_dir=output_dir,
             max_text_length=max_text_length, seed=seed, n_jobs=n_jobs, name=name,
+            priority=priority,
         )
         self.settings = ReduceSettings(
             list(self.options.reducers), n_components, float(perplexity), seed
@@ -162,6 +170,14 @@ class EmbeddingProjector(CallbackBase):
         ``output_dir``, else the trainer's log dir, else with a ``WandbLogger`` as first logger
         ``<save_dir>/<project>/<run id>``."""
         return self.runs.root
+
+    @property
+    def traces(self) -> list[Trace]:
+        """Stage timings of the last background jobs, oldest first: one
+        :class:`~lightning_embproj.runtime.trace.Trace` per processed run (queue wait, PCA,
+        t-SNE and its chunks, kNN + metrics, clusters, each sink and its W&B parts), plus one
+        per ``fit`` / ``validate`` end (the sinks' ``finish``). ``print(t.format())``."""
+        return list(self.runs.traces)
 
     @property
     def previous(self) -> dict[str, RunResult]:
@@ -241,8 +257,12 @@ class EmbeddingProjector(CallbackBase):
         self._close()
 
     def _close(self) -> None:
-        self.runs.sinks.finish(self.warn)
-        self.runs.write_ledgers()
+        trace = Trace(f"end of {self._fn}: the sinks' finish")
+        self.runs.traces.append(trace)
+        with trace.active():
+            self.runs.sinks.finish(self.warn)
+            with stage("ledgers"):
+                self.runs.write_ledgers()
         if self._capture is not None:
             self._capture.remove()
             self._capture = None

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from lightning_embproj.results import RunResult
+from lightning_embproj.runtime.trace import stage
 from lightning_embproj.runtime.warn import WarnOnce
 from lightning_embproj.sinks import palette
 from lightning_embproj.sinks.columns import layout_columns, mover_columns
@@ -211,7 +212,8 @@ class WandbSink:
         self._part("per-label table", projection, lambda: self._per_label(projection, payload))
         payload[STEP_METRIC] = projection.step
         try:
-            self.run.log(payload)
+            with stage("W&B log"):
+                self.run.log(payload)
         except BaseException:
             self.history.of(name).behind = True  # the tables this call carried did not land
             raise
@@ -237,7 +239,8 @@ class WandbSink:
     def _part(self, what: str, projection: RunResult, build: Callable[[], None]) -> None:
         """Build one part of the payload; a failure leaves it out of this run, one warning."""
         try:
-            build()
+            with stage(f"W&B {what}"):
+                build()
         except Exception as err:  # noqa: BLE001 - one part must not stop the others
             self.warn(
                 f"wandb:{what}:{type(err).__name__}",
