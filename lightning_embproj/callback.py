@@ -8,6 +8,7 @@ to every sink and records it with the chain owner.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any, Literal
@@ -27,6 +28,7 @@ from lightning_embproj.pipeline import Runs, Stages
 from lightning_embproj.reduce.project import ReduceSettings
 from lightning_embproj.results import RunIdentity, RunResult
 from lightning_embproj.runtime.compat import CallbackBase, run_root
+from lightning_embproj.runtime.preload import preload
 from lightning_embproj.runtime.progress import finish_with_progress, show_progress
 from lightning_embproj.runtime.trace import Trace, stage
 from lightning_embproj.runtime.warn import WarnOnce, guarded
@@ -163,6 +165,7 @@ class EmbeddingProjector(CallbackBase):
         self._schedules = ScheduleCache()  # simulated by a fit's first run, replayed by the rest
         self._placements: dict[int, Placement] = {}  # per loader, for one validation run
         self._capture: LayerCapture | None = None
+        self._preloaded: threading.Thread | None = None  # the libraries' imports, once
 
     @property
     def root(self) -> str:
@@ -215,6 +218,8 @@ class EmbeddingProjector(CallbackBase):
                                  str(device) if getattr(device, "type", "") == "cuda" else None)
             if runs.is_zero:
                 warn_if_never_projected(trainer, stage, self.options, self.warn)
+                if self.options.background and self._preloaded is None:
+                    self._preloaded = preload(nice=self.options.worker_nice)
         runs.root = self.options.output_dir or run_root(trainer, log_dir, runs.is_zero)
         if self.options.layers and self._capture is None:
             self._capture = LayerCapture(pl_module, dict(self.options.layer_keys))
