@@ -8,6 +8,7 @@ to every sink and records it with the chain owner.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any, Literal
@@ -27,8 +28,10 @@ from lightning_embproj.pipeline import Runs, Stages
 from lightning_embproj.reduce.project import ReduceSettings
 from lightning_embproj.results import RunIdentity, RunResult
 from lightning_embproj.runtime.compat import CallbackBase, run_root
+from lightning_embproj.runtime.preload import preload
 from lightning_embproj.runtime.progress import finish_with_progress, print_where, show_progress
 from lightning_embproj.runtime.steer import compute_monitored, log_monitored
+from lightning_embproj.runtime.trace import Trace, stage
 from lightning_embproj.runtime.warn import WarnOnce, guarded
 
 Key = str | int
@@ -104,6 +107,11 @@ class EmbeddingProjector(CallbackBase):
             ``embproj/NAME/<metric>`` (in ``trainer.callback_metrics``, not sent to the
             loggers), for ``ModelCheckpoint`` / ``EarlyStopping``. A run that is not
             projected logs the last value again. Label metrics need ``label_key``.
+        priority: the background work's share of the CPU while training runs:
+            ``"training"`` (default) nices its thread (+10) and keeps it on ``n_jobs`` threads,
+            so training keeps the cores; ``"fair"`` leaves it at the trainer's priority on
+            ``max(n_jobs, cores // 2)`` threads, so a CPU-only fit shares the cores and less
+            work is left for the end of ``fit``. Once training is over both use every core.
 
     Example:
         >>> projector = EmbeddingProjector(label_key="labels")
@@ -141,6 +149,7 @@ class EmbeddingProjector(CallbackBase):
         name: str | None = None,
         vectors: bool | int = False,
         monitor: Sequence[Monitored] | Monitored | None = None,
+        priority: Literal["training", "fair"] = "training",
     ) -> None:
         self.options = ProjectorOptions(
             embedding_key=embedding_key, layers=layers,
@@ -155,6 +164,7 @@ class EmbeddingProjector(CallbackBase):
             max_text_length=max_text_length, seed=seed, n_jobs=n_jobs, name=name,
             vectors=vectors,
             monitor=monitor,
+            priority=priority,
         )
         self.settings = ReduceSettings(
             list(self.options.reducers), n_components, float(perplexity), seed
@@ -176,6 +186,7 @@ class EmbeddingProjector(CallbackBase):
         self._schedules = ScheduleCache()  # simulated by a fit's first run, replayed by the rest
         self._placements: dict[int, Placement] = {}  # per loader, for one validation run
         self._capture: LayerCapture | None = None
+        self._preloaded: threading.Thread | None = None  # the libraries' imports, once
 
     @property
     def root(self) -> str:
@@ -183,6 +194,14 @@ class EmbeddingProjector(CallbackBase):
         ``output_dir``, else the trainer's log dir, else with a ``WandbLogger`` as first logger
         ``<save_dir>/<project>/<run id>``."""
         return self.runs.root
+
+    @property
+    def traces(self) -> list[Trace]:
+        """Stage timings of the last background jobs, oldest first: one
+        :class:`~lightning_embproj.runtime.trace.Trace` per processed run (queue wait, PCA,
+        t-SNE and its chunks, kNN + metrics, clusters, each sink and its W&B parts), plus one
+        per ``fit`` / ``validate`` end (the sinks' ``finish``). ``print(t.format())``."""
+        return list(self.runs.traces)
 
     @property
     def previous(self) -> dict[str, RunResult]:
@@ -221,6 +240,8 @@ class EmbeddingProjector(CallbackBase):
                                  str(device) if getattr(device, "type", "") == "cuda" else None)
             if runs.is_zero:
                 warn_if_never_projected(trainer, stage, self.options, self.warn)
+                if self.options.background and self._preloaded is None:
+                    self._preloaded = preload(nice=self.options.worker_nice)
         runs.root = self.options.output_dir or run_root(trainer, log_dir, runs.is_zero)
         if self.options.layers and self._capture is None:
             self._capture = LayerCapture(pl_module, dict(self.options.layer_keys))
@@ -268,8 +289,12 @@ class EmbeddingProjector(CallbackBase):
             self.runs.written = {}
 
     def _close(self) -> None:
-        self.runs.sinks.finish(self.warn)
-        self.runs.write_ledgers()
+        trace = Trace(f"end of {self._fn}: the sinks' finish")
+        self.runs.traces.append(trace)
+        with trace.active():
+            self.runs.sinks.finish(self.warn)
+            with stage("ledgers"):
+                self.runs.write_ledgers()
         if self._capture is not None:
             self._capture.remove()
             self._capture = None

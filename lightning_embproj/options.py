@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,10 @@ from lightning_embproj.reduce.dispatch import REDUCERS as KNOWN_REDUCERS  # the 
 from lightning_embproj.sinks.columns import MAX_VECTOR_DIMS, VECTOR_COLUMN, generated_column
 
 POOLINGS = ("auto", "flatten", "mean", "first", "last", "max")
+#: ``priority`` choices: while training runs, the background worker is niced (+10) and on
+#: ``n_jobs`` threads (``"training"``), or at the trainer's priority on at least half the
+#: cores (``"fair"``). Once training is over both use every core.
+PRIORITIES = ("training", "fair")
 Key = str | int
 
 
@@ -152,6 +157,7 @@ class ProjectorOptions:
     name: str | None = None
     vectors: Any = False
     monitor: Any = None
+    priority: str = "training"
 
     layer_keys: dict[str, Key | None] = field(default_factory=dict, init=False, repr=False)
 
@@ -228,6 +234,13 @@ class ProjectorOptions:
             )
         self.max_text_length = _positive_int(self.max_text_length, "max_text_length")
         self.n_jobs = _positive_int(self.n_jobs, "n_jobs")
+        if self.priority not in PRIORITIES:
+            raise ValueError(
+                f"priority must be one of {list(PRIORITIES)}, got {self.priority!r}: "
+                f"'training' keeps the cores for training while it runs (the background work "
+                f"is niced, on n_jobs threads), 'fair' gives it an equal share (normal priority, "
+                f"at least half the cores)"
+            )
         self.monitor = _monitor(self.monitor, self.label_key)
         self.vectors = self._vector_dims(self.vectors)
 
@@ -249,6 +262,24 @@ class ProjectorOptions:
                 f"{{'my_{VECTOR_COLUMN}': {self.metadata_keys[VECTOR_COLUMN]!r}}}"
             )
         return dims
+
+    def training_threads(self, cores: int | None = None) -> int:
+        """Threads of the background work while training runs: ``n_jobs``, with ``"fair"``
+        at least half the cores.
+
+        Example:
+            >>> ProjectorOptions(priority="fair").training_threads(cores=8)
+            4
+            >>> ProjectorOptions(n_jobs=2).training_threads(cores=8)
+            2
+        """
+        cores = cores or os.cpu_count() or 1
+        return max(self.n_jobs, cores // 2) if self.priority == "fair" else self.n_jobs
+
+    @property
+    def worker_nice(self) -> int:
+        """How much the worker thread is niced while training runs (0 with ``"fair"``)."""
+        return 0 if self.priority == "fair" else 10
 
     def _metadata_columns(self, value: Any) -> dict[str, Key]:
         """Column name -> key. An int key (tuple batch index) is named ``batch_<i>``."""

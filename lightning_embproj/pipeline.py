@@ -29,7 +29,9 @@ Example:
 
 from __future__ import annotations
 
+import collections
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
@@ -44,6 +46,7 @@ from lightning_embproj.reduce.dispatch import Threads
 from lightning_embproj.reduce.project import ReduceSettings, reduce_layouts
 from lightning_embproj.results import EpochSample, Projection, RunIdentity, RunResult
 from lightning_embproj.runtime.progress import job_label
+from lightning_embproj.runtime.trace import Trace, stage
 from lightning_embproj.runtime.warn import WarnOnce, guarded
 from lightning_embproj.runtime.worker import QUEUE_POLICY, JobCancelled, Worker
 from lightning_embproj.sinks import Sinks
@@ -51,6 +54,7 @@ from lightning_embproj.sinks.columns import run_result
 from lightning_embproj.sinks.local import run_file_name, set_dir
 
 Warn = Callable[[str, str], None]
+MAX_TRACES = 256
 
 
 def _no_warn(topic: str, message: str) -> None:
@@ -75,13 +79,15 @@ def score(current: Projection, previous: Projection | None, device: str | None =
     run's drift reuse them; the movers rank by the ``knn_kept`` column's values."""
     scores = RunScores({}, None)
     try:
-        scores = score_run(current, previous, device=device)
+        with stage("kNN + metrics"):
+            scores = score_run(current, previous, device=device)
     except Exception as err:  # noqa: BLE001 - the layouts are still worth writing
         warn(f"score:{type(err).__name__}", f"metrics failed at epoch {current.epoch} for "
              f"{current.name!r} ({type(err).__name__}: {err})")
     known = replace(current, knn=scores.knn)
-    found = guarded(warn, "movers", "the movers table",
-                    lambda: movers(known, previous, device=device, kept=scores.knn_kept))
+    with stage("movers"):
+        found = guarded(warn, "movers", "the movers table",
+                        lambda: movers(known, previous, device=device, kept=scores.knn_kept))
     return scores, found
 
 
@@ -95,18 +101,21 @@ def process_run(
     None at a chain's start. ``n_jobs``: t-SNE threads, or a function giving them (read again
     during the run; it is also where a run asked to stop at shutdown stops).
     """
-    sample = checks.sample(sample)  # the one check: the stages take its arrays as they are
+    with stage("check"):
+        sample = checks.sample(sample)  # the one check: the stages take its arrays as they are
     layouts = reduce_layouts(sample, previous, stages.reduce, warn, n_jobs=n_jobs,
                              epoch=identity.epoch, check_input=False)
     current = Projection(sample, identity.epoch, identity.step, layouts)
     scores, found = score(current, previous, stages.device, warn)
     current = replace(current, knn=scores.knn)
-    evolved = evolve(current, previous, chain, stages.evolve, warn, identity.val_index)
-    result = run_result(
-        sample, identity, layouts, metrics={**scores.metrics, **evolved.metrics},
-        clusters=evolved.clusters, lineage=evolved.lineage, per_label=evolved.per_label,
-        movers=found, knn=scores.knn, knn_kept=scores.knn_kept, moved=scores.moved,
-    )
+    with stage("clusters + evolve"):
+        evolved = evolve(current, previous, chain, stages.evolve, warn, identity.val_index)
+    with stage("result"):
+        result = run_result(
+            sample, identity, layouts, metrics={**scores.metrics, **evolved.metrics},
+            clusters=evolved.clusters, lineage=evolved.lineage, per_label=evolved.per_label,
+            movers=found, knn=scores.knn, knn_kept=scores.knn_kept, moved=scores.moved,
+        )
     return result, evolved.chain
 
 
@@ -120,20 +129,26 @@ class Runs:
                  warn: WarnOnce) -> None:
         self.chain, self.options, self.stages, self.warn = chain, options, stages, warn
         self.worker = Worker(options.background, max_pending=options.max_queued_epochs,
-                             warn=warn, on_drop=self.on_drop)
+                             warn=warn, on_drop=self.on_drop, nice=options.worker_nice,
+                             training_threads=options.training_threads())
         self.sinks = Sinks()
         self.root = options.output_dir or "."
         self.is_zero = True
         self.deadline_s = 30.0  # the shutdown deadline, for the reasons given
         self.written: dict[str, int] = {}  # set -> runs whose local files this call wrote
         self._ledger_lock = threading.Lock()
+        #: Each job's stage timings (:class:`~lightning_embproj.runtime.trace.Trace`), the
+        #: last :data:`MAX_TRACES`, newest last; ``finish`` traces the sinks' end of fit.
+        self.traces: collections.deque[Trace] = collections.deque(maxlen=MAX_TRACES)
 
     def submit(self, sample: EpochSample, identity: RunIdentity, log_wandb: bool = True,
                restored: bool = False) -> None:
         """Queue a run; ``restored``: accepted before a checkpoint, never dropped now."""
         self.chain.queue(sample, identity)
+        trace = Trace(f"{sample.name} run {identity.val_index} (epoch {identity.epoch})",
+                      queued_at=time.perf_counter())
         self.worker.submit(
-            sample.name, partial(self.job, sample, identity, log_wandb),
+            sample.name, partial(self.job, sample, identity, log_wandb, trace),
             label=job_label(sample.name, len(sample), self.stages.reduce.reducers,
                             identity.val_index),
             token=(sample.name, identity.val_index), droppable=not restored,
@@ -149,9 +164,18 @@ class Runs:
             self.chain.interrupted(name, val_index, f"not started within the "
                                    f"{self.deadline_s:g} s shutdown deadline")
 
-    def job(self, sample: EpochSample, identity: RunIdentity, log_wandb: bool) -> None:
+    def job(self, sample: EpochSample, identity: RunIdentity, log_wandb: bool,
+            trace: Trace | None = None) -> None:
         """One run on the worker: the stages, then every sink gets the result, then it is
-        recorded (the set's previous run, its cluster chain, the ledger)."""
+        recorded (the set's previous run, its cluster chain, the ledger). Each stage is timed
+        into ``trace`` (kept in :attr:`traces`, newest last)."""
+        trace = trace if trace is not None else Trace(
+            f"{sample.name} run {identity.val_index} (epoch {identity.epoch})")
+        self.traces.append(trace)
+        with trace.active():
+            self._job(sample, identity, log_wandb)
+
+    def _job(self, sample: EpochSample, identity: RunIdentity, log_wandb: bool) -> None:
         name, val_index = sample.name, identity.val_index
         try:
             result, chain = process_run(
@@ -169,15 +193,17 @@ class Runs:
         wandb = self.sinks.write(result, self.warn, log_wandb)
         if (set_dir(self.root, name) / run_file_name(result)).is_file():
             self.written[name] = self.written.get(name, 0) + 1
-        self.chain.written(result, chain, wandb)
-        self.write_ledgers([name])
+        with stage("record"):
+            self.chain.written(result, chain, wandb)
+            self.write_ledgers([name])
 
     def threads(self) -> int:
-        """Threads a job may use now: the ``n_jobs`` option while training runs, every core
-        once it is over (read again during a run, so a queued t-SNE speeds up at the end).
-        Also where a run in progress stops when shutdown asks it to."""
+        """Threads a job may use now: the ``n_jobs`` option while training runs (with
+        ``priority="fair"`` at least half the cores), every core once it is over (read again
+        during a run, so a queued t-SNE speeds up at the end). Also where a run in progress
+        stops when shutdown asks it to."""
         self.worker.check_cancelled()
-        return self.worker.job_threads() if self.worker.training_over else self.options.n_jobs
+        return self.worker.job_threads()
 
     def shutdown(self, exception: BaseException, drain_s: float, cancel_s: float) -> None:
         """After ``exception``: finish the queued runs within one deadline (on every core), then

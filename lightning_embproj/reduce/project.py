@@ -25,11 +25,14 @@ import numpy as np
 
 from lightning_embproj import checks
 from lightning_embproj.reduce.align import procrustes_align
-from lightning_embproj.reduce.dispatch import Threads, prepare, reduce, warm_init
+from lightning_embproj.reduce.dispatch import Prepared, Threads, prepare, reduce, warm_init
 from lightning_embproj.reduce.tsne_online import tsne_next
 from lightning_embproj.results import EpochSample, Projection
+from lightning_embproj.runtime.trace import stage
 
 WARM_STARTED = ("tsne", "umap")
+# The trace's name of each reducer's stage (lightning_embproj.runtime.trace).
+STAGE_NAMES = {"pca": "PCA layout", "tsne": "t-SNE", "umap": "UMAP"}
 
 
 @dataclass
@@ -71,39 +74,50 @@ def reduce_layouts(
     # not reserve t-SNE's 50 components, only what the other reducers ask for.
     continued = previous is not None and "tsne" in previous.layouts
     shared = [r for r in settings.reducers if not (continued and r == "tsne")]
-    X = prepare(np.asarray(sample.embeddings, dtype=np.float32), shared, check_input=False)
+    with stage("PCA"):
+        X = prepare(np.asarray(sample.embeddings, dtype=np.float32), shared, check_input=False)
     layouts: dict[str, np.ndarray] = {}
     for name in settings.reducers:
-        prev_layout = previous.layouts.get(name) if previous is not None else None
-        try:
-            if name == "tsne" and prev_layout is not None and previous is not None:
-                # Continues the previous layout in its own frame: no warm_init, no Procrustes.
-                layout = tsne_next(
-                    X.X, sample.keys,
-                    (previous.sample.keys, previous.sample.embeddings, prev_layout),
-                    settings.n_components, perplexity=settings.perplexity,
-                    random_state=settings.seed, n_jobs=n_jobs, check_input=False,
-                )
-                layouts[name] = np.asarray(layout, dtype=np.float64)
-                continue
-            init = None
-            if name in WARM_STARTED and prev_layout is not None and previous is not None:
-                init = warm_init(previous.sample.keys, prev_layout, sample.keys, X)
-            layout = reduce(
-                name, X, settings.n_components, init=init, random_state=settings.seed,
-                perplexity=settings.perplexity, n_jobs=n_jobs,
-            )
-            if prev_layout is not None and previous is not None:
-                layout = procrustes_align(layout, sample.keys, prev_layout, previous.sample.keys,
-                                          check_input=False)
-            layouts[name] = np.asarray(layout, dtype=np.float64)
-        except ImportError as err:
-            warn(f"reduce:{name}:import", f"reducer {name!r} is unavailable and skipped: {err}")
-        except Exception as err:  # noqa: BLE001 - a failed reducer must not stop the others
-            warn(
-                f"reduce:{name}:{type(err).__name__}",
-                f"reducer {name!r} failed at epoch {epoch} for {sample.name!r} and is left out "
-                f"of that epoch ({type(err).__name__}: {err})",
-            )
+        with stage(STAGE_NAMES.get(name, name)):
+            _reduce_one(name, sample, previous, settings, X, layouts, warn, n_jobs, epoch)
     return layouts
+
+
+def _reduce_one(
+    name: str, sample: EpochSample, previous: Projection | None, settings: ReduceSettings,
+    X: Prepared, layouts: dict[str, np.ndarray], warn: Callable[[str, str], None],
+    n_jobs: Threads, epoch: int,
+) -> None:
+    """One reducer's layout into ``layouts`` (left out, with a warning, when it fails)."""
+    prev_layout = previous.layouts.get(name) if previous is not None else None
+    try:
+        if name == "tsne" and prev_layout is not None and previous is not None:
+            # Continues the previous layout in its own frame: no warm_init, no Procrustes.
+            layout = tsne_next(
+                X.X, sample.keys,
+                (previous.sample.keys, previous.sample.embeddings, prev_layout),
+                settings.n_components, perplexity=settings.perplexity,
+                random_state=settings.seed, n_jobs=n_jobs, check_input=False,
+            )
+            layouts[name] = np.asarray(layout, dtype=np.float64)
+            return
+        init = None
+        if name in WARM_STARTED and prev_layout is not None and previous is not None:
+            init = warm_init(previous.sample.keys, prev_layout, sample.keys, X)
+        layout = reduce(
+            name, X, settings.n_components, init=init, random_state=settings.seed,
+            perplexity=settings.perplexity, n_jobs=n_jobs,
+        )
+        if prev_layout is not None and previous is not None:
+            layout = procrustes_align(layout, sample.keys, prev_layout, previous.sample.keys,
+                                      check_input=False)
+        layouts[name] = np.asarray(layout, dtype=np.float64)
+    except ImportError as err:
+        warn(f"reduce:{name}:import", f"reducer {name!r} is unavailable and skipped: {err}")
+    except Exception as err:  # noqa: BLE001 - a failed reducer must not stop the others
+        warn(
+            f"reduce:{name}:{type(err).__name__}",
+            f"reducer {name!r} failed at epoch {epoch} for {sample.name!r} and is left out "
+            f"of that epoch ({type(err).__name__}: {err})",
+        )
 

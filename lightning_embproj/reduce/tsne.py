@@ -25,6 +25,7 @@ import numpy as np
 
 from lightning_embproj import checks
 from lightning_embproj.reduce.pca import TSNE_PCA_DIMS, Prepared, prepare
+from lightning_embproj.runtime.trace import stage
 
 #: Threads for a call: a count, or a function giving the count allowed *now*. t-SNE reads a
 #: function again between chunks of its optimisation, so a run that started on one thread while
@@ -217,16 +218,18 @@ def tsne(
         verbose=False,
     )
     model, phases = _model(prepared, n_components, init, n_iter, params)
-    with _quiet_warm_init() if init is not None else contextlib.nullcontext():
+    with stage("t-SNE affinities"), (
+            _quiet_warm_init() if init is not None else contextlib.nullcontext()):
         embedding = model.prepare_initial(Xr)
     # openTSNE's own fit, in chunks: the thread count may change between them.
     for iters, exaggeration, momentum in phases:
         for done in range(0, iters, _TSNE_CHUNK_ITERS):
-            embedding.optimize(
-                min(_TSNE_CHUNK_ITERS, iters - done), exaggeration=exaggeration,
-                momentum=momentum, n_jobs=threads_now(n_jobs), inplace=True,
-                propagate_exception=True,
-            )
+            with stage("t-SNE chunk"):
+                embedding.optimize(
+                    min(_TSNE_CHUNK_ITERS, iters - done), exaggeration=exaggeration,
+                    momentum=momentum, n_jobs=threads_now(n_jobs), inplace=True,
+                    propagate_exception=True,
+                )
     return np.asarray(embedding, dtype=np.float64)
 
 

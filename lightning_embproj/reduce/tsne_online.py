@@ -40,6 +40,7 @@ from lightning_embproj.reduce.tsne import (
     tsne_gradient_method,
     tsne_neighbors,
 )
+from lightning_embproj.runtime.trace import stage
 
 #: Weight of the previous run's affinities (0: plain warm start; 1: only the previous run).
 #: bench_stability.py, digits MLP, 3 seeds: 0.1 -> stability 0.56-0.58 / np@1% 0.56;
@@ -50,6 +51,8 @@ ANCHOR = 0.2
 SPREAD_POWER = 0.5
 # Gradient steps per run: the anchored layout settles within ~100 (same scores at 100 and 250).
 _ITERS = 100
+# Iterations per traced chunk (lightning_embproj.runtime.trace), as the cold run's.
+_CHUNK_ITERS = 50
 # t-SNE's own RMS radius is ~0.65-0.95 sqrt(N) (openTSNE, learning rate N); the optimisation
 # runs at this scale whatever the size of the previous layout (which follows the data).
 _WORK_RMS_PER_SQRT_N = 0.85
@@ -115,17 +118,19 @@ def descend(
     update = np.zeros_like(Y)
     gains = np.ones_like(Y)
     lr = float(len(Y))
-    for _ in range(n_iter):
-        grad = anchored_gradient(Y, P, Pc, ref, method, threads_now(n_jobs))
-        flip = np.sign(update) != np.sign(grad)
-        gains[flip] += 0.2
-        gains[~flip] = gains[~flip] * 0.8 + 0.01
-        update = 0.8 * update - lr * gains * grad
-        norms = np.linalg.norm(update, axis=1)
-        big = norms > 5.0
-        update[big] *= (5.0 / norms[big])[:, None]
-        update[frozen] = 0.0
-        Y += update
+    for done in range(0, n_iter, _CHUNK_ITERS):
+        with stage("t-SNE chunk"):
+            for _ in range(min(_CHUNK_ITERS, n_iter - done)):
+                grad = anchored_gradient(Y, P, Pc, ref, method, threads_now(n_jobs))
+                flip = np.sign(update) != np.sign(grad)
+                gains[flip] += 0.2
+                gains[~flip] = gains[~flip] * 0.8 + 0.01
+                update = 0.8 * update - lr * gains * grad
+                norms = np.linalg.norm(update, axis=1)
+                big = norms > 5.0
+                update[big] *= (5.0 / norms[big])[:, None]
+                update[frozen] = 0.0
+                Y += update
     return Y
 
 
@@ -198,7 +203,8 @@ def tsne_next(
                       random_state=random_state, n_jobs=n_jobs)
         return procrustes_align(layout, keys, Lp, pkeys, check_input=False)
 
-    P, Pc, Z = _affinities(X, Xp, perplexity, anchor, random_state, n_jobs)
+    with stage("t-SNE affinities"):
+        P, Pc, Z = _affinities(X, Xp, perplexity, anchor, random_state, n_jobs)
     frozen = same if same[ic].all() else np.zeros(n, dtype=bool)
     s_x, s_xp = rms_radius(X[ic]), rms_radius(Xp[ip])
     ratio = (s_x / s_xp) ** spread_power if s_xp > 0.0 and s_x > 0.0 else 1.0

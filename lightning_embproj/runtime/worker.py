@@ -78,8 +78,10 @@ class Worker:
         warn: WarnOnce | None = None,
         nice: int = 10,
         on_drop: Callable[[object, str], None] | None = None,
+        training_threads: int = 1,
     ) -> None:
         self.background = background
+        self.training_threads = training_threads
         self.on_drop = on_drop
         self.max_pending = max_pending
         self.nice = nice
@@ -113,7 +115,8 @@ class Worker:
             return self._cond.wait_for(lambda: not self._training, timeout)
 
     def job_threads(self) -> int:
-        """CPU threads a job may use now: 1 while training runs, every core once it is over.
+        """CPU threads a job may use now: ``training_threads`` (default 1) while training
+        runs, every core once it is over.
 
         Example:
             >>> w = Worker(background=False)
@@ -123,7 +126,14 @@ class Worker:
             >>> w.job_threads() == (os.cpu_count() or 1)
             True
         """
-        return 1 if self._training else (os.cpu_count() or 1)
+        return self.training_threads if self._training else (os.cpu_count() or 1)
+
+    def thread_nice(self) -> int | None:
+        """The worker thread's nice value now (None without a running thread, or where
+        threads have no nice value of their own)."""
+        with self._cond:
+            tid = self._tid
+        return _nice_of(tid) if tid is not None else None
 
     def start_training(self) -> None:
         """Training (or a validation loop) runs: jobs stay niced and on one thread."""

@@ -17,6 +17,7 @@ from functools import partial
 from typing import Any
 
 from lightning_embproj.results import RunResult
+from lightning_embproj.runtime.trace import stage
 from lightning_embproj.runtime.warn import WarnOnce, guarded
 
 Writer = Callable[[RunResult], Any]
@@ -45,15 +46,17 @@ class Sinks:
                             partial(self.remember, result))
                 logged = self.wandb_run
                 continue
-            ok = guarded(warn, f"sink:{name}", f"writing to {name}",
-                         partial(_written, write, result))
+            with stage(f"sink: {name}"):
+                ok = guarded(warn, f"sink:{name}", f"writing to {name}",
+                             partial(_written, write, result))
             if name == "W&B" and ok:
                 logged = self.wandb_run
         return logged
 
     def finish(self, warn: Warn) -> None:
         for name, finish in self.finishers:
-            guarded(warn, f"sink:{name}:finish", f"finishing {name}", finish)
+            with stage(f"finish: {name}"):
+                guarded(warn, f"sink:{name}:finish", f"finishing {name}", finish)
 
 
 def _written(write: Writer, result: RunResult) -> bool:
