@@ -156,6 +156,30 @@ class ProjectorOptions:
     layer_keys: dict[str, Key | None] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        self._check_keys()
+        self._check_layers()
+        self.metadata_keys = self._metadata_columns(self.metadata_keys)
+        self.max_samples = _positive_int(self.max_samples, "max_samples")
+        self._check_reducers()
+        self.every_n_epochs = _positive_int(self.every_n_epochs, "every_n_epochs")
+        self.every_n_validations = _positive_int(self.every_n_validations, "every_n_validations")
+        self._check_clusters()
+        self._check_pooling()
+        self.image_keys = self._image_columns(self.image_keys)
+        self.max_queued_epochs = _positive_int(self.max_queued_epochs, "max_queued_epochs")
+        if not isinstance(self.perplexity, (int, float)) or not self.perplexity > 0:
+            raise ValueError(f"perplexity must be a positive number, got {self.perplexity!r}")
+        if self.storage_dtype not in ("float32", "float16"):
+            raise ValueError(
+                f"storage_dtype must be 'float32' or 'float16', got {self.storage_dtype!r}"
+            )
+        self.max_text_length = _positive_int(self.max_text_length, "max_text_length")
+        self.n_jobs = _positive_int(self.n_jobs, "n_jobs")
+        self.monitor = _monitor(self.monitor, self.label_key)
+        self.vectors = self._vector_dims(self.vectors)
+
+    def _check_keys(self) -> None:
+        """``embedding_key``, ``label_key``, ``id_key`` and the set ``name``."""
         _check_key(self.embedding_key, "embedding_key")
         if self.name is not None:
             if not isinstance(self.name, str) or not self.name:
@@ -168,6 +192,9 @@ class ProjectorOptions:
             _check_set_name(self.embedding_key, "embedding_key")
         _check_key(self.label_key, "label_key")
         _check_key(self.id_key, "id_key")
+
+    def _check_layers(self) -> None:
+        """``layers`` as a list of distinct module names (None: no layers), ``layer_keys``."""
         self.layer_keys = _layer_keys(self.layers)
         layers = list(self.layer_keys) if isinstance(self.layers, Mapping) else _as_list(
             self.layers, "layers")
@@ -179,8 +206,9 @@ class ProjectorOptions:
         if dupes:
             raise ValueError(f"layers lists {dupes} more than once; each layer is one set")
         self.layers = layers or None
-        self.metadata_keys = self._metadata_columns(self.metadata_keys)
-        self.max_samples = _positive_int(self.max_samples, "max_samples")
+
+    def _check_reducers(self) -> None:
+        """``reducers`` as lower-case known names, once each; ``n_components`` 2 or 3."""
         reducers = [str(r).lower() for r in _as_list(self.reducers, "reducers")]
         unknown = [r for r in reducers if r not in KNOWN_REDUCERS]
         if unknown or not reducers:
@@ -191,8 +219,9 @@ class ProjectorOptions:
         self.reducers = list(dict.fromkeys(reducers))
         if self.n_components not in (2, 3) or isinstance(self.n_components, bool):
             raise ValueError(f"n_components must be 2 or 3, got {self.n_components!r}")
-        self.every_n_epochs = _positive_int(self.every_n_epochs, "every_n_epochs")
-        self.every_n_validations = _positive_int(self.every_n_validations, "every_n_validations")
+
+    def _check_clusters(self) -> None:
+        """``clusters`` (``'none'`` is None), ``n_clusters``, the thresholds, the smoothing."""
         if isinstance(self.clusters, str) and self.clusters.lower() == "none":
             self.clusters = None
         if self.clusters not in (None, "kmeans", "hdbscan"):
@@ -210,6 +239,9 @@ class ProjectorOptions:
                 f"clusters, a stable HDBSCAN) or False (each run clustered afresh), got "
                 f"{self.cluster_smoothing!r}"
             )
+
+    def _check_pooling(self) -> None:
+        """``pooling``, and a ``mask_key`` only where the pooling uses it."""
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {list(POOLINGS)}, got {self.pooling!r}")
         _check_key(self.mask_key, "mask_key")
@@ -218,18 +250,6 @@ class ProjectorOptions:
                 f"mask_key is used by pooling 'auto', 'mean', 'last' and 'max'; with "
                 f"pooling={self.pooling!r} it would be ignored: drop mask_key or change pooling"
             )
-        self.image_keys = self._image_columns(self.image_keys)
-        self.max_queued_epochs = _positive_int(self.max_queued_epochs, "max_queued_epochs")
-        if not isinstance(self.perplexity, (int, float)) or not self.perplexity > 0:
-            raise ValueError(f"perplexity must be a positive number, got {self.perplexity!r}")
-        if self.storage_dtype not in ("float32", "float16"):
-            raise ValueError(
-                f"storage_dtype must be 'float32' or 'float16', got {self.storage_dtype!r}"
-            )
-        self.max_text_length = _positive_int(self.max_text_length, "max_text_length")
-        self.n_jobs = _positive_int(self.n_jobs, "n_jobs")
-        self.monitor = _monitor(self.monitor, self.label_key)
-        self.vectors = self._vector_dims(self.vectors)
 
     def _vector_dims(self, value: Any) -> int:
         """``vectors`` as the most dims of the W&B vector column (0: no column)."""
