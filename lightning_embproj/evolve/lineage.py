@@ -61,12 +61,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from lightning_embproj import checks
-from lightning_embproj.evolve.clusters import (
-    NOISE,
-    check_ids,
-    overlap_counts,
-    shared_rows,
-)
+from lightning_embproj.evolve.overlap import NOISE, check_ids, overlap_counts, shared_rows
 
 EVENTS: tuple[str, ...] = ("survive", "merge", "split", "emerge", "vanish")
 LINEAGE_COLUMNS: tuple[str, ...] = ("cluster", "event", "from_clusters", "size", "overlap")
