@@ -34,8 +34,8 @@ import logging
 import numpy as np
 from bench_metrics import data, timed  # the same blobs, drifted copy and best-of timer
 
+from lightning_embproj.evolve.cluster_chain import ClusterChain
 from lightning_embproj.evolve.clusters import cluster_points, cluster_scores
-from lightning_embproj.evolve.lineage import ClusterChain
 from lightning_embproj.metrics.health import health_metrics
 from lightning_embproj.metrics.labels import per_label_table
 from lightning_embproj.metrics.neighbours import knn

@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping, Sequence
-from functools import partial
 from typing import Any, Literal
 
-from lightning_embproj import sinks as sink_factory
 from lightning_embproj.chain.owner import ChainState, Run
 from lightning_embproj.chain.selection import warn_if_never_projected
-from lightning_embproj.chain.settle import rebuild_histories, settle
 from lightning_embproj.collect.capture import LayerCapture
 from lightning_embproj.collect.collector import Collector, Placement, ScheduleCache
 from lightning_embproj.collect.extract import lookup
@@ -26,13 +23,13 @@ from lightning_embproj.evolve.set_chain import EvolveSettings
 from lightning_embproj.options import ProjectorOptions, check_unique_sets
 from lightning_embproj.pipeline import Runs, Stages
 from lightning_embproj.reduce.project import ReduceSettings
-from lightning_embproj.results import RunIdentity, RunResult
+from lightning_embproj.results import RunResult
 from lightning_embproj.runtime.compat import CallbackBase, run_root
 from lightning_embproj.runtime.preload import preload
 from lightning_embproj.runtime.progress import finish_with_progress, print_where, show_progress
-from lightning_embproj.runtime.steer import compute_monitored, log_monitored
+from lightning_embproj.runtime.steer import guarded_monitored, log_monitored
 from lightning_embproj.runtime.trace import Trace, stage
-from lightning_embproj.runtime.warn import WarnOnce, guarded
+from lightning_embproj.runtime.warn import WarnOnce
 
 Key = str | int
 EXCEPTION_DRAIN_S = 30.0
@@ -230,14 +227,8 @@ class EmbeddingProjector(CallbackBase):
         if stage in ("fit", "validate"):
             # Each fit / validate is its own chain: no alignment, warm start or drift against an
             # earlier call. A resumed fit restores its checkpoint's chain (load_state_dict).
-            self.chain.start_chain(stage)
-            self.warn.reset()
             self._settled = False
-            self.worker.start_training()
-            runs.written = {}
-            device = getattr(pl_module, "device", None)
-            runs.stages = Stages(self.settings, self.evolve_settings,
-                                 str(device) if getattr(device, "type", "") == "cuda" else None)
+            runs.start_chain(stage, getattr(pl_module, "device", None))
             if runs.is_zero:
                 warn_if_never_projected(trainer, stage, self.options, self.warn)
                 if self.options.background and self._preloaded is None:
@@ -246,11 +237,7 @@ class EmbeddingProjector(CallbackBase):
         if self.options.layers and self._capture is None:
             self._capture = LayerCapture(pl_module, dict(self.options.layer_keys))
         if runs.is_zero:
-            runs.sinks = sink_factory.build(
-                trainer, runs.root, self.warn, self.options.max_text_length,
-                settings=self.settings, wandb_history=self.chain.wandb_history,
-                view_history=self.chain.view_history(runs.root), vectors=self.options.vectors,
-            )
+            runs.build_sinks(trainer)
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         # Lightning restores callback state (load_state_dict) after `setup` and before
@@ -263,20 +250,8 @@ class EmbeddingProjector(CallbackBase):
         if self._settled:
             return
         self._settled = True
-        runs = self.runs
-        if not runs.is_zero:
-            return
-        names, wandb_run = self.options.set_names, runs.sinks.wandb_run
-        resumed = self.chain.resumed_from is not None
-        logged = guarded(self.warn, "settle", "reading the output folder", partial(
-            settle, self.chain, runs.root, names, resumed, self.warn)) or []
-        rebuild_histories(self.chain, runs.root, names, wandb_run, self.warn)
-        self.chain.root = runs.root
-        runs.write_ledgers()
-        already = {(name, v) for name, v, run in logged if run == wandb_run}
-        for sample, identity in self.chain.take_restored():
-            runs.submit(sample, identity, restored=True,
-                        log_wandb=(sample.name, identity.val_index) not in already)
+        if self.runs.is_zero:
+            self.runs.settle()
 
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
         # Training is over: the queued runs may use every core; show what the wait is for.
@@ -366,7 +341,7 @@ class EmbeddingProjector(CallbackBase):
             return
         identity = self._run.identity
         if self.runs.is_zero:
-            _warn_left_out(self.warn, collector, identity)
+            collector.warn_left_out(identity)
         samples = collector.samples()
         monitored: dict[str, dict[str, float]] = {}
         for name in self.options.set_names:
@@ -377,31 +352,20 @@ class EmbeddingProjector(CallbackBase):
                 continue
             if sample is not None and len(sample) > 0:
                 if self.options.monitor:
-                    values = self._compute_monitored(sample, pl_module, identity)
+                    values = guarded_monitored(self.warn, sample, self.options.monitor,
+                                               getattr(pl_module, "device", None),
+                                               identity.val_index)
                     if values is not None:
                         monitored[name] = values
                 self.runs.submit(sample, identity)
             else:
-                left_out = collector.nonfinite + collector.overflow
-                self.chain.empty(name, identity, f"no tracked rows ({left_out} left out as "
-                                 f"non-finite or beyond float16)" if left_out else
-                                 "no tracked rows")
+                self.chain.empty(name, identity, collector.empty_note())
         if self.runs.is_zero:
             self.runs.append_ledgers(identity.val_index)
         if self.options.monitor:
             if strategy_world(trainer.strategy)[1] > 1:  # rank zero computed: one value for all
                 monitored = trainer.strategy.broadcast(monitored, src=0)
             self._log_monitored(pl_module, monitored)
-
-    def _compute_monitored(
-        self, sample: Any, pl_module: Any, identity: RunIdentity
-    ) -> dict[str, float] | None:
-        """The ``monitor`` metrics of a gathered sample; None (one warning) when they fail."""
-        return guarded(self.warn, "monitor", f"computing the monitor metrics "
-                       f"{self.options.monitor} of {sample.name!r} at validation run "
-                       f"{identity.val_index} (their last values are logged instead)",
-                       lambda: compute_monitored(sample, self.options.monitor,
-                                                 getattr(pl_module, "device", None)))
 
     def _log_monitored(self, pl_module: Any, values: Mapping[str, Mapping[str, float]]) -> None:
         if self.options.monitor:
@@ -424,16 +388,3 @@ class EmbeddingProjector(CallbackBase):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.chain.restore(state_dict, fn=self._fn, label=self._label, warn=self.warn)
 
-
-def _warn_left_out(warn: WarnOnce, collector: Collector, identity: RunIdentity) -> None:
-    """One warning per run for rows left out as non-finite or beyond float16."""
-    where = f"validation run {identity.val_index} (epoch {identity.epoch}, step {identity.step})"
-    if collector.nonfinite:
-        warn(f"nonfinite:{identity.val_index}",
-             f"{collector.nonfinite} tracked rows had NaN or Inf embeddings in {where} and "
-             f"were left out of that run")
-    if collector.overflow:
-        warn(f"overflow:{identity.val_index}",
-             f"{collector.overflow} tracked rows had embedding values beyond float16's range "
-             f"(|value| >= 65,520 would be stored as Inf with storage_dtype='float16') in "
-             f"{where} and were left out of that run; use storage_dtype='float32' to keep them")

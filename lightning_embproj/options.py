@@ -162,68 +162,15 @@ class ProjectorOptions:
     layer_keys: dict[str, Key | None] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        _check_key(self.embedding_key, "embedding_key")
-        if self.name is not None:
-            if not isinstance(self.name, str) or not self.name:
-                raise TypeError(
-                    f"name must be a non-empty string (it names the embedding sets: folder "
-                    f"embproj/<name>/ and W&B keys embproj/<name>/...), got {self.name!r}"
-                )
-            _check_set_name(self.name, "name")
-        elif self.layers is None and isinstance(self.embedding_key, str):
-            _check_set_name(self.embedding_key, "embedding_key")
-        _check_key(self.label_key, "label_key")
-        _check_key(self.id_key, "id_key")
-        self.layer_keys = _layer_keys(self.layers)
-        layers = list(self.layer_keys) if isinstance(self.layers, Mapping) else _as_list(
-            self.layers, "layers")
-        for layer in layers:
-            if not isinstance(layer, str) or not layer:
-                raise TypeError(f"layers must be module names such as 'encoder', got {layer!r}")
-            _check_set_name(layer, "layers")
-        dupes = sorted({name for name in layers if layers.count(name) > 1})
-        if dupes:
-            raise ValueError(f"layers lists {dupes} more than once; each layer is one set")
-        self.layers = layers or None
+        self._check_keys()
+        self._check_layers()
         self.metadata_keys = self._metadata_columns(self.metadata_keys)
         self.max_samples = _positive_int(self.max_samples, "max_samples")
-        reducers = [str(r).lower() for r in _as_list(self.reducers, "reducers")]
-        unknown = [r for r in reducers if r not in KNOWN_REDUCERS]
-        if unknown or not reducers:
-            raise ValueError(
-                f"reducers must be a non-empty list drawn from {list(KNOWN_REDUCERS)}, "
-                f"got {_as_list(self.reducers, 'reducers')!r}"
-            )
-        self.reducers = list(dict.fromkeys(reducers))
-        if self.n_components not in (2, 3) or isinstance(self.n_components, bool):
-            raise ValueError(f"n_components must be 2 or 3, got {self.n_components!r}")
+        self._check_reducers()
         self.every_n_epochs = _positive_int(self.every_n_epochs, "every_n_epochs")
         self.every_n_validations = _positive_int(self.every_n_validations, "every_n_validations")
-        if isinstance(self.clusters, str) and self.clusters.lower() == "none":
-            self.clusters = None
-        if self.clusters not in (None, "kmeans", "hdbscan"):
-            raise ValueError(
-                f"clusters must be 'kmeans', 'hdbscan' or None, got {self.clusters!r}"
-            )
-        if self.n_clusters is not None:
-            self.n_clusters = _positive_int(self.n_clusters, "n_clusters")
-        self.survive_threshold, self.split_threshold = check_thresholds(
-            self.survive_threshold, self.split_threshold
-        )
-        if not isinstance(self.cluster_smoothing, bool):
-            raise ValueError(
-                f"cluster_smoothing must be True (k-means seeded from the previous run's "
-                f"clusters, a stable HDBSCAN) or False (each run clustered afresh), got "
-                f"{self.cluster_smoothing!r}"
-            )
-        if self.pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {list(POOLINGS)}, got {self.pooling!r}")
-        _check_key(self.mask_key, "mask_key")
-        if self.mask_key is not None and self.pooling in ("flatten", "first"):
-            raise ValueError(
-                f"mask_key is used by pooling 'auto', 'mean', 'last' and 'max'; with "
-                f"pooling={self.pooling!r} it would be ignored: drop mask_key or change pooling"
-            )
+        self._check_clusters()
+        self._check_pooling()
         self.image_keys = self._image_columns(self.image_keys)
         self.max_queued_epochs = _positive_int(self.max_queued_epochs, "max_queued_epochs")
         if not isinstance(self.perplexity, (int, float)) or not self.perplexity > 0:
@@ -243,6 +190,79 @@ class ProjectorOptions:
             )
         self.monitor = _monitor(self.monitor, self.label_key)
         self.vectors = self._vector_dims(self.vectors)
+
+    def _check_keys(self) -> None:
+        """``embedding_key``, ``label_key``, ``id_key`` and the set ``name``."""
+        _check_key(self.embedding_key, "embedding_key")
+        if self.name is not None:
+            if not isinstance(self.name, str) or not self.name:
+                raise TypeError(
+                    f"name must be a non-empty string (it names the embedding sets: folder "
+                    f"embproj/<name>/ and W&B keys embproj/<name>/...), got {self.name!r}"
+                )
+            _check_set_name(self.name, "name")
+        elif self.layers is None and isinstance(self.embedding_key, str):
+            _check_set_name(self.embedding_key, "embedding_key")
+        _check_key(self.label_key, "label_key")
+        _check_key(self.id_key, "id_key")
+
+    def _check_layers(self) -> None:
+        """``layers`` as a list of distinct module names (None: no layers), ``layer_keys``."""
+        self.layer_keys = _layer_keys(self.layers)
+        layers = list(self.layer_keys) if isinstance(self.layers, Mapping) else _as_list(
+            self.layers, "layers")
+        for layer in layers:
+            if not isinstance(layer, str) or not layer:
+                raise TypeError(f"layers must be module names such as 'encoder', got {layer!r}")
+            _check_set_name(layer, "layers")
+        dupes = sorted({name for name in layers if layers.count(name) > 1})
+        if dupes:
+            raise ValueError(f"layers lists {dupes} more than once; each layer is one set")
+        self.layers = layers or None
+
+    def _check_reducers(self) -> None:
+        """``reducers`` as lower-case known names, once each; ``n_components`` 2 or 3."""
+        reducers = [str(r).lower() for r in _as_list(self.reducers, "reducers")]
+        unknown = [r for r in reducers if r not in KNOWN_REDUCERS]
+        if unknown or not reducers:
+            raise ValueError(
+                f"reducers must be a non-empty list drawn from {list(KNOWN_REDUCERS)}, "
+                f"got {_as_list(self.reducers, 'reducers')!r}"
+            )
+        self.reducers = list(dict.fromkeys(reducers))
+        if self.n_components not in (2, 3) or isinstance(self.n_components, bool):
+            raise ValueError(f"n_components must be 2 or 3, got {self.n_components!r}")
+
+    def _check_clusters(self) -> None:
+        """``clusters`` (``'none'`` is None), ``n_clusters``, the thresholds, the smoothing."""
+        if isinstance(self.clusters, str) and self.clusters.lower() == "none":
+            self.clusters = None
+        if self.clusters not in (None, "kmeans", "hdbscan"):
+            raise ValueError(
+                f"clusters must be 'kmeans', 'hdbscan' or None, got {self.clusters!r}"
+            )
+        if self.n_clusters is not None:
+            self.n_clusters = _positive_int(self.n_clusters, "n_clusters")
+        self.survive_threshold, self.split_threshold = check_thresholds(
+            self.survive_threshold, self.split_threshold
+        )
+        if not isinstance(self.cluster_smoothing, bool):
+            raise ValueError(
+                f"cluster_smoothing must be True (k-means seeded from the previous run's "
+                f"clusters, a stable HDBSCAN) or False (each run clustered afresh), got "
+                f"{self.cluster_smoothing!r}"
+            )
+
+    def _check_pooling(self) -> None:
+        """``pooling``, and a ``mask_key`` only where the pooling uses it."""
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {list(POOLINGS)}, got {self.pooling!r}")
+        _check_key(self.mask_key, "mask_key")
+        if self.mask_key is not None and self.pooling in ("flatten", "first"):
+            raise ValueError(
+                f"mask_key is used by pooling 'auto', 'mean', 'last' and 'max'; with "
+                f"pooling={self.pooling!r} it would be ignored: drop mask_key or change pooling"
+            )
 
     def _vector_dims(self, value: Any) -> int:
         """``vectors`` as the most dims of the W&B vector column (0: no column)."""

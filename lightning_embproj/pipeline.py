@@ -38,7 +38,9 @@ from functools import partial
 from typing import Any, cast
 
 from lightning_embproj import checks
+from lightning_embproj import sinks as sink_factory
 from lightning_embproj.chain.owner import ChainState
+from lightning_embproj.chain.settle import rebuild_histories, settle
 from lightning_embproj.evolve.set_chain import EvolveSettings, SetChain, evolve
 from lightning_embproj.metrics.scores import RunScores, movers, score_run
 from lightning_embproj.options import ProjectorOptions
@@ -140,6 +142,39 @@ class Runs:
         #: Each job's stage timings (:class:`~lightning_embproj.runtime.trace.Trace`), the
         #: last :data:`MAX_TRACES`, newest last; ``finish`` traces the sinks' end of fit.
         self.traces: collections.deque[Trace] = collections.deque(maxlen=MAX_TRACES)
+
+    def start_chain(self, fn: str, device: Any) -> None:
+        """A fit / validate starts its own chain (warnings afresh); the metrics pass runs in
+        torch on ``device`` when it is a GPU."""
+        self.chain.start_chain(fn)
+        self.warn.reset()
+        self.worker.start_training()
+        self.written = {}
+        self.stages = Stages(self.stages.reduce, self.stages.evolve,
+                             str(device) if getattr(device, "type", "") == "cuda" else None)
+
+    def build_sinks(self, trainer: Any) -> None:
+        """Every sink of this call, with the histories the chain holds for them."""
+        self.sinks = sink_factory.build(
+            trainer, self.root, self.warn, self.options.max_text_length,
+            settings=self.stages.reduce, wandb_history=self.chain.wandb_history,
+            view_history=self.chain.view_history(self.root), vectors=self.options.vectors,
+        )
+
+    def settle(self) -> None:
+        """Settle the chain with the folder's files (the sinks' histories too), then queue the
+        runs a resumed checkpoint held as pending."""
+        names, wandb_run = self.options.set_names, self.sinks.wandb_run
+        resumed = self.chain.resumed_from is not None
+        logged = guarded(self.warn, "settle", "reading the output folder", partial(
+            settle, self.chain, self.root, names, resumed, self.warn)) or []
+        rebuild_histories(self.chain, self.root, names, wandb_run, self.warn)
+        self.chain.root = self.root
+        self.write_ledgers()
+        already = {(name, v) for name, v, run in logged if run == wandb_run}
+        for sample, identity in self.chain.take_restored():
+            self.submit(sample, identity, restored=True,
+                        log_wandb=(sample.name, identity.val_index) not in already)
 
     def submit(self, sample: EpochSample, identity: RunIdentity, log_wandb: bool = True,
                restored: bool = False) -> None:

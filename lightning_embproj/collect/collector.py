@@ -46,7 +46,7 @@ from lightning_embproj.collect.schedule import ScheduleCache
 from lightning_embproj.collect.scheduled import ScheduledCollection
 from lightning_embproj.collect.streaming import StreamingCollection
 from lightning_embproj.options import ProjectorOptions
-from lightning_embproj.results import EpochSample
+from lightning_embproj.results import EpochSample, RunIdentity
 from lightning_embproj.runtime.warn import ProjectorWarning
 
 __all__ = ["DEVICE_PATH_ENV", "LARGE_BUFFER_BYTES", "Collector", "Placement", "ScheduleCache"]
@@ -226,6 +226,33 @@ class Collector:
         """Rows that could have entered a sample but hold a value that ``storage_dtype``
         float16 would store as Inf (|value| >= 65,520; left out). Always 0 with float32."""
         return self._active.counts()[1] if self._active is not None else 0
+
+    def warn_left_out(self, identity: RunIdentity) -> None:
+        """One warning per run for rows left out as non-finite or beyond float16."""
+        where = (f"validation run {identity.val_index} (epoch {identity.epoch}, "
+                 f"step {identity.step})")
+        if self.nonfinite:
+            self._warn_once(f"nonfinite:{identity.val_index}",
+                            f"{self.nonfinite} tracked rows had NaN or Inf embeddings in {where} "
+                            f"and were left out of that run")
+        if self.overflow:
+            self._warn_once(f"overflow:{identity.val_index}",
+                            f"{self.overflow} tracked rows had embedding values beyond float16's "
+                            f"range (|value| >= 65,520 would be stored as Inf with "
+                            f"storage_dtype='float16') in {where} and were left out of that run; "
+                            f"use storage_dtype='float32' to keep them")
+
+    def empty_note(self) -> str:
+        """Why a set has no sample: ``no tracked rows``, with the rows left out if any.
+
+        Example:
+            >>> Collector(ProjectorOptions()).empty_note()
+            'no tracked rows'
+        """
+        left_out = self.nonfinite + self.overflow
+        if left_out:
+            return f"no tracked rows ({left_out} left out as non-finite or beyond float16)"
+        return "no tracked rows"
 
     def check(self) -> None:
         """Raise what per-batch checks left for the end of the run (float / int masks on the

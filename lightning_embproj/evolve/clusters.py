@@ -1,10 +1,10 @@
 """Cluster one run's embeddings: k-means or HDBSCAN (noise ``-1``), in tracking-key order.
 
-:func:`cluster_points` clusters one run; :func:`overlap_counts` and :func:`shared_rows` give
-the overlap of two runs' clusterings on the keys both runs track. The stable ids and the
-lineage across runs come from both in one step: :mod:`lightning_embproj.evolve.lineage`;
-:func:`cluster_scores` says how the clusters of a run agree with the previous run's and with
-the labels.
+:func:`cluster_points` clusters one run (:mod:`~lightning_embproj.evolve.smoothing`: the
+same clusters run after run); :mod:`~lightning_embproj.evolve.overlap` lines two runs'
+clusterings up on the keys both runs track. The stable ids and the lineage across runs come
+from both in one step: :mod:`lightning_embproj.evolve.lineage`; :func:`cluster_scores` says
+how the clusters of a run agree with the previous run's and with the labels.
 
 Example:
     >>> rng = np.random.default_rng(0)
@@ -24,9 +24,16 @@ from typing import Any
 import numpy as np
 
 from lightning_embproj import checks
+from lightning_embproj.evolve.overlap import NOISE, check_ids, shared_rows
+from lightning_embproj.evolve.smoothing import (
+    SMOOTH_KMEANS_TOLERANCE,
+    SMOOTH_MIN_SAMPLES,
+    previous_ids_by_row,
+    seed_centroids,
+    smooth_min_cluster_size,
+)
 
 METHODS: tuple[str, ...] = ("kmeans", "hdbscan")
-NOISE = -1
 # Cluster in the top principal components: at 10,000 x 256 k-means took 3.0 s on the raw
 # vectors and 0.5 s on 32 PCs; HDBSCAN 3.1 s on 32 PCs and 2.1 s on 16 (same 9 clusters on
 # 10 Gaussian classes; benchmarks/bench_clusters.py). PCA is a rotation plus a cut of the
@@ -37,13 +44,6 @@ HDBSCAN_DIMS = 16
 # that flips between runs would show up as spurious split/merge events.
 KMEANS_N_INIT = 3
 MAX_AUTO_CLUSTERS = 20
-# Smoothing (``smoothing=True``, the callback's ``cluster_smoothing``): k-means starts from
-# the previous run's partition and keeps that solution unless a fresh k-means++ run finds an
-# inertia lower by more than this fraction (on the digits contrastive benchmark 1% kept the
-# label agreement of fresh runs, while 2% and more let a poor early partition persist).
-SMOOTH_KMEANS_TOLERANCE = 0.01
-# HDBSCAN with smoothing: min_samples 5 and leaf selection (see :func:`_hdbscan`).
-SMOOTH_MIN_SAMPLES = 5
 
 
 def default_n_clusters(n: int) -> int:
@@ -69,24 +69,6 @@ def default_min_cluster_size(n: int) -> int:
         (5, 100)
     """
     return max(5, n // 100)
-
-
-def smooth_min_cluster_size(n: int) -> int:
-    """HDBSCAN's ``min_cluster_size`` with smoothing: ``max(5, round(sqrt(N) / 2))``.
-
-    Grows with ``N`` (12 at 600 points, 22 at 2,000, 50 at 10,000), so a cluster must hold a
-    share of the sample that shrinks slowly as the sample grows: small enough for 10-50
-    classes to each form a cluster, large enough that a handful of points drifting between two
-    dense regions does not make or break a cluster from run to run. It depends only on ``N``
-    (the same every run).
-
-    Example:
-        >>> smooth_min_cluster_size(100), smooth_min_cluster_size(600)
-        (5, 12)
-        >>> smooth_min_cluster_size(2_000), smooth_min_cluster_size(10_000)
-        (22, 50)
-    """
-    return max(5, round(math.sqrt(n) / 2))
 
 
 def canonical(raw: np.ndarray) -> np.ndarray:
@@ -134,20 +116,9 @@ def cluster_points(
     gather, another rank count) give the same partition; k-means++ seeding depends on the
     row order otherwise.
 
-    ``smoothing=True`` (clusters that stay put when the data does):
-
-    - ``kmeans`` with ``previous=(prev_keys, prev_ids)`` (the previous run's cluster ids by
-      key, ``-1`` ignored; needs ``keys``): when the previous clusters found among this run's
-      keys are exactly k, k-means starts from their centroids, computed from *this* run's
-      embeddings of their members (the previous partition carried into the current space),
-      and that solution is kept unless a fresh k-means++ run has an inertia lower by more
-      than :data:`SMOOTH_KMEANS_TOLERANCE`. Otherwise (first run, k changed, a cluster left
-      the sample) it is the fresh k-means++ solution, as without smoothing.
-    - ``hdbscan``: ``min_cluster_size`` defaults to :func:`smooth_min_cluster_size`,
-      ``min_samples`` is :data:`SMOOTH_MIN_SAMPLES` and the leaf clusters of the condensed
-      tree are selected (``cluster_selection_method="leaf"``): excess-of-mass selection
-      flips between a parent cluster and its children as their stabilities trade places from
-      run to run; the leaves do not. ``previous`` is not used.
+    ``smoothing=True``: clusters that stay put when the data does, k-means seeded from
+    ``previous=(prev_keys, prev_ids)`` (needs ``keys``), HDBSCAN with a size rule that follows
+    ``N``: :mod:`lightning_embproj.evolve.smoothing`.
 
     Example:
         >>> X = np.array([[0.0, 0.0], [0.1, 0.0], [5.0, 5.0], [5.1, 5.0]])
@@ -172,7 +143,7 @@ def cluster_points(
     if previous is not None and smoothing and method == "kmeans":
         if keys is None:
             raise ValueError("previous needs keys: the previous run's ids are matched by key")
-        hint = _previous_ids_by_row(previous, np.asarray(keys), check_input)
+        hint = previous_ids_by_row(previous, np.asarray(keys), check_input)
     n = X.shape[0]
     if keys is not None:
         order = np.argsort(np.asarray(keys), kind="stable")
@@ -185,24 +156,6 @@ def cluster_points(
         return out
     return _cluster(X, method, n_clusters, labels, seed, min_cluster_size, bool(smoothing),
                     None)
-
-
-def _previous_ids_by_row(
-    previous: tuple[Any, Any], keys: np.ndarray, check_input: bool
-) -> np.ndarray:
-    """The previous run's id of each current row (``-1``: noise, or a key it did not track)."""
-    if not isinstance(previous, tuple) or len(previous) != 2:
-        raise ValueError(f"previous must be a (prev_keys, prev_ids) pair, got {previous!r}")
-    prev_keys, prev_ids = previous
-    if check_input:
-        prev_keys = checks.keys(prev_keys, "previous keys")
-        prev_ids = check_ids(prev_ids, np.asarray(prev_keys).size, "previous ids")
-    prev_keys, prev_ids = np.asarray(prev_keys), np.asarray(prev_ids, dtype=np.int64)
-    hint = np.full(keys.size, NOISE, dtype=np.int64)
-    if prev_keys.size and keys.size:
-        ip, ic = shared_rows(prev_keys, keys)
-        hint[ic] = prev_ids[ip]
-    return hint
 
 
 def _cluster(
@@ -239,7 +192,7 @@ def _kmeans(X: np.ndarray, k: int, seed: int, hint: np.ndarray | None = None) ->
 
     wide = X.shape[1] > KMEANS_DIMS
     Z = pca(X, KMEANS_DIMS, check_input=False) if wide else X.astype(np.float64)
-    init = None if hint is None else _seed_centroids(Z, hint, k)
+    init = None if hint is None else seed_centroids(Z, hint, k)
     # One OpenMP thread (a per-thread setting: the training thread keeps its own). Next
     # to a busy trainer, k-means' spinning OpenMP team was 20-100x slower than one thread
     # (digits, 1,797 x 16, k=10: 1.5-3 s vs 0.02-0.06 s on 2 loaded cores).
@@ -251,22 +204,6 @@ def _kmeans(X: np.ndarray, k: int, seed: int, hint: np.ndarray | None = None) ->
             if kept.inertia_ <= fresh.inertia_ * (1.0 + SMOOTH_KMEANS_TOLERANCE):
                 raw = kept.labels_
     return canonical(raw)
-
-
-def _seed_centroids(Z: np.ndarray, hint: np.ndarray, k: int) -> np.ndarray | None:
-    """Centroids (in ``Z``) of the previous clusters' members, when there are exactly k."""
-    groups, inverse = np.unique(hint, return_inverse=True)
-    inverse = inverse.reshape(-1)
-    inside = groups != NOISE
-    if int(inside.sum()) != k:
-        return None
-    sums = np.zeros((groups.size, Z.shape[1]))
-    np.add.at(sums, inverse, Z)
-    counts = np.bincount(inverse, minlength=groups.size).astype(np.float64)
-    centroids = sums[inside] / counts[inside, None]
-    if np.unique(centroids, axis=0).shape[0] != k:  # two clusters at one point: no seed
-        return None
-    return centroids
 
 
 def _hdbscan(X: np.ndarray, min_cluster_size: int, smoothing: bool = False) -> np.ndarray:
@@ -315,58 +252,6 @@ def _kmeans_k(n: int, n_clusters: int | None, labels: Any) -> int:
             raise ValueError(f"n_clusters must be a positive int or None, got {n_clusters!r}")
         return int(n_clusters)
     return default_n_clusters(n)
-
-
-def check_ids(ids: np.ndarray | Sequence[int], n: int, name: str) -> np.ndarray:
-    """Cluster ids as ``(n,)`` int64 with values ``>= -1``; bad input raises naming ``name``.
-
-    Example:
-        >>> check_ids([0, -1, 3], 3, "ids").tolist()
-        [0, -1, 3]
-    """
-    a = np.asarray(ids)
-    if a.shape != (n,):
-        raise ValueError(f"{name} must have shape ({n},) to match the keys, got {a.shape}")
-    if a.size and not np.issubdtype(a.dtype, np.integer):
-        raise ValueError(f"{name} must hold integer cluster ids, got dtype {a.dtype}")
-    a = a.astype(np.int64, copy=False)
-    if a.size and a.min() < NOISE:
-        raise ValueError(f"{name} must be >= 0 (or -1 for noise), got {int(a.min())}")
-    return a
-
-
-def shared_rows(prev_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Row indices ``(ip, ic)`` of the keys present in both runs, in the current run's order.
-
-    Example:
-        >>> ip, ic = shared_rows(np.array([5, 1, 3]), np.array([3, 4, 5]))
-        >>> ip.tolist(), ic.tolist()
-        ([2, 0], [0, 2])
-    """
-    _, ic, ip = np.intersect1d(keys, prev_keys, assume_unique=True, return_indices=True)
-    order = np.argsort(ic, kind="stable")
-    return ip[order].astype(np.int64), ic[order].astype(np.int64)
-
-
-def overlap_counts(
-    prev_ids: np.ndarray, ids: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Contingency of two clusterings of the same rows, noise left out of the table.
-
-    Returns ``(prev_u, cur_u, n, a, b)``: the previous and current cluster numbers (sorted,
-    no ``-1``), ``n[i, j]`` rows in both ``prev_u[i]`` and ``cur_u[j]``, ``a[i]`` rows in
-    ``prev_u[i]``, ``b[j]`` rows in ``cur_u[j]`` (rows that are noise on the other side count
-    in ``a`` / ``b``, so a cluster dissolving into noise loses overlap).
-    """
-    prev_u, pi = np.unique(prev_ids, return_inverse=True)
-    cur_u, ci = np.unique(ids, return_inverse=True)
-    pi, ci = pi.reshape(-1), ci.reshape(-1)
-    table = np.zeros((prev_u.size, cur_u.size), dtype=np.int64)
-    np.add.at(table, (pi, ci), 1)
-    keep_p, keep_c = prev_u != NOISE, cur_u != NOISE
-    a = table.sum(axis=1)[keep_p]
-    b = table.sum(axis=0)[keep_c]
-    return prev_u[keep_p], cur_u[keep_c], table[np.ix_(keep_p, keep_c)], a, b
 
 
 def cluster_scores(

@@ -55,18 +55,13 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from lightning_embproj import checks
-from lightning_embproj.evolve.clusters import (
-    NOISE,
-    check_ids,
-    overlap_counts,
-    shared_rows,
-)
+from lightning_embproj.evolve.overlap import NOISE, check_ids, overlap_counts, shared_rows
 
 EVENTS: tuple[str, ...] = ("survive", "merge", "split", "emerge", "vanish")
 LINEAGE_COLUMNS: tuple[str, ...] = ("cluster", "event", "from_clusters", "size", "overlap")
@@ -169,166 +164,137 @@ def transition(
     prev_keys, keys = np.asarray(prev_keys, dtype=np.int64), np.asarray(keys, dtype=np.int64)
     prev_ids = check_ids(prev_ids, prev_keys.size, "prev_ids")
     raw = check_ids(raw_ids, keys.size, "raw_ids")
+    next_id = _checked_next_id(next_id, prev_ids)
+
+    ip, ic = shared_rows(prev_keys, keys)
+    match = _match(prev_ids[ip], raw[ic], survive_threshold, split_threshold)
+    cur_all, cur_size = np.unique(raw[raw != NOISE], return_counts=True)
+    new_ids, next_id = _assign_ids(match, cur_all, next_id)
+    ids = np.full(raw.shape, NOISE, dtype=np.int64)
+    inside = raw != NOISE
+    ids[inside] = new_ids[np.searchsorted(cur_all, raw[inside])]
+
+    rows = _current_rows(match, cur_all, cur_size, new_ids) + _vanish_rows(match, prev_ids)
+    rows.sort(key=lambda r: (r["cluster"], EVENTS.index(r["event"]), r["from_clusters"]))
+    return Transition(ids, rows, next_id)
+
+
+def _checked_next_id(next_id: Any, prev_ids: np.ndarray) -> int:
     if isinstance(next_id, bool) or not isinstance(next_id, (int, np.integer)) or next_id < 0:
         raise ValueError(f"next_id must be a non-negative int, got {next_id!r}")
     if prev_ids.size and prev_ids.max() >= next_id:
         raise ValueError(
             f"next_id ({next_id}) must exceed every previous id (max {int(prev_ids.max())})"
         )
-    next_id = int(next_id)
+    return int(next_id)
 
-    cur_all, cur_size = np.unique(raw[raw != NOISE], return_counts=True)
-    prev_all, prev_size = np.unique(prev_ids[prev_ids != NOISE], return_counts=True)
-    ip, ic = shared_rows(prev_keys, keys)
-    # The one overlap matrix of this run: rows = previous clusters with shared members,
-    # columns = current raw clusters with shared members.
-    prev_u, cur_u, n, a, _ = overlap_counts(prev_ids[ip], raw[ic])
+
+@dataclass
+class _Match:
+    """The overlap matrix of one run (rows: previous clusters with shared members, columns:
+    current raw clusters with shared members) and what became of each previous cluster."""
+
+    prev_u: np.ndarray  # previous id of each row
+    cur_u: np.ndarray  # raw number of each column
+    n: np.ndarray  # shared members of row i now in column j
+    a: np.ndarray  # shared members of row i
+    f: np.ndarray  # n / a
+    feeds: dict[int, int]  # previous row -> the current column it feeds
+    parts: dict[int, list[int]]  # previous row -> current columns it splits into
+    fed_by: dict[int, list[int]]  # current column -> previous rows feeding it
+    part_of: dict[int, list[int]]  # current column -> previous rows it is a part of
+
+    def column(self, raw: int) -> int:
+        """The column of raw cluster number ``raw``; -1 when it has no shared members."""
+        j = int(np.searchsorted(self.cur_u, raw))
+        return j if j < self.cur_u.size and self.cur_u[j] == raw else -1
+
+
+def _match(prev_shared: np.ndarray, raw_shared: np.ndarray, survive: float, split: float
+           ) -> _Match:
+    prev_u, cur_u, n, a, _ = overlap_counts(prev_shared, raw_shared)
     f = n / a[:, None] if n.size else np.zeros((prev_u.size, cur_u.size))
-
-    feeds: dict[int, int] = {}  # previous row -> the current column it feeds
-    parts: dict[int, list[int]] = {}  # previous row -> current columns it splits into
-    for i in range(prev_u.size):
-        if not cur_u.size:
-            break
+    feeds: dict[int, int] = {}
+    parts: dict[int, list[int]] = {}
+    for i in range(prev_u.size if cur_u.size else 0):
         j = int(np.argmax(f[i]))
-        if f[i, j] >= survive_threshold - _TOL:
+        if f[i, j] >= survive - _TOL:
             feeds[i] = j
             continue
-        into = np.flatnonzero((f[i] >= split_threshold - _TOL) & (n[i] > 0))
+        into = np.flatnonzero((f[i] >= split - _TOL) & (n[i] > 0))
         if into.size >= 2:
             parts[i] = into.tolist()
-    fed_by: dict[int, list[int]] = {}  # current column -> previous rows feeding it
+    fed_by: dict[int, list[int]] = {}
     for i, j in feeds.items():
         fed_by.setdefault(j, []).append(i)
-    part_of: dict[int, list[int]] = {}  # current column -> previous rows it is a part of
+    part_of: dict[int, list[int]] = {}
     for i, cols in parts.items():
         for j in cols:
             part_of.setdefault(j, []).append(i)
+    return _Match(prev_u, cur_u, n, a, f, feeds, parts, fed_by, part_of)
 
-    heir: dict[int, int] = {}  # current column -> previous row whose id it takes
-    for j, sources in fed_by.items():
-        heir[j] = min(sources, key=lambda i: (-n[i, j], prev_u[i]))
+
+def _heirs(m: _Match) -> dict[int, int]:
+    """Current column -> the previous row whose id it takes (see the module docstring)."""
+    heir = {j: min(rows, key=lambda i: (-m.n[i, j], m.prev_u[i])) for j, rows in m.fed_by.items()}
     claims = sorted(
-        ((i, j) for i, cols in parts.items() for j in cols if j not in fed_by),
-        key=lambda ij: (-n[ij], prev_u[ij[0]], cur_u[ij[1]]),
+        ((i, j) for i, cols in m.parts.items() for j in cols if j not in m.fed_by),
+        key=lambda ij: (-m.n[ij], m.prev_u[ij[0]], m.cur_u[ij[1]]),
     )
     placed: set[int] = set()
     for i, j in claims:  # largest parts first: each split id to one part, each part one id
         if i not in placed and j not in heir:
             heir[j] = i
             placed.add(i)
+    return heir
 
-    col = {int(c): j for j, c in enumerate(cur_u.tolist())}  # -1: no shared members
+
+def _assign_ids(m: _Match, cur_all: np.ndarray, next_id: int) -> tuple[np.ndarray, int]:
+    """The stable id of each current raw cluster in ``cur_all``, and the next free id."""
+    heir = _heirs(m)
     new_ids = np.empty(cur_all.size, dtype=np.int64)
     for k, c in enumerate(cur_all.tolist()):
-        jc = col.get(c, -1)
-        if jc in heir:
-            new_ids[k] = prev_u[heir[jc]]
+        j = m.column(c)
+        if j in heir:
+            new_ids[k] = m.prev_u[heir[j]]
         else:
             new_ids[k] = next_id
             next_id += 1
-    ids = np.full(raw.shape, NOISE, dtype=np.int64)
-    inside = raw != NOISE
-    ids[inside] = new_ids[np.searchsorted(cur_all, raw[inside])]
+    return new_ids, next_id
 
+
+def _current_rows(m: _Match, cur_all: np.ndarray, cur_size: np.ndarray, new_ids: np.ndarray
+                  ) -> list[dict[str, Any]]:
+    """The survive / merge / split / emerge rows of the current clusters."""
     rows: list[dict[str, Any]] = []
     for k, c in enumerate(cur_all.tolist()):
-        cid, size, jc = int(new_ids[k]), int(cur_size[k]), col.get(c, -1)
-        sources, split_from = fed_by.get(jc, []), part_of.get(jc, [])
+        cid, size, j = int(new_ids[k]), int(cur_size[k]), m.column(c)
+        sources, split_from = m.fed_by.get(j, []), m.part_of.get(j, [])
         if len(sources) == 1:
-            rows.append(_row(cid, "survive", [prev_u[sources[0]]], size, f[sources[0], jc]))
+            rows.append(_row(cid, "survive", [m.prev_u[sources[0]]], size, m.f[sources[0], j]))
         elif sources:
-            pooled = n[sources, jc].sum() / a[sources].sum()
-            rows.append(_row(cid, "merge", prev_u[sources].tolist(), size, pooled))
+            pooled = m.n[sources, j].sum() / m.a[sources].sum()
+            rows.append(_row(cid, "merge", m.prev_u[sources].tolist(), size, pooled))
         for i in split_from:
-            rows.append(_row(cid, "split", [prev_u[i]], size, f[i, jc]))
+            rows.append(_row(cid, "split", [m.prev_u[i]], size, m.f[i, j]))
         if not sources and not split_from:
-            best = float(f[:, jc].max()) if jc >= 0 and prev_u.size else 0.0
+            best = float(m.f[:, j].max()) if j >= 0 and m.prev_u.size else 0.0
             rows.append(_row(cid, "emerge", [], size, best))
-    fate = set(feeds) | set(parts)
-    best_out = dict(zip(prev_u.tolist(), (f.max(axis=1) if f.size else np.zeros(prev_u.size))
-                        .tolist(), strict=True))
-    row_of = {int(p): i for i, p in enumerate(prev_u.tolist())}
-    for p, size in zip(prev_all.tolist(), prev_size.tolist(), strict=True):
-        if row_of.get(p) not in fate:
-            rows.append(_row(p, "vanish", [], size, best_out.get(p, 0.0)))
-    rows.sort(key=lambda r: (r["cluster"], EVENTS.index(r["event"]), r["from_clusters"]))
-    return Transition(ids, rows, next_id)
+    return rows
 
 
-@dataclass
-class ClusterChain:
-    """The cluster state between runs: the previous run's keys and ids, the next free id.
-
-    Plain lists and an int, so :meth:`state_dict` goes into a Lightning checkpoint as is.
-
-    Example:
-        >>> chain = ClusterChain()
-        >>> chain.update([10, 11, 12], [0, 0, 1]).ids.tolist()
-        [0, 0, 1]
-        >>> ClusterChain.from_state_dict(chain.state_dict()) == chain
-        True
-    """
-
-    keys: list[int] = field(default_factory=list)
-    ids: list[int] = field(default_factory=list)
-    next_id: int = 0
-
-    def update(
-        self,
-        keys: np.ndarray | Sequence[int],
-        raw_ids: np.ndarray | Sequence[int],
-        survive_threshold: float = 0.7,
-        split_threshold: float = 0.3,
-        *,
-        check_input: bool = True,
-    ) -> Transition:
-        """This run's ids and lineage (:func:`transition`); this run becomes the previous.
-
-        ``check_input=False``: ``keys`` are a checked run's."""
-        if check_input:
-            keys = checks.keys(keys, "keys")
-        step = transition(self.keys, self.ids, keys, raw_ids, self.next_id,
-                          survive_threshold, split_threshold, check_input=False)
-        self.keys = np.asarray(keys, dtype=np.int64).tolist()
-        self.ids = step.ids.tolist()
-        self.next_id = step.next_id
-        return step
-
-    @property
-    def prev_keys(self) -> np.ndarray:
-        return np.asarray(self.keys, dtype=np.int64)
-
-    @property
-    def prev_ids(self) -> np.ndarray:
-        return np.asarray(self.ids, dtype=np.int64)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"keys": list(self.keys), "ids": list(self.ids), "next_id": int(self.next_id)}
-
-    @classmethod
-    def from_state_dict(cls, state: dict[str, Any]) -> ClusterChain:
-        """Restore :meth:`state_dict`; without ``next_id`` it continues after the largest id."""
-        try:
-            keys = [int(k) for k in state["keys"]]
-            ids = [int(i) for i in state["ids"]]
-            next_id = int(state.get("next_id", max(ids, default=-1) + 1))
-        except (KeyError, TypeError, ValueError, AttributeError) as err:
-            raise ValueError(
-                "cluster chain state must be a dict with 'keys' and 'ids' (lists of ints of "
-                f"equal length) and 'next_id' (int); got {state!r:.200}"
-            ) from err
-        if len(keys) != len(ids):
-            raise ValueError(
-                f"cluster chain state has {len(keys)} keys but {len(ids)} ids: lengths must match"
-            )
-        checks.keys(keys, "cluster chain state keys")  # the keys enter the pipeline here
-        if ids and next_id <= max(ids):
-            raise ValueError(
-                f"cluster chain state has next_id {next_id}, not above its largest id "
-                f"{max(ids)}: ids would be reused"
-            )
-        return cls(keys, ids, next_id)
+def _vanish_rows(m: _Match, prev_ids: np.ndarray) -> list[dict[str, Any]]:
+    """One row per previous cluster that neither feeds a cluster nor splits."""
+    prev_all, prev_size = np.unique(prev_ids[prev_ids != NOISE], return_counts=True)
+    fate = set(m.feeds) | set(m.parts)
+    best_out = m.f.max(axis=1) if m.f.size else np.zeros(m.prev_u.size)
+    best_of = dict(zip(m.prev_u.tolist(), best_out.tolist(), strict=True))
+    row_of = {int(p): i for i, p in enumerate(m.prev_u.tolist())}
+    return [
+        _row(p, "vanish", [], size, best_of.get(p, 0.0))
+        for p, size in zip(prev_all.tolist(), prev_size.tolist(), strict=True)
+        if row_of.get(p) not in fate
+    ]
 
 
 def event_counts(rows: Sequence[dict[str, Any]]) -> dict[str, int]:

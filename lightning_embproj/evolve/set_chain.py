@@ -40,8 +40,9 @@ from typing import Any
 
 import numpy as np
 
-from lightning_embproj.evolve.clusters import cluster_points, cluster_scores, shared_rows
-from lightning_embproj.evolve.lineage import ClusterChain
+from lightning_embproj.evolve.cluster_chain import ClusterChain
+from lightning_embproj.evolve.clusters import cluster_points, cluster_scores
+from lightning_embproj.evolve.overlap import shared_rows
 from lightning_embproj.metrics.health import health_metrics
 from lightning_embproj.metrics.labels import per_label_table
 from lightning_embproj.metrics.stability import StabilityPool

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from lightning_embproj import checks
-from lightning_embproj.evolve.clusters import shared_rows
+from lightning_embproj.evolve.overlap import shared_rows
 from lightning_embproj.metrics.neighbours import fixed_subset
 
 HEALTH_DOCS: dict[str, str] = {

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from lightning_embproj import checks
-from lightning_embproj.evolve.clusters import shared_rows
+from lightning_embproj.evolve.overlap import shared_rows
 from lightning_embproj.metrics.neighbours import fixed_subset, knn, knn_k, scan, vote
 
 PER_LABEL_COLUMNS: tuple[str, ...] = (

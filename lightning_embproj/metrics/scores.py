@@ -33,7 +33,7 @@ from typing import NamedTuple
 import numpy as np
 
 from lightning_embproj import checks
-from lightning_embproj.evolve.clusters import shared_rows
+from lightning_embproj.evolve.overlap import shared_rows
 from lightning_embproj.metrics.neighbours import (
     SILHOUETTE_MAX_POINTS,
     Device,

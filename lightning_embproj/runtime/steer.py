@@ -24,6 +24,7 @@ from typing import Any
 
 from lightning_embproj.metrics.monitor import monitor_metrics
 from lightning_embproj.results import EpochSample
+from lightning_embproj.runtime.warn import WarnOnce, guarded
 from lightning_embproj.sinks.wandb_sink import metric_key
 
 
@@ -34,6 +35,14 @@ def compute_monitored(sample: EpochSample, metrics: Sequence[str], device: Any) 
 
     X = torch.tensor(np.asarray(sample.embeddings), device=device or torch.device("cpu"))
     return monitor_metrics(X, list(metrics), sample.labels)
+
+
+def guarded_monitored(warn: WarnOnce, sample: EpochSample, metrics: Sequence[str], device: Any,
+                      val_index: int) -> dict[str, float] | None:
+    """:func:`compute_monitored`; None (one warning) when it fails."""
+    return guarded(warn, "monitor", f"computing the monitor metrics {metrics} of "
+                   f"{sample.name!r} at validation run {val_index} (their last values are "
+                   f"logged instead)", lambda: compute_monitored(sample, metrics, device))
 
 
 def log_monitored(pl_module: Any, set_names: Sequence[str], metrics: Sequence[str],

@@ -26,8 +26,9 @@ from hypothesis import strategies as st
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from lightning_embproj import EmbeddingProjector, read_lineage, read_metrics, read_projections
+from lightning_embproj.evolve.cluster_chain import ClusterChain
 from lightning_embproj.evolve.clusters import cluster_scores
-from lightning_embproj.evolve.lineage import ClusterChain, transition
+from lightning_embproj.evolve.lineage import transition
 from lightning_embproj.evolve.set_chain import Evolved, EvolveSettings, SetChain, evolve
 from lightning_embproj.results import EpochSample, Projection
 

@@ -11,12 +11,9 @@ from sklearn.datasets import load_digits
 from sklearn.metrics import adjusted_rand_score
 
 from lightning_embproj import EmbeddingProjector, read_metrics, read_projections
-from lightning_embproj.evolve.clusters import (
-    cluster_points,
-    cluster_scores,
-    smooth_min_cluster_size,
-)
-from lightning_embproj.evolve.lineage import ClusterChain
+from lightning_embproj.evolve.cluster_chain import ClusterChain
+from lightning_embproj.evolve.clusters import cluster_points, cluster_scores
+from lightning_embproj.evolve.smoothing import smooth_min_cluster_size
 
 
 def four_corners(seed: int = 0) -> np.ndarray:

@@ -11,6 +11,7 @@ import torch
 from sklearn.datasets import load_digits
 from sklearn.metrics import adjusted_rand_score
 
+from lightning_embproj.evolve.cluster_chain import ClusterChain
 from lightning_embproj.evolve.clusters import (
     canonical,
     cluster_points,
@@ -20,7 +21,6 @@ from lightning_embproj.evolve.clusters import (
 from lightning_embproj.evolve.lineage import (
     EVENTS,
     LINEAGE_COLUMNS,
-    ClusterChain,
     event_counts,
     transition,
 )

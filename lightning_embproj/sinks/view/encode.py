@@ -223,8 +223,13 @@ def run_chains(points: Any, metrics: Any | None = None) -> dict[int, tuple[int, 
     return out
 
 
-def _chain_info(kept: list[int], chains: dict[int, tuple[int, str]]) -> list[tuple[int, str]]:
-    """(chain, stage) of each kept run; a run without a record continues the run before it."""
+def chain_info(kept: list[int], chains: dict[int, tuple[int, str]]) -> list[tuple[int, str]]:
+    """(chain, stage) of each kept run; a run without a record continues the run before it.
+
+    Example:
+        >>> chain_info([0, 1, 2], {1: (1, "validate")})
+        [(0, 'fit'), (1, 'validate'), (1, 'validate')]
+    """
     out, last = [], (0, "fit")
     for run in kept:
         last = chains.get(run, last)
@@ -265,7 +270,7 @@ def encode_points(points: Any, *, max_runs: int = 50, runs: list[int] | None = N
     df = points[points[rc].isin(kept)].sort_values(rc, kind="stable").reset_index(drop=True)
     kept = [int(v) for v in np.unique(df[rc].to_numpy())]
     first = df.drop_duplicates(rc).set_index(rc)
-    info = _chain_info(kept, run_chains(points) if chains is None else chains)
+    info = chain_info(kept, run_chains(points) if chains is None else chains)
     several = len({c for c, _ in info}) > 1
     run_info = []
     for k, (run, (chain, stage)) in enumerate(zip(kept, info, strict=True)):

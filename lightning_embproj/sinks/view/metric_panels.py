@@ -20,7 +20,7 @@ import numpy as np
 
 from lightning_embproj.sinks.view.encode import (
     RUN_FIELDS,
-    _chain_info,
+    chain_info,
     run_chains,
     run_column,
     run_label,
@@ -137,7 +137,7 @@ def encode_metrics(metrics: Any, runs: list[dict[str, Any]] | None = None) -> di
     rc = run_column(metrics)
     metrics = metrics.sort_values(rc, kind="stable").drop_duplicates(rc, keep="last")
     runs_x = [int(v) for v in metrics[rc]]
-    info = _chain_info(runs_x, run_chains(metrics))
+    info = chain_info(runs_x, run_chains(metrics))
     several = len({c for c, _ in info}) > 1
     steps = metrics["step"].tolist() if "step" in metrics.columns else [0] * len(metrics)
     labels = [run_label(int(e), int(s), stage, chain if several else None)
