@@ -12,6 +12,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
+from lightning_embproj.chain.checkpoint import read_checkpoint
 from lightning_embproj.chain.owner import ChainState, Run
 from lightning_embproj.chain.selection import warn_if_never_projected
 from lightning_embproj.collect.capture import LayerCapture
@@ -243,6 +244,26 @@ class EmbeddingProjector(CallbackBase):
         # Lightning restores callback state (load_state_dict) after `setup` and before
         # `on_fit_start`: only now is it known whether this fit continues a checkpoint.
         self._settle()
+
+    def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
+        ckpt_path = getattr(trainer, "ckpt_path", None)
+        if self._fn != "fit" and self._label is None and ckpt_path:
+            # Lightning < 2.5 restores callback state only in fit: read what it skipped.
+            self._restore_outside_fit(trainer, pl_module, str(ckpt_path))
+
+    def _restore_outside_fit(self, trainer: Any, pl_module: Any, ckpt_path: str) -> None:
+        try:
+            checkpoint = read_checkpoint(ckpt_path)
+        except Exception as error:  # noqa: BLE001 - a label is not worth failing a validate
+            self.warn("ckpt:label", f"could not read the epoch and step of ckpt_path="
+                      f"{ckpt_path!r} ({type(error).__name__}: {error}); this {self._fn}'s runs "
+                      f"are labelled with the trainer's epoch and step")
+            return
+        self.on_load_checkpoint(trainer, pl_module, checkpoint)
+        states = checkpoint.get("callbacks", {})
+        state = states.get(self.state_key, states.get(self._legacy_state_key))
+        if state is not None:
+            self.load_state_dict(state)
 
     def _settle(self) -> None:
         """Settle the chain with the folder's files once it is known whether it resumes (the

@@ -104,3 +104,23 @@ def projection_from_state(state: dict[str, Any], rekey: bool = False) -> RunResu
         checks.sample(rehash(sample) if rekey else sample), RunIdentity.from_state(state),
         {k: v.numpy() for k, v in state["layouts"].items()}, metrics=dict(state["metrics"]),
     )
+
+
+def read_checkpoint(path: str) -> dict[str, Any]:
+    """The checkpoint file at ``path`` as Lightning saved it, mapped lazily where the format
+    allows (only the few entries read are paged in).
+
+    Lightning before 2.5 restores callback state only in ``fit``; a ``validate(ckpt_path=...)``
+    then reads its epoch, step and run counter here.
+
+    Example:
+        >>> import tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "c.ckpt")
+        >>> torch.save({"epoch": 2, "global_step": 189}, path)
+        >>> read_checkpoint(path)["global_step"]
+        189
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # the legacy (non-zip) format cannot be mapped
+        return torch.load(path, map_location="cpu", weights_only=True)
