@@ -53,7 +53,7 @@ def read_lineage(path: str | os.PathLike[str], name: str | None = None, *,
     if not file.exists():
         return pd.DataFrame({c: [] for c in LINEAGE_COLUMNS})
     return pd.read_csv(file, dtype={"event": str, "from_clusters": str}, keep_default_na=False,
-                       na_values={"overlap": [""], "size": [""]})
+                       na_values={"overlap": [""], "size": [""]}, float_precision=ROUND_TRIP)
 
 
 def _sets_root(p: Path) -> Path:
@@ -66,6 +66,9 @@ def _is_set_folder(p: Path) -> bool:
 
 
 MAX_SEARCH_DEPTH = 6
+# Floats read back bit for bit (pandas < 2 parses the last digit loosely by default): a page
+# rendered from the files must equal the live one.
+ROUND_TRIP = "round_trip"
 """How deep below a folder :func:`find_runs` looks for runs (``<save_dir>/<project>/<run id>``
 is 2 deep)."""
 
@@ -255,6 +258,7 @@ def _read_table(file: Path, kinds: dict[str, str]) -> Any:
     df = pd.read_csv(
         file, dtype={c: str for c in texts}, keep_default_na=False,
         na_values={c: [""] for c, k in kinds.items() if k != "str"} if kinds else [""],
+        float_precision=ROUND_TRIP,
     )
     for column in df.columns:
         kind = kinds.get(column)
