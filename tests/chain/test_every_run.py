@@ -239,10 +239,14 @@ def run_process(tmp_path: Path, ops: list[dict[str, Any]], **plan: Any) -> int:
     path = tmp_path / f"plan_{len(list(tmp_path.glob('plan_*.json')))}.json"
     path.write_text(json.dumps(plan))
     env = {**os.environ, "PYTHONPATH": str(SCRIPT.parent)}
-    done = subprocess.run([sys.executable, str(SCRIPT), str(path)], env=env, timeout=600,
-                          capture_output=True, text=True)
+    # Output to a file, not a pipe: after a SIGKILL, W&B's service process (older wandb lets
+    # it outlive its parent a while) would hold a pipe open and the wait would never end.
+    log = path.with_suffix(".log")
+    with log.open("w") as sink:
+        done = subprocess.run([sys.executable, str(SCRIPT), str(path)], env=env, timeout=600,
+                              stdout=sink, stderr=subprocess.STDOUT)
     if done.returncode not in (0, 1, -9):
-        raise AssertionError(done.stderr[-3000:])
+        raise AssertionError(log.read_text()[-3000:])
     return done.returncode
 
 

@@ -9,6 +9,10 @@ from __future__ import annotations
 import gc
 import tracemalloc
 import warnings
+import weakref
+
+# isinstance() on a proxy asks its referent, and a dead one raises ReferenceError.
+PROXIES = (weakref.ProxyType, weakref.CallableProxyType)
 
 
 def torch_bytes() -> int:
@@ -19,6 +23,8 @@ def torch_bytes() -> int:
     with warnings.catch_warnings():  # isinstance on some lazy objects warns about deprecations
         warnings.simplefilter("ignore")
         for obj in gc.get_objects():
+            if type(obj) in PROXIES:
+                continue
             if isinstance(obj, torch.Tensor) and obj.device.type == "cpu":
                 storage = obj.untyped_storage()
                 seen[storage.data_ptr()] = storage.nbytes()
