@@ -26,7 +26,7 @@ from lightning_embproj.pipeline import Runs, Stages
 from lightning_embproj.reduce.project import ReduceSettings
 from lightning_embproj.results import RunResult
 from lightning_embproj.runtime.compat import CallbackBase, run_root
-from lightning_embproj.runtime.preload import preload
+from lightning_embproj.runtime.preload import preload, ready_for_jobs
 from lightning_embproj.runtime.progress import finish_with_progress, print_where, show_progress
 from lightning_embproj.runtime.steer import guarded_monitored, log_monitored
 from lightning_embproj.runtime.trace import Trace, stage
@@ -364,6 +364,8 @@ class EmbeddingProjector(CallbackBase):
         if self.runs.is_zero:
             collector.warn_left_out(identity)
         samples = collector.samples()
+        if self.runs.is_zero:
+            ready_for_jobs(self._preloaded)
         monitored: dict[str, dict[str, float]] = {}
         for name in self.options.set_names:
             sample = gather_samples(

@@ -32,6 +32,7 @@ from lightning_embproj.evolve.smoothing import (
     seed_centroids,
     smooth_min_cluster_size,
 )
+from lightning_embproj.runtime import native
 
 METHODS: tuple[str, ...] = ("kmeans", "hdbscan")
 # Cluster in the top principal components: at 10,000 x 256 k-means took 3.0 s on the raw
@@ -186,7 +187,6 @@ def _kmeans(X: np.ndarray, k: int, seed: int, hint: np.ndarray | None = None) ->
     ``hint`` (the previous run's id per row), seeded from that partition when it has k
     clusters here (see :func:`cluster_points`)."""
     from sklearn.cluster import KMeans
-    from threadpoolctl import threadpool_limits
 
     from lightning_embproj.reduce.dispatch import pca
 
@@ -196,7 +196,7 @@ def _kmeans(X: np.ndarray, k: int, seed: int, hint: np.ndarray | None = None) ->
     # One OpenMP thread (a per-thread setting: the training thread keeps its own). Next
     # to a busy trainer, k-means' spinning OpenMP team was 20-100x slower than one thread
     # (digits, 1,797 x 16, k=10: 1.5-3 s vs 0.02-0.06 s on 2 loaded cores).
-    with threadpool_limits(limits=1, user_api="openmp"):
+    with native.limit(1, "openmp"):
         fresh = KMeans(k, n_init=KMEANS_N_INIT, random_state=seed).fit(Z)
         raw = fresh.labels_
         if init is not None:

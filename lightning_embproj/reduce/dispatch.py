@@ -45,6 +45,7 @@ from lightning_embproj.reduce.tsne import (
     tsne_neighbors,
     warm_iterations,
 )
+from lightning_embproj.runtime import native
 
 __all__ = [
     "PCA_SOLVERS", "REDUCERS", "TSNE_PCA_DIMS", "PCASolver", "Prepared", "Threads", "pca",
@@ -109,9 +110,7 @@ def _blas_threads(n_jobs: int) -> Iterator[None]:
     if n_jobs == -1:
         yield
         return
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=int(n_jobs), user_api="blas"):
+    with native.limit(int(n_jobs), "blas"):
         yield
 
 

@@ -18,7 +18,8 @@ import importlib
 import threading
 from collections.abc import Sequence
 
-from lightning_embproj.runtime.worker import _nice_of, _set_nice
+from lightning_embproj.runtime import native
+from lightning_embproj.runtime.worker import nice_of, set_nice
 
 #: What the stages import lazily, in the order they first need it.
 MODULES = (
@@ -39,11 +40,20 @@ def preload(modules: Sequence[str] = MODULES, nice: int = 10) -> threading.Threa
 
 def _import_all(modules: list[str], nice: int) -> None:
     tid = threading.get_native_id()
-    base = _nice_of(tid)
+    base = nice_of(tid)
     if base is not None and nice > 0:
-        _set_nice(tid, base + nice)
+        set_nice(tid, base + nice)
     for name in modules:
         try:
             importlib.import_module(name)
         except Exception:  # noqa: BLE001, S112 - missing or broken: the stage says so
             continue
+
+
+def ready_for_jobs(thread: threading.Thread | None) -> None:
+    """Call on the training thread before a background job may start: waits for the preload's
+    imports (if any), then scans the native libraries here (see :mod:`~.runtime.native`), so
+    the worker never walks the dynamic loader while another thread imports."""
+    if thread is not None:
+        thread.join()
+    native.scan()

@@ -133,14 +133,14 @@ class Worker:
         threads have no nice value of their own)."""
         with self._cond:
             tid = self._tid
-        return _nice_of(tid) if tid is not None else None
+        return nice_of(tid) if tid is not None else None
 
     def start_training(self) -> None:
         """Training (or a validation loop) runs: jobs stay niced and on one thread."""
         with self._cond:
             self._training = True
             if self._tid is not None and self._base_nice is not None:
-                _set_nice(self._tid, self._base_nice + self.nice)
+                set_nice(self._tid, self._base_nice + self.nice)
 
     def end_training(self) -> None:
         """Training is over: queued jobs may use every core; the thread's priority is restored
@@ -149,7 +149,7 @@ class Worker:
             self._training = False
             self._cond.notify_all()
             if self._tid is not None and self._base_nice is not None:
-                _set_nice(self._tid, self._base_nice)
+                set_nice(self._tid, self._base_nice)
 
     def submit(
         self, key: str, job: Job, label: str | None = None, token: object = None,
@@ -237,9 +237,9 @@ class Worker:
         with self._cond:
             # Under the lock: start/end_training either see this thread's id or run first.
             self._tid = threading.get_native_id()
-            self._base_nice = _nice_of(self._tid) if self.nice > 0 else None
+            self._base_nice = nice_of(self._tid) if self.nice > 0 else None
             if self._training and self._base_nice is not None:
-                _set_nice(self._tid, self._base_nice + self.nice)
+                set_nice(self._tid, self._base_nice + self.nice)
         while True:
             with self._cond:
                 while not self._queue and not self._closed:
@@ -351,7 +351,7 @@ class Worker:
             return self._cond.wait_for(lambda: not self._busy, timeout)
 
 
-def _nice_of(tid: int) -> int | None:
+def nice_of(tid: int) -> int | None:
     """Thread ``tid``'s nice value; None where threads have no nice value of their own."""
     # Only Linux gives threads their own nice value; elsewhere the id could name a process.
     if not sys.platform.startswith("linux"):
@@ -362,7 +362,7 @@ def _nice_of(tid: int) -> int | None:
         return None
 
 
-def _set_nice(tid: int, value: int) -> bool:
+def set_nice(tid: int, value: int) -> bool:
     """Set thread ``tid``'s nice value (clamped to -20..19); False where not permitted (an
     unprivileged user may raise its nice value but not lower it back)."""
     try:
