@@ -15,11 +15,9 @@ from typing import Any, Literal
 from lightning_embproj.chain.checkpoint import read_checkpoint
 from lightning_embproj.chain.owner import ChainState, Run
 from lightning_embproj.chain.selection import warn_if_never_projected
-from lightning_embproj.collect.capture import LayerCapture
-from lightning_embproj.collect.collector import Collector, Placement, ScheduleCache
-from lightning_embproj.collect.extract import lookup
 from lightning_embproj.collect.gather import gather_samples
-from lightning_embproj.collect.ranks import check_position_ids, placement, strategy_world
+from lightning_embproj.collect.ranks import check_position_ids, strategy_world
+from lightning_embproj.collect.validation import ValidationCollection
 from lightning_embproj.evolve.set_chain import EvolveSettings
 from lightning_embproj.options import ProjectorOptions, check_unique_sets
 from lightning_embproj.pipeline import Runs, Stages
@@ -29,7 +27,7 @@ from lightning_embproj.runtime.compat import CallbackBase, run_root
 from lightning_embproj.runtime.preload import preload, ready_for_jobs
 from lightning_embproj.runtime.progress import finish_with_progress, print_where, show_progress
 from lightning_embproj.runtime.steer import guarded_monitored, log_monitored
-from lightning_embproj.runtime.trace import Trace, stage
+from lightning_embproj.runtime.trace import Trace
 from lightning_embproj.runtime.warn import WarnOnce
 
 Key = str | int
@@ -180,10 +178,7 @@ class EmbeddingProjector(CallbackBase):
         self._fn = "fit"  # the Trainer entry point running: fit, validate, test or predict
         self._label: tuple[int, int] | None = None  # (epoch, step) of a checkpoint loaded
         self._settled = False
-        self._collector: Collector | None = None
-        self._schedules = ScheduleCache()  # simulated by a fit's first run, replayed by the rest
-        self._placements: dict[int, Placement] = {}  # per loader, for one validation run
-        self._capture: LayerCapture | None = None
+        self.collection = ValidationCollection(self.options, self.warn)
         self._preloaded: threading.Thread | None = None  # the libraries' imports, once
 
     @property
@@ -235,8 +230,7 @@ class EmbeddingProjector(CallbackBase):
                 if self.options.background and self._preloaded is None:
                     self._preloaded = preload(nice=self.options.worker_nice)
         runs.root = self.options.output_dir or run_root(trainer, log_dir, runs.is_zero)
-        if self.options.layers and self._capture is None:
-            self._capture = LayerCapture(pl_module, dict(self.options.layer_keys))
+        self.collection.attach(pl_module)
         if runs.is_zero:
             runs.build_sinks(trainer)
 
@@ -285,15 +279,8 @@ class EmbeddingProjector(CallbackBase):
             self.runs.written = {}
 
     def _close(self) -> None:
-        trace = Trace(f"end of {self._fn}: the sinks' finish")
-        self.runs.traces.append(trace)
-        with trace.active():
-            self.runs.sinks.finish(self.warn)
-            with stage("ledgers"):
-                self.runs.write_ledgers()
-        if self._capture is not None:
-            self._capture.remove()
-            self._capture = None
+        self.runs.finish_call(self._fn)
+        self.collection.detach()
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         # Runs already collected are worth a short wait (on every core: training has stopped);
@@ -309,19 +296,17 @@ class EmbeddingProjector(CallbackBase):
         # The sanity check collects too (and logs nothing): a missing key or a bad shape then
         # fails before the first training epoch instead of after it.
         self._run = None
-        self._placements = {}
         if self.options.id_key is None:  # ids are positions: a shuffled loader fails here
             note = check_position_ids(trainer.val_dataloaders)
             if note is not None and self.runs.is_zero:
                 self.warn("sampler", note)
         if trainer.sanity_checking:
-            self._collector = Collector(self.options, warn=self.warn, schedules=self._schedules)
+            self.collection.start(collecting=True)
             return
         self._settle()  # a validate has no on_fit_start
         run = self._run = self.chain.next_run(trainer.current_epoch, trainer.global_step,
                                               self.options)
-        self._collector = (Collector(self.options, warn=self.warn, schedules=self._schedules)
-                           if run.selected else None)
+        self.collection.start(collecting=run.selected)
         if not run.selected and self.runs.is_zero:
             self.chain.not_selected(self.options.set_names, run.identity)
             self.runs.append_ledgers(run.identity.val_index)
@@ -329,32 +314,16 @@ class EmbeddingProjector(CallbackBase):
     def on_validation_batch_start(
         self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
-        if self._capture is not None:
-            self._capture.active = self._collector is not None
-            self._capture.outputs = {}
+        self.collection.before_batch()
 
     def on_validation_batch_end(
         self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if self._collector is None:
-            return
-        if self._capture is not None:
-            raw = self._capture.take(self.options.sets, batch_idx)
-        else:
-            ((name, key),) = self.options.sets.items()
-            raw = {name: lookup(key, outputs, batch, "embedding_key")}
-        where = self._placements.get(dataloader_idx)
-        if where is None:  # the same for every batch of a loader in one validation run
-            where = self._placements[dataloader_idx] = placement(
-                trainer, dataloader_idx, ids_derived=self.options.id_key is None
-            )
-        self._collector.add_batch(raw, outputs, batch, dataloader_idx, where)
+        self.collection.add(trainer, outputs, batch, batch_idx, dataloader_idx)
 
     def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-        collector, self._collector = self._collector, None
-        if collector is not None:
-            collector.check()  # in the sanity check too: a bad mask fails before training
+        collector = self.collection.finish()
         if trainer.sanity_checking or self._run is None:
             return
         if collector is None:  # not projected: the monitored values stay what they were

@@ -266,6 +266,16 @@ class Runs:
                 f"'interrupted'",
             )
 
+    def finish_call(self, fn: str) -> None:
+        """The end of a ``fit`` / ``validate`` (or an exception): the sinks' ``finish`` and the
+        ledgers, traced as one more entry of :attr:`traces`."""
+        trace = Trace(f"end of {fn}: the sinks' finish")
+        self.traces.append(trace)
+        with trace.active():
+            self.sinks.finish(self.warn)
+            with stage("ledgers"):
+                self.write_ledgers()
+
     def write_ledgers(self, names: list[str] | None = None) -> None:
         """Mirror the ledger of each set to its ``ledger.jsonl`` (rank zero)."""
         if not self.is_zero:

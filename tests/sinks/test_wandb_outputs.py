@@ -30,7 +30,8 @@ from lightning_embproj.sinks import palette
 from lightning_embproj.sinks.columns import run_result
 from lightning_embproj.sinks.plot import HEIGHT, WIDTH, render, widen
 from lightning_embproj.sinks.wandb_history import EvolutionHistory
-from lightning_embproj.sinks.wandb_sink import WandbSink, fixed_columns
+from lightning_embproj.sinks.wandb_sink import WandbSink
+from lightning_embproj.sinks.wandb_tables import fixed_columns
 
 IMAGE_BUDGET = 150 * 1024
 

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from lightning_embproj.sinks.wandb_sink import build_table
+from lightning_embproj.sinks.wandb_tables import build_table
 
 wandb = pytest.importorskip("wandb")
 
