@@ -43,7 +43,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-import lightning_embproj.callback as callback_module
+import lightning_embproj.collect.validation as validation_module
 from lightning_embproj import EmbeddingProjector
 from lightning_embproj.collect.collector import Collector, ScheduleCache
 from lightning_embproj.options import ProjectorOptions
@@ -287,13 +287,13 @@ def part_collect(args: argparse.Namespace) -> list[str]:
                                   label_key="labels")
                 cpu: list[float] = []
                 per_batch = time_hook(cb, "on_validation_batch_end", cpu) if cb else []
-                callback_module.Collector = (StreamingCollector if mode == "before" else
+                validation_module.Collector = (StreamingCollector if mode == "before" else
                                              FitCollector)
                 try:
                     make_trainer(root, [timer] + ([cb] if cb else [])).validate(
                         model, val, verbose=False)
                 finally:
-                    callback_module.Collector = Collector
+                    validation_module.Collector = Collector
                 loops[mode] += timer.loops
                 hooks[mode].append(sum(per_batch))
                 cpus[mode].append(sum(cpu))

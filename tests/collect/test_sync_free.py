@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader
 
-import lightning_embproj.callback as callback_module
+import lightning_embproj.collect.validation as validation_module
 from lightning_embproj import EmbeddingProjector
 from lightning_embproj.collect.collector import Collector, Placement
 from lightning_embproj.collect.hashing import hash_ids, hash_ids_torch
@@ -322,7 +322,7 @@ def _fit(tmp_path, monkeypatch, path: str, calls: list[str],
             recorded.append((mode, out))
             return out
 
-    monkeypatch.setattr(callback_module, "Collector", Recording)
+    monkeypatch.setattr(validation_module, "Collector", Recording)
     x, y = digits_tensors(500)
     train = DataLoader(DictDigits(x[:200], y[:200]), batch_size=50, shuffle=True)
     xv = x[200:500].clone()
