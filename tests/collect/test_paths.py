@@ -10,7 +10,7 @@ import pytest
 import torch
 from digits import DigitsModel, loaders, trainer
 
-import lightning_embproj.callback as callback_module
+import lightning_embproj.collect.validation as validation_module
 from lightning_embproj import EmbeddingProjector
 from lightning_embproj.collect.collector import Collector, ScheduleCache
 from lightning_embproj.collect.hashing import hash_ids
@@ -110,7 +110,7 @@ def _record(monkeypatch) -> list[dict[str, Any]]:
             runs[-1]["keys"] = out["embeddings"].keys
             return out
 
-    monkeypatch.setattr(callback_module, "Collector", Recording)
+    monkeypatch.setattr(validation_module, "Collector", Recording)
     return runs
 
 
