@@ -159,6 +159,7 @@ class Runs:
             trainer, self.root, self.warn, self.options.max_text_length,
             settings=self.stages.reduce, wandb_history=self.chain.wandb_history,
             view_history=self.chain.view_history(self.root), vectors=self.options.vectors,
+            view_deferred=lambda name: self.worker.waiting(name) > 0,
         )
 
     def settle(self) -> None:

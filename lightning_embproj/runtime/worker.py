@@ -267,6 +267,11 @@ class Worker:
         with self._cond:
             return len(self._queue) + int(self._busy)
 
+    def waiting(self, key: str) -> int:
+        """Jobs of ``key`` (a set's name) queued and not yet started."""
+        with self._cond:
+            return sum(entry[0] == key for entry in self._queue)
+
     def progress(self) -> Progress:
         """What is running and waiting now, and how many jobs have finished so far."""
         with self._cond:

@@ -68,6 +68,7 @@ def build(
     trainer: Any, root: str, warn: WarnOnce, max_text_length: int = 1000,
     settings: Any = None, wandb_history: Callable[[str], Any] | None = None,
     view_history: Any = None, vectors: int = 0,
+    view_deferred: Callable[[str], bool] | None = None,
 ) -> Sinks:
     """The sinks for this trainer, local files first.
 
@@ -77,14 +78,15 @@ def build(
     carries on (see :class:`~lightning_embproj.sinks.wandb_history.WandbHistory`);
     ``view_history`` the view's (a :class:`~lightning_embproj.sinks.view.history.ViewHistory`
     of ``root``; a new one when None). ``vectors``: the most dims of the W&B table's vector
-    column (0: none).
+    column (0: none). ``view_deferred(name)``: whether a later run of the set already waits
+    (its page is then rendered by that run: see ``ViewSink``).
     """
     from lightning_embproj.sinks.local import write_projection
 
     sinks = Sinks([("local files", partial(write_projection, root))])
     view = None
     if importlib.util.find_spec("plotly") is not None:
-        view = _made(warn, "html view", lambda: _view(root, view_history))
+        view = _made(warn, "html view", lambda: _view(root, view_history, view_deferred))
     makers: list[tuple[str, Callable[[], Any]]] = [
         ("html view", lambda: view),
         ("W&B", lambda: _wandb(trainer, warn, view.page if view is not None else None,
@@ -111,11 +113,11 @@ def _made(warn: WarnOnce, name: str, make: Callable[[], Any]) -> Any:
         return None
 
 
-def _view(root: str, history: Any) -> Any:
+def _view(root: str, history: Any, deferred: Callable[[str], bool] | None = None) -> Any:
     from lightning_embproj.sinks.view.history import ViewHistory
     from lightning_embproj.sinks.view.sink import ViewSink
 
-    return ViewSink(history if history is not None else ViewHistory(root))
+    return ViewSink(history if history is not None else ViewHistory(root), deferred)
 
 
 def _wandb(

@@ -106,3 +106,35 @@ def test_a_resume_forgets_the_runs_performed_again() -> None:
     kept.forget({3, 4})
     assert kept.runs == [0, 1, 2] and sorted(kept.frames) == [0, 1, 2]
     assert sorted(kept.metrics) == [0, 1, 2] and sorted(kept.lineage) == [0, 1, 2]
+
+
+def test_a_deferred_page_is_rendered_by_the_next_run_or_at_finish(tmp_path: Path) -> None:
+    """While a later run of the set waits, a run joins the history without rendering; the page
+    it would have replaced is never written, and the page in the end is the same."""
+    runs = results(3)
+    waiting = {"emb": 0}
+    deferred = ViewSink(ViewHistory(str(tmp_path / "deferred")),
+                        deferred=lambda name: waiting[name] > 0)
+    eager = ViewSink(ViewHistory(str(tmp_path / "eager")))
+    file = tmp_path / "deferred" / "embproj" / "emb" / "view.html"
+    waiting["emb"] = 2
+    deferred.write(runs[0])
+    assert not file.exists()  # run 1 was already queued
+    waiting["emb"] = 0
+    deferred.write(runs[1])  # nothing waits: rendered with both runs
+    first = payload(file.read_text(encoding="utf-8"))
+    assert [r["val_index"] for r in first["points"]["runs"]] == [0, 1]
+    waiting["emb"] = 1
+    deferred.write(runs[2])
+    assert payload(file.read_text(encoding="utf-8")) == first  # run 2 not on the page yet
+    deferred.finish()
+    for result in runs:
+        eager.write(result)
+    eager_page = payload((tmp_path / "eager" / "embproj" / "emb" / "view.html").read_text(
+        encoding="utf-8"))
+
+    def untitled(data: dict[str, Any]) -> dict[str, Any]:  # the title names the folder
+        return {k: v for k, v in data.items() if k != "title"}
+
+    assert untitled(payload(file.read_text(encoding="utf-8"))) == untitled(eager_page)
+    assert untitled(payload(deferred.page("emb") or "")) == untitled(eager_page)
