@@ -246,6 +246,7 @@ class _Uniformity:
         norm = sq.sqrt()
         self.inv = torch.where(norm > 0, 1.0 / norm.clamp(min=1e-300), torch.zeros_like(norm))
         self.unit = (norm > 0).to(sq.dtype)  # squared norm after normalising: 1, or 0
+        self.all_unit = bool((norm > 0).all())
         self.cols = torch.nonzero(self.mask).flatten()
         self.place = torch.full((n,), -1, dtype=torch.long, device=dev)  # row -> its column
         self.place[self.cols] = torch.arange(self.m, device=dev)
@@ -261,8 +262,11 @@ class _Uniformity:
                 return
             i, E = s + loc, G[loc][:, self.cols]
         # -2 ||u - v||^2 = 4 cos - 2 |u|^2 - 2 |v|^2, |u|^2 = 1 (0 for a zero row); <= 0
-        E.mul_(self.inv[i, None]).mul_(self.inv[None, self.cols]).mul_(4.0)
-        E.sub_(2.0 * self.unit[i, None]).sub_(2.0 * self.unit[None, self.cols])
+        E.mul_(4.0 * self.inv[i, None]).mul_(self.inv[None, self.cols])  # x4 is exact
+        if self.all_unit:  # the usual case: one pass instead of two
+            E.sub_(4.0)
+        else:
+            E.sub_(2.0 * self.unit[i, None]).sub_(2.0 * self.unit[None, self.cols])
         E.clamp_(max=0.0).exp_()
         # every ordered pair, less the diagonal (a row with itself): twice the pairs i < j
         # (torch sums float32 pairwise on the CPU: float64 accuracy is not needed here)
