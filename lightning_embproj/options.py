@@ -18,7 +18,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lightning_embproj.evolve.lineage import check_thresholds
-from lightning_embproj.metrics.monitor import LABEL_METRICS, MONITOR_METRICS
+from lightning_embproj.option_values import (
+    Key,
+    as_list,
+    check_key,
+    check_set_name,
+    layer_keys_of,
+    monitor_names,
+    positive_int,
+)
 from lightning_embproj.reduce.dispatch import REDUCERS as KNOWN_REDUCERS  # the one list of names
 from lightning_embproj.sinks.columns import MAX_VECTOR_DIMS, VECTOR_COLUMN, generated_column
 
@@ -27,101 +35,6 @@ POOLINGS = ("auto", "flatten", "mean", "first", "last", "max")
 #: ``n_jobs`` threads (``"training"``), or at the trainer's priority on at least half the
 #: cores (``"fair"``). Once training is over both use every core.
 PRIORITIES = ("training", "fair")
-Key = str | int
-
-
-def _as_list(value: Any, option: str) -> list[Any]:
-    """Accept a single string, a list, a tuple or an omegaconf ListConfig."""
-    if value is None:
-        return []
-    if isinstance(value, (str, int)):
-        return [value]
-    if isinstance(value, Sequence) or hasattr(value, "__iter__") and not isinstance(value, Mapping):
-        return list(value)
-    raise TypeError(f"{option} must be a list, got {type(value).__name__}: {value!r}")
-
-
-def _check_key(value: Any, option: str) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
-        raise TypeError(
-            f"{option} must be a non-empty string (a key of the validation_step outputs or of a "
-            f"dict batch) or an int (an index into a tuple batch), got {value!r}"
-        )
-
-
-def _check_set_name(name: str, option: str) -> None:
-    """A set name becomes a folder (``embproj/<name>``) and a W&B key: no path tricks."""
-    if name in (".", "..") or any(c in name for c in "/\\\0") or name != name.strip():
-        raise ValueError(
-            f"{option}={name!r} names a folder under embproj/ and a W&B key: it must not be "
-            f"'.' or '..', contain '/', '\\' or NUL, or start or end with spaces"
-        )
-
-
-def _layer_keys(value: Any) -> dict[str, Key | None]:
-    """``layers`` as ``{module: key into its output or None}``: a list names modules whose
-    output is a tensor (or a tuple led by one); a dict also names what to take from the output
-    (a key of a dict / ``ModelOutput``, an attribute of a dataclass, an index of a tuple).
-
-    Example:
-        >>> _layer_keys({"bert.encoder": "last_hidden_state", "head": None})
-        {'bert.encoder': 'last_hidden_state', 'head': None}
-    """
-    if not isinstance(value, Mapping):
-        return dict.fromkeys(_as_list(value, "layers"))
-    keys: dict[str, Key | None] = {}
-    for module, key in value.items():
-        if key is not None and (isinstance(key, bool) or not isinstance(key, (str, int))
-                                or key == ""):
-            raise TypeError(
-                f"layers[{module!r}] must name what to take from the layer's output: a key "
-                f"(str) of a dict or ModelOutput such as 'last_hidden_state', an index (int) "
-                f"of a tuple, or None for a tensor output; got {key!r}"
-            )
-        keys[str(module)] = key
-    return keys
-
-
-def _monitor(value: Any, label_key: Key | None) -> list[str]:
-    """``monitor`` as a list of distinct metric names the training thread can compute.
-
-    Example:
-        >>> _monitor("rankme", None)
-        ['rankme']
-        >>> _monitor(["knn_accuracy"], None)
-        Traceback (most recent call last):
-        ...
-        ValueError: monitor: ['knn_accuracy'] need labels: set label_key (or monitor ...
-    """
-    names = _as_list(value, "monitor")
-    unknown = [m for m in names if m not in MONITOR_METRICS]
-    if unknown:
-        later = [m for m in unknown if isinstance(m, str) and (
-            m in ("drift/knn_overlap", "cka_previous", "clusters/count", "clusters/noise_fraction",
-                  "clusters/ari_previous", "clusters/nmi_labels")
-            or m.split("/")[-1] in ("trustworthiness", "displacement", "stability"))]
-        why = (f" ({later} are computed in the background only, after the run: they need a "
-               f"previous run or a layout, and are logged to W&B and metrics.jsonl, not to "
-               f"callback_metrics)" if later else "")
-        raise ValueError(
-            f"monitor must be a list drawn from {list(MONITOR_METRICS)} (names as in the "
-            f"README's Metrics table), got {names!r}{why}"
-        )
-    needs = [m for m in dict.fromkeys(names) if m in LABEL_METRICS]
-    if needs and label_key is None:
-        raise ValueError(
-            f"monitor: {needs} need labels: set label_key (or monitor only label-free metrics "
-            f"such as 'rankme' and 'uniformity'), got label_key=None"
-        )
-    return list(dict.fromkeys(names))
-
-
-def _positive_int(value: Any, option: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{option} must be a positive integer, got {value!r}")
-    return value
 
 
 @dataclass
@@ -165,22 +78,22 @@ class ProjectorOptions:
         self._check_keys()
         self._check_layers()
         self.metadata_keys = self._metadata_columns(self.metadata_keys)
-        self.max_samples = _positive_int(self.max_samples, "max_samples")
+        self.max_samples = positive_int(self.max_samples, "max_samples")
         self._check_reducers()
-        self.every_n_epochs = _positive_int(self.every_n_epochs, "every_n_epochs")
-        self.every_n_validations = _positive_int(self.every_n_validations, "every_n_validations")
+        self.every_n_epochs = positive_int(self.every_n_epochs, "every_n_epochs")
+        self.every_n_validations = positive_int(self.every_n_validations, "every_n_validations")
         self._check_clusters()
         self._check_pooling()
         self.image_keys = self._image_columns(self.image_keys)
-        self.max_queued_epochs = _positive_int(self.max_queued_epochs, "max_queued_epochs")
+        self.max_queued_epochs = positive_int(self.max_queued_epochs, "max_queued_epochs")
         if not isinstance(self.perplexity, (int, float)) or not self.perplexity > 0:
             raise ValueError(f"perplexity must be a positive number, got {self.perplexity!r}")
         if self.storage_dtype not in ("float32", "float16"):
             raise ValueError(
                 f"storage_dtype must be 'float32' or 'float16', got {self.storage_dtype!r}"
             )
-        self.max_text_length = _positive_int(self.max_text_length, "max_text_length")
-        self.n_jobs = _positive_int(self.n_jobs, "n_jobs")
+        self.max_text_length = positive_int(self.max_text_length, "max_text_length")
+        self.n_jobs = positive_int(self.n_jobs, "n_jobs")
         if self.priority not in PRIORITIES:
             raise ValueError(
                 f"priority must be one of {list(PRIORITIES)}, got {self.priority!r}: "
@@ -188,33 +101,33 @@ class ProjectorOptions:
                 f"is niced, on n_jobs threads), 'fair' gives it an equal share (normal priority, "
                 f"at least half the cores)"
             )
-        self.monitor = _monitor(self.monitor, self.label_key)
+        self.monitor = monitor_names(self.monitor, self.label_key)
         self.vectors = self._vector_dims(self.vectors)
 
     def _check_keys(self) -> None:
         """``embedding_key``, ``label_key``, ``id_key`` and the set ``name``."""
-        _check_key(self.embedding_key, "embedding_key")
+        check_key(self.embedding_key, "embedding_key")
         if self.name is not None:
             if not isinstance(self.name, str) or not self.name:
                 raise TypeError(
                     f"name must be a non-empty string (it names the embedding sets: folder "
                     f"embproj/<name>/ and W&B keys embproj/<name>/...), got {self.name!r}"
                 )
-            _check_set_name(self.name, "name")
+            check_set_name(self.name, "name")
         elif self.layers is None and isinstance(self.embedding_key, str):
-            _check_set_name(self.embedding_key, "embedding_key")
-        _check_key(self.label_key, "label_key")
-        _check_key(self.id_key, "id_key")
+            check_set_name(self.embedding_key, "embedding_key")
+        check_key(self.label_key, "label_key")
+        check_key(self.id_key, "id_key")
 
     def _check_layers(self) -> None:
         """``layers`` as a list of distinct module names (None: no layers), ``layer_keys``."""
-        self.layer_keys = _layer_keys(self.layers)
-        layers = list(self.layer_keys) if isinstance(self.layers, Mapping) else _as_list(
+        self.layer_keys = layer_keys_of(self.layers)
+        layers = list(self.layer_keys) if isinstance(self.layers, Mapping) else as_list(
             self.layers, "layers")
         for layer in layers:
             if not isinstance(layer, str) or not layer:
                 raise TypeError(f"layers must be module names such as 'encoder', got {layer!r}")
-            _check_set_name(layer, "layers")
+            check_set_name(layer, "layers")
         dupes = sorted({name for name in layers if layers.count(name) > 1})
         if dupes:
             raise ValueError(f"layers lists {dupes} more than once; each layer is one set")
@@ -222,12 +135,12 @@ class ProjectorOptions:
 
     def _check_reducers(self) -> None:
         """``reducers`` as lower-case known names, once each; ``n_components`` 2 or 3."""
-        reducers = [str(r).lower() for r in _as_list(self.reducers, "reducers")]
+        reducers = [str(r).lower() for r in as_list(self.reducers, "reducers")]
         unknown = [r for r in reducers if r not in KNOWN_REDUCERS]
         if unknown or not reducers:
             raise ValueError(
                 f"reducers must be a non-empty list drawn from {list(KNOWN_REDUCERS)}, "
-                f"got {_as_list(self.reducers, 'reducers')!r}"
+                f"got {as_list(self.reducers, 'reducers')!r}"
             )
         self.reducers = list(dict.fromkeys(reducers))
         if self.n_components not in (2, 3) or isinstance(self.n_components, bool):
@@ -242,7 +155,7 @@ class ProjectorOptions:
                 f"clusters must be 'kmeans', 'hdbscan' or None, got {self.clusters!r}"
             )
         if self.n_clusters is not None:
-            self.n_clusters = _positive_int(self.n_clusters, "n_clusters")
+            self.n_clusters = positive_int(self.n_clusters, "n_clusters")
         self.survive_threshold, self.split_threshold = check_thresholds(
             self.survive_threshold, self.split_threshold
         )
@@ -257,7 +170,7 @@ class ProjectorOptions:
         """``pooling``, and a ``mask_key`` only where the pooling uses it."""
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {list(POOLINGS)}, got {self.pooling!r}")
-        _check_key(self.mask_key, "mask_key")
+        check_key(self.mask_key, "mask_key")
         if self.mask_key is not None and self.pooling in ("flatten", "first"):
             raise ValueError(
                 f"mask_key is used by pooling 'auto', 'mean', 'last' and 'max'; with "
@@ -307,9 +220,9 @@ class ProjectorOptions:
             items = [(str(col), key) for col, key in value.items()]
         else:
             items = [(key if isinstance(key, str) else f"batch_{key}", key)
-                     for key in _as_list(value, "metadata_keys")]
+                     for key in as_list(value, "metadata_keys")]
         for col, key in items:
-            _check_key(key, "metadata_keys")
+            check_key(key, "metadata_keys")
             generated = generated_column(col)
             if generated is not None:
                 raise ValueError(
@@ -321,7 +234,7 @@ class ProjectorOptions:
 
     def _image_columns(self, value: Any) -> list[str]:
         """Declared image keys must name metadata columns (they are read like metadata)."""
-        names = [k if isinstance(k, str) else f"batch_{k}" for k in _as_list(value, "image_keys")]
+        names = [k if isinstance(k, str) else f"batch_{k}" for k in as_list(value, "image_keys")]
         unknown = [n for n in names if n not in self.metadata_keys]
         if unknown:
             raise ValueError(
