@@ -8,7 +8,6 @@ to every sink and records it with the chain owner.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -24,7 +23,6 @@ from lightning_embproj.pipeline import Runs, Stages
 from lightning_embproj.reduce.project import ReduceSettings
 from lightning_embproj.results import RunResult
 from lightning_embproj.runtime.compat import CallbackBase, run_root
-from lightning_embproj.runtime.preload import preload, ready_for_jobs
 from lightning_embproj.runtime.progress import finish_with_progress, print_where, show_progress
 from lightning_embproj.runtime.steer import guarded_monitored, log_monitored
 from lightning_embproj.runtime.trace import Trace
@@ -179,7 +177,6 @@ class EmbeddingProjector(CallbackBase):
         self._label: tuple[int, int] | None = None  # (epoch, step) of a checkpoint loaded
         self._settled = False
         self.collection = ValidationCollection(self.options, self.warn)
-        self._preloaded: threading.Thread | None = None  # the libraries' imports, once
 
     @property
     def root(self) -> str:
@@ -227,8 +224,7 @@ class EmbeddingProjector(CallbackBase):
             runs.start_chain(stage, getattr(pl_module, "device", None))
             if runs.is_zero:
                 warn_if_never_projected(trainer, stage, self.options, self.warn)
-                if self.options.background and self._preloaded is None:
-                    self._preloaded = preload(nice=self.options.worker_nice)
+                runs.preload()
         runs.root = self.options.output_dir or run_root(trainer, log_dir, runs.is_zero)
         self.collection.attach(pl_module)
         if runs.is_zero:
@@ -333,8 +329,6 @@ class EmbeddingProjector(CallbackBase):
         if self.runs.is_zero:
             collector.warn_left_out(identity)
         samples = collector.samples()
-        if self.runs.is_zero:
-            ready_for_jobs(self._preloaded)
         monitored: dict[str, dict[str, float]] = {}
         for name in self.options.set_names:
             sample = gather_samples(

@@ -47,6 +47,7 @@ from lightning_embproj.options import ProjectorOptions
 from lightning_embproj.reduce.dispatch import Threads
 from lightning_embproj.reduce.project import ReduceSettings, reduce_layouts
 from lightning_embproj.results import EpochSample, Projection, RunIdentity, RunResult
+from lightning_embproj.runtime.preload import preload, ready_for_jobs
 from lightning_embproj.runtime.progress import job_label
 from lightning_embproj.runtime.trace import Trace, stage
 from lightning_embproj.runtime.warn import WarnOnce, guarded
@@ -142,6 +143,12 @@ class Runs:
         #: Each job's stage timings (:class:`~lightning_embproj.runtime.trace.Trace`), the
         #: last :data:`MAX_TRACES`, newest last; ``finish`` traces the sinks' end of fit.
         self.traces: collections.deque[Trace] = collections.deque(maxlen=MAX_TRACES)
+        self._preloaded: threading.Thread | None = None  # the libraries' imports, once
+
+    def preload(self) -> None:
+        """Import the background stages' libraries on a niced thread (once per callback)."""
+        if self.options.background and self._preloaded is None:
+            self._preloaded = preload(nice=self.options.worker_nice)
 
     def start_chain(self, fn: str, device: Any) -> None:
         """A fit / validate starts its own chain (warnings afresh); the metrics pass runs in
@@ -180,6 +187,9 @@ class Runs:
     def submit(self, sample: EpochSample, identity: RunIdentity, log_wandb: bool = True,
                restored: bool = False) -> None:
         """Queue a run; ``restored``: accepted before a checkpoint, never dropped now."""
+        # Every job's libraries are scanned here, on the submitting thread, never on the worker
+        # (a scan there can deadlock against an import: see runtime/native.py).
+        ready_for_jobs(self._preloaded)
         self.chain.queue(sample, identity)
         trace = Trace(f"{sample.name} run {identity.val_index} (epoch {identity.epoch})",
                       queued_at=time.perf_counter())

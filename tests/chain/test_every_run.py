@@ -298,6 +298,10 @@ def test_runs_queued_at_a_kill_are_logged_to_the_same_wandb_run_on_resume(
     assert ledger["status"].tolist() == ["projected"] * 4
     assert set(ledger["wandb"]) == {"killed1"}
     assert_each_projected_run_once(out)
+    # the resumed runs were queued at on_fit_start, before any validation run: the libraries
+    # were still scanned on the training thread (a worker scan deadlocked against the imports)
+    scans = json.loads((tmp_path / "scans.json").read_text())
+    assert scans and set(scans) == {"MainThread"}, scans
 
 
 def test_a_kill_after_logging_neither_loses_nor_repeats_a_run_in_wandb(tmp_path, wandb_offline):

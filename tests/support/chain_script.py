@@ -13,6 +13,9 @@
   ``"hold": true`` holds the worker from the first run on, so runs are still queued at the
   fault (otherwise the worker is flushed first), until epoch ``"release_at"`` starts.
 
+Every scan of the native libraries is recorded with its thread in ``scans.json`` next to
+``root`` (see :func:`record_scans`).
+
 Next to the projector, the :class:`Performed` callback is the oracle: the runs the Trainer
 performed, in order, as ``[chain, stage]`` pairs, kept in ``performed.json``. Its own rule is
 the one the ledger must follow: a resumed fit drops the runs its chain had after the
@@ -122,9 +125,27 @@ def slow_tsne(real: Any) -> Any:
     return run
 
 
+def record_scans(path: Path) -> list[str]:
+    """The thread of every scan of the native libraries (threadpoolctl), appended to ``path``
+    (a JSON list) as it happens: only the training thread may scan (see runtime/native.py)."""
+    import threadpoolctl
+
+    scans: list[str] = json.loads(path.read_text()) if path.exists() else []
+    real_init = threadpoolctl.ThreadpoolController.__init__
+
+    def recording_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        scans.append(threading.current_thread().name)
+        path.write_text(json.dumps(scans))
+        real_init(self, *args, **kwargs)
+
+    threadpoolctl.ThreadpoolController.__init__ = recording_init  # type: ignore[method-assign]
+    return scans
+
+
 def main(plan: dict[str, Any]) -> None:
     root, ckpt = Path(plan["root"]), Path(plan["ckpt"])
     root.mkdir(parents=True, exist_ok=True)
+    record_scans(root.parent / "scans.json")
     hold = threading.Event()
     real = pipeline_module.process_run
 
