@@ -3,7 +3,8 @@
 Times :func:`lightning_embproj.metrics.monitor.monitor_metrics` (all four metrics: one chunked
 Gram pass for knn_accuracy / silhouette / uniformity, a D x D eigendecomposition for RankMe)
 and RankMe alone, per size, best of ``--repeat`` runs, with torch's default thread count and
-with one thread.
+with one thread. The floor beside them, measured in the same run: one ``X @ X.T`` matmul (the
+kNN vote needs every row of it), so a figure can be read against this machine's BLAS.
 
     python benchmarks/bench_monitor.py [--repeat 7]
 """
@@ -40,8 +41,9 @@ def main() -> None:
     default_threads = torch.get_num_threads()
     print(f"budget {BUDGET_MS:.0f} ms; torch {torch.__version__}, default threads "
           f"{default_threads}")
-    print("| N x D | threads | all four (ms) | x budget | rankme only (ms) |")
-    print("|---|---|---|---|---|")
+    print("| N x D | threads | all four (ms) | x budget | X X^T alone (ms) | x X X^T | "
+          "rankme only (ms) |")
+    print("|---|---|---|---|---|---|---|")
     for n, d in SIZES:
         rng = np.random.default_rng(0)
         y = rng.integers(0, 10, n)
@@ -52,8 +54,9 @@ def main() -> None:
             torch.set_num_threads(threads)
             full = best_ms(partial(monitor_metrics, X, MONITOR_METRICS, labels), args.repeat)
             rank = best_ms(partial(monitor_metrics, X, ["rankme"]), args.repeat)
+            gram = best_ms(partial(torch.mm, X, X.T), args.repeat)
             print(f"| {n:,} x {d} | {threads} | {full:.1f} | {full / BUDGET_MS:.2f} | "
-                  f"{rank:.1f} |", flush=True)
+                  f"{gram:.1f} | {full / gram:.1f} | {rank:.1f} |", flush=True)
         torch.set_num_threads(default_threads)
 
 

@@ -71,3 +71,16 @@ def test_bad_calls_are_refused():
         monitor_metrics(torch.zeros(3, 2), ["knn_accuracy"])
     with pytest.raises(ValueError, match=r"2-D"):
         monitor_metrics(torch.zeros(3), ["rankme"])
+
+
+@pytest.mark.parametrize(("n", "zero_rows"), [(1500, 0), (1500, 7), (2100, 0), (2100, 7)])
+def test_uniformity_alone_reads_half_the_gram_and_matches(n, zero_rows):
+    # alone, uniformity takes only the columns from each block's first row on (several blocks
+    # at these sizes); 2100 rows: the fixed 2,048-row subset; zero rows: the slower branch
+    X, _ = clusters(n, 6, seed=1)
+    X[np.random.default_rng(2).choice(n, zero_rows, replace=False)] = 0.0
+    got = monitor_metrics(torch.from_numpy(X), ["uniformity"])["uniformity"]
+    with_rows = monitor_metrics(torch.from_numpy(X), ["uniformity", "knn_accuracy"],
+                                torch.zeros(n, dtype=torch.long))["uniformity"]
+    assert got == pytest.approx(uniformity(X), rel=1e-5)
+    assert with_rows == pytest.approx(got, rel=1e-6)
