@@ -10,7 +10,7 @@ Columns:
   ``stability.StabilityPool``).
 - np@1%: neighbourhood preservation at k = 1% of N (fraction of each point's k nearest
   neighbours in the embedding space also among its k nearest in the layout), mean over epochs.
-- disp: mean displacement per epoch (``score.mean_displacement``: mean step / RMS radius).
+- disp: mean displacement per epoch (``metrics.motion.mean_displacement``: mean step / RMS radius).
 - frozen: displacement when the last epoch's embeddings come again unchanged (a frozen model).
 - s/run: process CPU seconds per run after the first (``n_jobs=1``; steadier than wall time
   on a shared machine).
@@ -32,7 +32,7 @@ from sklearn.datasets import load_digits
 from sklearn.neighbors import NearestNeighbors
 from torch import nn
 
-from lightning_embproj.metrics.scores import mean_displacement
+from lightning_embproj.metrics.motion import mean_displacement
 from lightning_embproj.metrics.stability import StabilityPool
 from lightning_embproj.reduce import dispatch as R
 from lightning_embproj.reduce.align import procrustes_align

@@ -15,27 +15,23 @@ from lightning_embproj.chain.checkpoint import read_checkpoint
 from lightning_embproj.chain.owner import ChainState, Run
 from lightning_embproj.chain.selection import warn_if_never_projected
 from lightning_embproj.collect.gather import gather_samples
-from lightning_embproj.collect.ranks import check_position_ids, strategy_world
+from lightning_embproj.collect.ranks import check_position_ids
 from lightning_embproj.collect.validation import ValidationCollection
 from lightning_embproj.evolve.set_chain import EvolveSettings
-from lightning_embproj.options import ProjectorOptions, check_unique_sets
+from lightning_embproj.options import Key, Monitored, ProjectorOptions, Reducer, check_unique_sets
 from lightning_embproj.pipeline import Runs, Stages
 from lightning_embproj.reduce.project import ReduceSettings
 from lightning_embproj.results import RunResult
 from lightning_embproj.runtime.compat import CallbackBase, run_root
 from lightning_embproj.runtime.progress import finish_with_progress, print_where, show_progress
-from lightning_embproj.runtime.steer import guarded_monitored, log_monitored
+from lightning_embproj.runtime.steer import RunMonitor, log_monitored
 from lightning_embproj.runtime.trace import Trace
 from lightning_embproj.runtime.warn import WarnOnce
 
-Key = str | int
 EXCEPTION_DRAIN_S = 30.0
 """After an exception, seconds to finish the runs already queued (see ``on_exception``)."""
 CANCEL_WAIT_S = 10.0
 """Then, seconds for the running job to reach its next stopping point (t-SNE: 50 iterations)."""
-# Literal types: LightningCLI (jsonargparse) lists the choices in --help and rejects others.
-Reducer = Literal["pca", "tsne", "umap"]
-Monitored = Literal["knn_accuracy", "silhouette", "rankme", "uniformity"]
 
 
 class EmbeddingProjector(CallbackBase):
@@ -145,28 +141,12 @@ class EmbeddingProjector(CallbackBase):
         monitor: Sequence[Monitored] | Monitored | None = None,
         priority: Literal["training", "fair"] = "training",
     ) -> None:
-        self.options = ProjectorOptions(
-            embedding_key=embedding_key, layers=layers,
-            label_key=label_key, id_key=id_key, metadata_keys=metadata_keys,
-            max_samples=max_samples, reducers=reducers, n_components=n_components,
-            every_n_epochs=every_n_epochs, every_n_validations=every_n_validations,
-            clusters=clusters, n_clusters=n_clusters, survive_threshold=survive_threshold,
-            split_threshold=split_threshold, cluster_smoothing=cluster_smoothing,
-            pooling=pooling, mask_key=mask_key, image_keys=image_keys,
-            perplexity=perplexity, storage_dtype=storage_dtype,
-            background=background, max_queued_epochs=max_queued_epochs, output_dir=output_dir,
-            max_text_length=max_text_length, seed=seed, n_jobs=n_jobs, name=name,
-            vectors=vectors,
-            monitor=monitor,
-            priority=priority,
-        )
-        self.settings = ReduceSettings(
-            list(self.options.reducers), n_components, float(perplexity), seed
-        )
-        self.evolve_settings = EvolveSettings(
-            self.options.clusters, self.options.n_clusters, float(survive_threshold),
-            float(split_threshold), seed, self.options.cluster_smoothing,
-        )
+        # every argument is an option, under its own name
+        self.options = ProjectorOptions(**{k: v for k, v in locals().items() if k != "self"})
+        o = self.options
+        self.settings = ReduceSettings(list(o.reducers), n_components, float(perplexity), seed)
+        self.evolve_settings = EvolveSettings(o.clusters, o.n_clusters, float(survive_threshold),
+                                              float(split_threshold), seed, o.cluster_smoothing)
         self.warn = WarnOnce()
         self.chain = ChainState()
         self.runs = Runs(self.chain, self.options, Stages(self.settings, self.evolve_settings),
@@ -329,7 +309,8 @@ class EmbeddingProjector(CallbackBase):
         if self.runs.is_zero:
             collector.warn_left_out(identity)
         samples = collector.samples()
-        monitored: dict[str, dict[str, float]] = {}
+        monitor = RunMonitor(self.options.monitor or [], self.warn, identity.val_index,
+                             getattr(pl_module, "device", None))
         for name in self.options.set_names:
             sample = gather_samples(
                 samples.get(name), self.options.max_samples, strategy=trainer.strategy
@@ -337,21 +318,13 @@ class EmbeddingProjector(CallbackBase):
             if not self.runs.is_zero:
                 continue
             if sample is not None and len(sample) > 0:
-                if self.options.monitor:
-                    values = guarded_monitored(self.warn, sample, self.options.monitor,
-                                               getattr(pl_module, "device", None),
-                                               identity.val_index)
-                    if values is not None:
-                        monitored[name] = values
+                monitor.measure(name, sample)  # on the training thread, before the queue
                 self.runs.submit(sample, identity)
             else:
                 self.chain.empty(name, identity, collector.empty_note())
         if self.runs.is_zero:
             self.runs.append_ledgers(identity.val_index)
-        if self.options.monitor:
-            if strategy_world(trainer.strategy)[1] > 1:  # rank zero computed: one value for all
-                monitored = trainer.strategy.broadcast(monitored, src=0)
-            self._log_monitored(pl_module, monitored)
+        self._log_monitored(pl_module, monitor.shared(trainer.strategy))
 
     def _log_monitored(self, pl_module: Any, values: Mapping[str, Mapping[str, float]]) -> None:
         if self.options.monitor:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from lightning_embproj.evolve.lineage import check_thresholds
 from lightning_embproj.option_values import (
@@ -31,6 +31,10 @@ from lightning_embproj.reduce.dispatch import REDUCERS as KNOWN_REDUCERS  # the 
 from lightning_embproj.sinks.columns import MAX_VECTOR_DIMS, VECTOR_COLUMN, generated_column
 
 POOLINGS = ("auto", "flatten", "mean", "first", "last", "max")
+# The callback's Literal types: LightningCLI (jsonargparse) lists the choices in --help and
+# rejects others.
+Reducer = Literal["pca", "tsne", "umap"]
+Monitored = Literal["knn_accuracy", "silhouette", "rankme", "uniformity"]
 #: ``priority`` choices: while training runs, the background worker is niced (+10) and on
 #: ``n_jobs`` threads (``"training"``), or at the trainer's priority on at least half the
 #: cores (``"fair"``). Once training is over both use every core.

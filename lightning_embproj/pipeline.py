@@ -47,11 +47,12 @@ from lightning_embproj.options import ProjectorOptions
 from lightning_embproj.reduce.dispatch import Threads
 from lightning_embproj.reduce.project import ReduceSettings, reduce_layouts
 from lightning_embproj.results import EpochSample, Projection, RunIdentity, RunResult
+from lightning_embproj.runtime.jobs import QUEUE_POLICY, JobCancelled
 from lightning_embproj.runtime.preload import preload, ready_for_jobs
 from lightning_embproj.runtime.progress import job_label
 from lightning_embproj.runtime.trace import Trace, stage
 from lightning_embproj.runtime.warn import WarnOnce, guarded
-from lightning_embproj.runtime.worker import QUEUE_POLICY, JobCancelled, Worker
+from lightning_embproj.runtime.worker import Worker
 from lightning_embproj.sinks import Sinks
 from lightning_embproj.sinks.columns import run_result
 from lightning_embproj.sinks.local import run_file_name, set_dir

@@ -26,8 +26,9 @@ import numpy as np
 
 from lightning_embproj.collect.buffer import EMBEDDINGS
 from lightning_embproj.collect.collection import DL, ID, Collection, Offered
-from lightning_embproj.collect.extract import as_ids, check_length, lookup
+from lightning_embproj.collect.extract import check_length, lookup
 from lightning_embproj.collect.hashing import derived_ids, hash_ids
+from lightning_embproj.collect.ids import as_ids
 
 
 class StreamingCollection(Collection):

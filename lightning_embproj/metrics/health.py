@@ -24,7 +24,7 @@ import numpy as np
 
 from lightning_embproj import checks
 from lightning_embproj.evolve.overlap import shared_rows
-from lightning_embproj.metrics.neighbours import fixed_subset
+from lightning_embproj.metrics.sizing import fixed_subset
 
 HEALTH_DOCS: dict[str, str] = {
     "health/rankme": "RankMe (Garrido et al. 2023): exp of the entropy of the normalised "

@@ -21,7 +21,8 @@ import numpy as np
 
 from lightning_embproj import checks
 from lightning_embproj.evolve.overlap import shared_rows
-from lightning_embproj.metrics.neighbours import fixed_subset, knn, knn_k, scan, vote
+from lightning_embproj.metrics.neighbours import knn, scan, vote
+from lightning_embproj.metrics.sizing import fixed_subset, knn_k
 
 PER_LABEL_COLUMNS: tuple[str, ...] = (
     "label", "count", "silhouette", "knn_accuracy", "centroid_shift",

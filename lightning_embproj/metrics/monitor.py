@@ -30,7 +30,8 @@ import torch
 
 from lightning_embproj.checks import chunk_rows
 from lightning_embproj.metrics.health import UNIFORMITY_MAX_POINTS
-from lightning_embproj.metrics.neighbours import SILHOUETTE_MAX_POINTS, fixed_subset
+from lightning_embproj.metrics.neighbours import SILHOUETTE_MAX_POINTS
+from lightning_embproj.metrics.sizing import fixed_subset
 
 #: What ``monitor=[...]`` accepts: cheap enough for the training thread and defined at every
 #: projected run (``drift/knn_overlap``, ``cka_previous`` and the layout metrics are not: they

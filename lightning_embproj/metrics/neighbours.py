@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, NamedTuple, Union, cast
 import numpy as np
 
 from lightning_embproj.checks import chunk_rows
+from lightning_embproj.metrics.sizing import subset_mask, trustworthiness_k
 
 if TYPE_CHECKING:
     import torch
@@ -35,18 +36,6 @@ _DEVICE_CHUNK_BYTES = 256 * 2**20
 _DENSE_CLASSES = 64  # up to this many classes the silhouette sums are one dense matmul
 
 
-def knn_k(n: int, k: int) -> int:
-    """``k`` neighbours as ``n`` rows allow (``n - 1`` at most); ``k < 1`` raises."""
-    if k < 1:
-        raise ValueError(f"k must be a positive integer, got {k}")
-    return min(k, n - 1)
-
-
-def trustworthiness_k(n: int, k: int) -> int:
-    """``k`` for trustworthiness: below ``n / 2`` as well, as scikit-learn requires."""
-    return min(knn_k(n, k), math.ceil(n / 2) - 1)
-
-
 class Scan(NamedTuple):
     """What one :func:`scan` found."""
 
@@ -56,29 +45,6 @@ class Scan(NamedTuple):
     silhouette_values: np.ndarray | None  # (N,) per row, NaN outside the subset
 
 
-def fixed_subset(n: int, max_points: int | None) -> np.ndarray | None:
-    """A fixed sorted subset of ``max_points`` of ``n`` rows (seed 0: the same for the same
-    ``n``), or None when every row is kept.
-
-    Example:
-        >>> fixed_subset(10, 3).tolist(), fixed_subset(10, None)
-        ([5, 6, 9], None)
-    """
-    if max_points is None or n <= max_points:
-        return None
-    return np.sort(np.random.default_rng(0).choice(n, max_points, replace=False))
-
-
-def _subset_mask(n: int, max_points: int | None) -> np.ndarray | None:
-    """:func:`fixed_subset` as a boolean mask of the ``n`` rows."""
-    rows = fixed_subset(n, max_points)
-    if rows is None:
-        return None
-    mask = np.zeros(n, dtype=bool)
-    mask[rows] = True
-    return mask
-
-
 class _Silhouette:
     """Per-class distance sums from each chunk of the distance matrix (rows x all columns)."""
 
@@ -86,7 +52,7 @@ class _Silhouette:
         import scipy.sparse
 
         n = codes.size
-        subset = _subset_mask(n, max_points)  # fixed subsample: same every epoch
+        subset = subset_mask(n, max_points)  # fixed subsample: same every epoch
         self.rows = np.ones(n, dtype=bool) if subset is None else subset
         sub = np.unique(codes[self.rows], return_inverse=True)[1].reshape(-1)
         self.n_cls = int(sub.max()) + 1 if sub.size else 0
@@ -191,7 +157,7 @@ def scan(
     sil = _Silhouette(labels, max_points, X.dtype) if labels is not None else None
     work = _Pass(
         k, kt, np.concatenate(lay_nbrs, axis=1) if lay_nbrs else None,
-        _subset_mask(n, trust_max_points) if lay_nbrs else None,
+        subset_mask(n, trust_max_points) if lay_nbrs else None,
         sil if sil is not None and sil.defined else None, len(lay_nbrs),
     )
     knn: np.ndarray | None

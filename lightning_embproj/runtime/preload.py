@@ -19,7 +19,7 @@ import threading
 from collections.abc import Sequence
 
 from lightning_embproj.runtime import native
-from lightning_embproj.runtime.worker import nice_of, set_nice
+from lightning_embproj.runtime.nice import nice_of, set_nice
 
 #: What the stages import lazily, in the order they first need it.
 MODULES = (

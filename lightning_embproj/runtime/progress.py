@@ -25,7 +25,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from lightning_embproj.runtime.worker import Progress, Worker
+from lightning_embproj.runtime.jobs import Progress
+from lightning_embproj.runtime.worker import Worker
 
 PREFIX = "lightning-embproj"
 _NAMES = {"pca": "PCA", "tsne": "t-SNE", "umap": "UMAP"}

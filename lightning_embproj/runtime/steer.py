@@ -22,6 +22,7 @@ import math
 from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any
 
+from lightning_embproj.collect.ranks import strategy_world
 from lightning_embproj.metrics.monitor import monitor_metrics
 from lightning_embproj.results import EpochSample
 from lightning_embproj.runtime.warn import WarnOnce, guarded
@@ -43,6 +44,37 @@ def guarded_monitored(warn: WarnOnce, sample: EpochSample, metrics: Sequence[str
     return guarded(warn, "monitor", f"computing the monitor metrics {metrics} of "
                    f"{sample.name!r} at validation run {val_index} (their last values are "
                    f"logged instead)", lambda: compute_monitored(sample, metrics, device))
+
+
+class RunMonitor:
+    """The ``monitor`` values of one validation run: measured per set on rank zero
+    (:meth:`measure`; nothing when ``metrics`` is empty), then rank zero's on every rank
+    (:meth:`shared`).
+
+    Example:
+        >>> m = RunMonitor([], WarnOnce(), val_index=0, device=None)
+        >>> m.measure("z", None), m.values
+        (None, {})
+    """
+
+    def __init__(self, metrics: Sequence[str], warn: WarnOnce, val_index: int, device: Any):
+        self.metrics, self.warn = list(metrics), warn
+        self.val_index, self.device = val_index, device
+        self.values: dict[str, dict[str, float]] = {}
+
+    def measure(self, name: str, sample: EpochSample | None) -> None:
+        """Compute the metrics of set ``name``'s ``sample`` (one warning and no value when
+        that fails)."""
+        if self.metrics and sample is not None:
+            got = guarded_monitored(self.warn, sample, self.metrics, self.device, self.val_index)
+            if got is not None:
+                self.values[name] = got
+
+    def shared(self, strategy: Any) -> dict[str, dict[str, float]]:
+        """Rank zero's values, broadcast to every rank when there are several."""
+        if self.metrics and strategy_world(strategy)[1] > 1:
+            return dict(strategy.broadcast(self.values, src=0))
+        return self.values
 
 
 def log_monitored(pl_module: Any, set_names: Sequence[str], metrics: Sequence[str],

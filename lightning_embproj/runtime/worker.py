@@ -12,14 +12,10 @@ that is dropped (by that policy, or at a :meth:`Worker.drain` deadline) is repor
 asked to stop (:meth:`Worker.cancel`): it calls :meth:`Worker.check_cancelled` at points where
 stopping is safe, which raises :class:`JobCancelled`.
 
-The thread runs at a lower CPU priority (``nice``, Linux per-thread): on 2 cores a t-SNE in a
-plain thread cost the training loop ~1/3 of its steps, at nice +10 about none, as much as a
-separate process would (benchmarks/bench_worker.py), without pickling the epoch to a process.
-Once training is over (:meth:`Worker.end_training`) nothing needs protecting any more: the thread
-gets its original priority back where the OS permits it (root or ``RLIMIT_NICE``; otherwise it
-stays niced, which costs nothing on a machine the trainer no longer uses), and
-:meth:`Worker.job_threads` tells a job it may use every core. Jobs carry a label and the worker
-counts finished ones, so a caller can show what it is waiting for
+The thread is niced while training runs (:mod:`~lightning_embproj.runtime.nice`); after
+:meth:`Worker.end_training` it gets its priority back where the OS permits (else it stays
+niced, costless once the trainer is idle) and :meth:`Worker.job_threads` allows every core.
+Jobs carry a label and finished ones are counted, so a caller can show what it waits for
 (:func:`lightning_embproj.runtime.progress.finish_with_progress`).
 
 Example:
@@ -36,36 +32,12 @@ from __future__ import annotations
 
 import collections
 import os
-import sys
 import threading
 from collections.abc import Callable
-from typing import NamedTuple
 
+from lightning_embproj.runtime.jobs import DEADLINE, QUEUE_POLICY, Job, JobCancelled, Progress
+from lightning_embproj.runtime.nice import nice_of, set_nice
 from lightning_embproj.runtime.warn import WarnOnce
-
-Job = Callable[[], None]
-QUEUE_POLICY = "queue policy"
-DEADLINE = "deadline"
-
-
-class JobCancelled(BaseException):
-    """Raised inside a job by :meth:`Worker.check_cancelled` after :meth:`Worker.cancel`.
-
-    A ``BaseException``: the stages that isolate their failures (``except Exception``) must
-    not take a requested stop for a failure of theirs."""
-
-
-class Progress(NamedTuple):
-    """A snapshot of the queue: ``completed`` counts every job finished (or failed) so far."""
-
-    completed: int
-    running: str | None  # label of the job being run, None when idle
-    waiting: tuple[str, ...]  # labels of the queued jobs, next first
-
-    @property
-    def pending(self) -> int:
-        """Jobs waiting or running."""
-        return len(self.waiting) + int(self.running is not None)
 
 
 class Worker:
@@ -214,7 +186,7 @@ class Worker:
             >>> w.check_cancelled()
             Traceback (most recent call last):
             ...
-            lightning_embproj.runtime.worker.JobCancelled: the job was asked to stop
+            lightning_embproj.runtime.jobs.JobCancelled: the job was asked to stop
         """
         if self._cancel:
             raise JobCancelled("the job was asked to stop")
@@ -355,23 +327,3 @@ class Worker:
         with self._cond:
             return self._cond.wait_for(lambda: not self._busy, timeout)
 
-
-def nice_of(tid: int) -> int | None:
-    """Thread ``tid``'s nice value; None where threads have no nice value of their own."""
-    # Only Linux gives threads their own nice value; elsewhere the id could name a process.
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return os.getpriority(os.PRIO_PROCESS, tid)
-    except OSError:
-        return None
-
-
-def set_nice(tid: int, value: int) -> bool:
-    """Set thread ``tid``'s nice value (clamped to -20..19); False where not permitted (an
-    unprivileged user may raise its nice value but not lower it back)."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, tid, max(-20, min(19, value)))
-    except OSError:  # not permitted, or the thread has just ended: leave it as it is
-        return False
-    return True

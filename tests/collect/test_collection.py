@@ -233,7 +233,7 @@ def test_ids_hash_the_same_from_a_list_an_array_a_tensor_and_any_int_width():
     for ids in [base.tolist(), base.astype(np.int8), base.astype(np.uint8), base.astype(np.int32),
                 base.astype(np.uint64), torch.tensor(base, dtype=torch.int8),
                 torch.tensor(base, dtype=torch.int32), torch.tensor(base)]:
-        from lightning_embproj.collect.extract import as_ids
+        from lightning_embproj.collect.ids import as_ids
 
         np.testing.assert_array_equal(hash_ids(as_ids(ids, "id", 5), 0), want)
     words = ["img_7", "img_10000", "000123"]

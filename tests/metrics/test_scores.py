@@ -14,12 +14,11 @@ from sklearn.metrics import silhouette_score
 
 from lightning_embproj import checks
 from lightning_embproj.metrics import neighbours
+from lightning_embproj.metrics.motion import mean_displacement
 from lightning_embproj.metrics.scores import (
     METRIC_DOCS,
     epoch_metrics,
     knn_accuracy,
-    mean_displacement,
-    motion_explained,
     movers,
     neighbourhood_overlap,
     score_run,
@@ -156,16 +155,6 @@ def test_identical_epoch_has_full_overlap_and_no_displacement():
     assert np.array_equal(neighbourhood_overlap(X, X.copy()), np.ones(len(X)))
     rng = np.random.default_rng(0)
     assert neighbourhood_overlap(rng.normal(size=X.shape), X).mean() < 0.3
-
-
-def test_mean_displacement_is_relative_to_the_previous_layout_size():
-    P = np.random.default_rng(0).normal(size=(100, 2))
-    moved = P + [0.3, 0.4]  # every point moves by 0.5
-    rms = np.sqrt(((P - P.mean(0)) ** 2).sum(1).mean())
-    assert mean_displacement(P, moved, normalize=False) == pytest.approx(0.5)
-    assert mean_displacement(P, moved) == pytest.approx(0.5 / rms)
-    assert mean_displacement(P * 10, moved * 10) == pytest.approx(0.5 / rms)
-    assert mean_displacement(np.zeros((4, 2)), np.ones((4, 2))) > 0  # collapsed previous layout
 
 
 def test_movers_finds_the_points_that_jumped_cluster():
@@ -355,11 +344,3 @@ def test_motion_per_point_matches_the_run_metrics_and_the_movers():
     # without a previous run: nothing known
     first = score_run(cur)
     assert np.isnan(first.knn_kept).all() and np.isnan(first.moved["pca"]).all()
-
-
-def test_motion_explained_is_undefined_when_one_side_is_constant():
-    kept = np.array([1.0, 0.5, 0.2, 0.9])
-    assert motion_explained(kept, np.array([0.0, 1.0, 2.0, 0.1])) == pytest.approx(1.0)
-    assert np.isnan(motion_explained(np.ones(4), np.array([0.0, 1.0, 2.0, 0.1])))
-    assert np.isnan(motion_explained(kept, np.zeros(4)))
-    assert np.isnan(motion_explained(kept[:2], np.array([0.0, 1.0])))  # fewer than 3 points

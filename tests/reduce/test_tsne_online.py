@@ -8,7 +8,7 @@ from scipy.stats import spearmanr
 from sklearn.datasets import load_digits
 from sklearn.neighbors import NearestNeighbors
 
-from lightning_embproj.metrics.scores import mean_displacement
+from lightning_embproj.metrics.motion import mean_displacement
 from lightning_embproj.reduce.align import rms_radius
 from lightning_embproj.reduce.tsne_online import tsne_next
 
