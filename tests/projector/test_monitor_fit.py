@@ -142,3 +142,40 @@ def test_ddp_ranks_log_rank_zeros_values(tmp_path):
         assert len(seen["values"]) == 4
         for key, value in seen["values"].items():
             assert value == pytest.approx(want[key.rsplit("/", 1)[1]], rel=1e-5, abs=1e-6)
+
+
+def test_every_run_of_every_entry_point_logs_its_own_values_once(tmp_path):
+    # DESIGN 4b setups together: two validations per epoch, bf16, string ids; then the fit is
+    # resumed from its checkpoint, a checkpoint is validated, and a second fit starts afresh.
+    # Each validation run logs once, and what it logs is its own row of metrics.jsonl.
+    train, val = loaders(n_train=256, n_val=160, dict_batches=True)
+    ckpts = tmp_path / "ckpt"
+
+    def call(how: str, max_epochs: int, **kw: Any) -> list[dict[str, Any]]:
+        record = Record()
+        callbacks: list[Any] = [projector(tmp_path, id_key="text"), record]
+        if how == "fit":
+            callbacks.append(ModelCheckpoint(dirpath=str(ckpts), save_last=True))
+        t = trainer(tmp_path, callbacks, max_epochs=max_epochs, precision="bf16-mixed",
+                    val_check_interval=0.5, enable_checkpointing=how == "fit")
+        model = DigitsModel(dict_batches=True)
+        if how == "fit":
+            t.fit(model, train, val, **kw)
+        else:
+            t.validate(model, val, **kw)
+        return record.seen
+
+    seen = [call("fit", 2), call("fit", 3, ckpt_path=str(ckpts / "last.ckpt")),
+            call("validate", 1, ckpt_path=str(ckpts / "last.ckpt")), call("fit", 1)]
+    epochs = [[r["epoch"] for r in s] for s in seen]
+    # Lightning < 2.5 replays the checkpoint's last validation on resume: a run it performs,
+    # so a run the projector records (once, like any other)
+    assert epochs[0] == [0, 0, 1, 1] and epochs[1] in ([2, 2], [1, 2, 2]), epochs
+    assert epochs[2:] == [[0], [0, 0]], epochs
+    df = read_metrics(tmp_path / "out", "embeddings")
+    # every performed run once, none overwritten
+    assert df["val_index"].tolist() == list(range(sum(map(len, seen))))
+    rows = [row for _, row in df.iterrows()]
+    for got, want in zip([r for s in seen for r in s], rows, strict=True):
+        for m in ALL:
+            assert got[KEY + m] == pytest.approx(want[m], rel=1e-5, abs=1e-6), (m, want)
