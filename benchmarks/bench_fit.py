@@ -173,8 +173,8 @@ def main() -> None:
               f"{share} |")
     if "ours" in fits:
         runs = [[t for t in f.traces if " run " in t.label] for f in fits["ours"]]
-        live = [sum(t.end <= f.train_end for t in f.traces if " run " in t.label)
-                for f in fits["ours"]]
+        live = [sum(t.end <= f.train_end for t in ts)
+                for f, ts in zip(fits["ours"], runs, strict=True)]
         print(f"\nours: projections finished before training ended (live): {live} of "
               f"{[len(ts) for ts in runs]} per repeat")
         if "none" in fits:
